@@ -1,0 +1,156 @@
+"""The ``camkit`` command line: ``camkit methods``, ``camkit plugins`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import camkit
+from camkit.errors import CamkitError
+
+
+def _methods(args: argparse.Namespace) -> int:
+    pattern = args.pattern
+    if (
+        pattern
+        and not any(ch in pattern for ch in "*?[")
+        and pattern.lower()
+        in {
+            *camkit.list_methods(),
+            *(a for n in camkit.list_methods() for a in camkit.method_info(n).aliases),
+        }
+    ):
+        return _method_detail(pattern, args.json)
+    rows = [camkit.method_info(name) for name in camkit.list_methods(pattern)]
+    if args.json:
+        print(json.dumps([_info_dict(info) for info in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no method matches {pattern!r}", file=sys.stderr)
+        return 1
+    table = [("name", "gradients", "distribution", "summary")] + [
+        (i.name, "yes" if i.needs_gradients else "no", f"{i.distribution} {i.version}", i.summary)
+        for i in rows
+    ]
+    widths = [max(len(r[c]) for r in table) for c in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "aliases": list(info.aliases),
+        "summary": info.summary,
+        "paper": info.paper,
+        "needs_gradients": info.needs_gradients,
+        "distribution": info.distribution,
+        "version": info.version,
+        "config": info.schema(),
+    }
+
+
+def _method_detail(name: str, as_json: bool) -> int:
+    info = camkit.method_info(name)
+    if as_json:
+        print(json.dumps(_info_dict(info), indent=2))
+        return 0
+    print(f"{info.name} ({info.distribution} {info.version})")
+    print(f"  {info.summary}")
+    if info.paper:
+        print(f"  paper: {info.paper}")
+    if info.aliases:
+        print(f"  aliases: {', '.join(info.aliases)}")
+    print(f"  needs gradients: {'yes' if info.needs_gradients else 'no'}")
+    props = info.schema().get("properties", {})
+    if not props:
+        print("  config: (no options)")
+    else:
+        print("  config:")
+        for key, spec in props.items():
+            kind = spec.get("type") or " | ".join(
+                str(s.get("type", "?")) for s in spec.get("anyOf", [])
+            )
+            limits = [
+                f"{bound} {spec[k]}"
+                for k, bound in (
+                    ("exclusiveMinimum", ">"),
+                    ("minimum", ">="),
+                    ("exclusiveMaximum", "<"),
+                    ("maximum", "<="),
+                )
+                if k in spec
+            ]
+            extra = f" ({', '.join(limits)})" if limits else ""
+            print(f"    {key}: {kind} = {spec.get('default')!r}{extra}")
+            if spec.get("description"):
+                print(f"        {spec['description']}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    plugins = camkit.list_plugins()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": p.name,
+                        "distribution": p.distribution,
+                        "version": p.version,
+                        "status": p.status,
+                        "methods": p.methods,
+                        "error": None if p.error is None else repr(p.error),
+                    }
+                    for p in plugins
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for p in plugins:
+        detail = ", ".join(p.methods) if p.status == "ok" else (repr(p.error) if p.error else "")
+        print(f"{p.name:<20} {p.distribution} {p.version:<10} {p.status:<8} {detail}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camkit", description="Class activation maps for PyTorch image models."
+    )
+    parser.add_argument("--version", action="version", version=f"camkit {camkit.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    methods = sub.add_parser("methods", help="list CAM methods, or describe one")
+    methods.add_argument("pattern", nargs="?", help="a method name, or an fnmatch pattern")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(func=_methods)
+
+    plugins = sub.add_parser("plugins", help="list plugin distributions and their status")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except CamkitError as exc:
+        print(f"camkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Hooks that live for one call: capturing activations and their gradients.
+
+Rules the rest of camkit relies on:
+
+- hooks are attached on entry and removed on exit, also when the model raises;
+- a hook only acts for the thread that attached it, so one model can be explained from
+  several threads, and by several extractors, at once;
+- the captured activation is never the tensor the rest of the model sees: later in-place
+  ops (``ReLU(inplace=True)``, DenseNet's concatenations) modify a copy;
+- gradients come from ``torch.autograd.grad`` on the captured activations, so parameters'
+  ``.grad`` and ``requires_grad`` are never touched, frozen models work, and an outer
+  ``torch.no_grad()`` or ``torch.inference_mode()`` does not matter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from camkit.engine.outputs import layer_tensor
+from camkit.errors import GradientError, LayerError
+
+
+class Capture:
+    """Forward hooks on target layers, recording their outputs during one forward pass."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], *, gradients: bool) -> None:
+        self.layers = layers
+        self.gradients = gradients
+        self.activations: dict[str, Tensor] = {}
+        self._thread = threading.get_ident()
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> Capture:
+        try:
+            for name, module in self.layers:
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return None
+            tensor = layer_tensor(output, name)
+            if not self.gradients:
+                self.activations[name] = tensor.detach().clone()
+                return None
+            # Without a graph up to here (frozen or no-grad model), start one at this layer.
+            act = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
+            self.activations[name] = act
+            copy = act.clone()
+            if isinstance(output, Tensor):
+                return copy
+            return (
+                type(output)([copy, *output[1:]])
+                if isinstance(output, list)
+                else (copy, *output[1:])
+            )
+
+        return hook
+
+    def check_ran(self) -> None:
+        missing = [name for name, _ in self.layers if name not in self.activations]
+        if missing:
+            raise LayerError(
+                f"layer {missing[0]!r} did not run during the model's forward pass; choose a "
+                "layer the model uses"
+            )
+
+    def grad(self, total: Tensor) -> dict[str, Tensor]:
+        """d(total)/d(activation) for every captured layer."""
+        names = [name for name, _ in self.layers]
+        if not total.requires_grad:
+            raise GradientError(
+                "the target score does not depend on the captured layers through differentiable "
+                "operations (does the model detach or run under torch.no_grad() internally?); "
+                "this method needs gradients"
+            )
+        grads = torch.autograd.grad(total, [self.activations[n] for n in names], allow_unused=True)
+        for name, grad in zip(names, grads):
+            if grad is None:
+                raise GradientError(
+                    f"the target score does not depend on layer {name!r}; choose a layer "
+                    "between the input and the scores"
+                )
+        return {name: grad for name, grad in zip(names, grads) if grad is not None}
+
+
+@contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Record autograd graphs whatever the caller's grad or inference mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore buffers (BatchNorm running statistics) that train-mode forwards update."""
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                if name in saved:
+                    buf.copy_(saved[name])

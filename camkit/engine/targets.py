@@ -1,0 +1,113 @@
+"""Turning the ``targets`` argument into class indices and a scoring function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from camkit.errors import TargetError
+
+#: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
+#: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
+TargetFn = Callable[..., Tensor]
+Targets = Union[None, int, Sequence[int], Tensor, TargetFn]
+
+
+@dataclass
+class ResolvedTargets:
+    """Class indices ``(B,)`` (``-1`` under a callable) and the function that scores rows."""
+
+    indices: Tensor
+    score: Callable[[Tensor, Tensor], Tensor]
+
+
+def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
+    """Validate ``targets`` against the clean ``scores`` of a batch."""
+    batch = scores.shape[0]
+    if callable(targets) and not isinstance(targets, Tensor):
+        fn = _with_index(targets)
+        return ResolvedTargets(torch.full((batch,), -1, dtype=torch.long), _checked(fn))
+    if scores.dim() != 2:
+        raise TargetError(
+            f"the model's scores have shape {tuple(scores.shape)}; class-index targets need "
+            "(B, num_classes) scores. Pass a callable target instead."
+        )
+    num_classes = scores.shape[1]
+    if targets is None:
+        indices = scores.detach().argmax(1).cpu()
+    else:
+        indices = _as_indices(targets, batch)
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        raise TargetError(
+            f"target class {int(indices[bad][0])} is out of range: the model has {num_classes} "
+            f"classes, so targets must be in [0, {num_classes - 1}]"
+        )
+    device_indices = indices.to(scores.device)
+
+    def score(rows: Tensor, index: Tensor) -> Tensor:
+        return rows.gather(1, device_indices[index].unsqueeze(1)).squeeze(1)
+
+    return ResolvedTargets(indices, score)
+
+
+def _as_indices(targets: Any, batch: int) -> Tensor:
+    if isinstance(targets, bool):
+        raise TargetError("a target is a class index, not a bool")
+    if isinstance(targets, int):
+        return torch.full((batch,), targets, dtype=torch.long)
+    if isinstance(targets, Tensor):
+        if targets.dim() == 0:
+            targets = targets.reshape(1).expand(batch)
+        if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex():
+            raise TargetError(
+                f"target tensors must be 1-D integer class indices, got {targets.dtype} of "
+                f"shape {tuple(targets.shape)}"
+            )
+        indices = targets.detach().to("cpu", torch.long)
+    elif isinstance(targets, Sequence) and not isinstance(targets, str):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+            raise TargetError(f"targets must be class indices (ints), got {list(targets)!r}")
+        indices = torch.tensor(list(targets), dtype=torch.long)
+    else:
+        raise TargetError(
+            "targets must be None (the predicted class), an int, a list of ints, a 1-D tensor "
+            f"or a callable, not {type(targets).__name__}"
+        )
+    if indices.numel() != batch:
+        raise TargetError(f"got {indices.numel()} targets for a batch of {batch} images")
+    return indices
+
+
+def _with_index(fn: TargetFn) -> Callable[[Tensor, Tensor], Tensor]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return lambda rows, index: fn(rows, index)
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional):
+        return lambda rows, index: fn(rows, index)
+    return lambda rows, index: fn(rows)
+
+
+def _checked(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def score(rows: Tensor, index: Tensor) -> Tensor:
+        out = fn(rows, index)
+        if not isinstance(out, Tensor) or out.shape != (rows.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise TargetError(
+                f"a callable target must return one score per row, shape ({rows.shape[0]},); "
+                f"it returned {shape}"
+            )
+        return out
+
+    return score

@@ -1,0 +1,155 @@
+"""The plugin contract: what a CAM method declares and what the engine hands it.
+
+A method is a small class: a name, a pydantic ``Config``, and a *weight strategy*
+(:meth:`Method.weights`) or, for methods that compute the map directly, :meth:`Method.map`.
+Everything else (layers, hooks, batching, gradients, ReLU, the weighted sum, normalization,
+upsampling, fusion) is the engine's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pluggy
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+__all__ = ["Context", "Field", "Method", "MethodConfig", "hookimpl"]
+
+#: Marks a plugin's implementation of a camkit hook (see :mod:`camkit.hookspecs`).
+hookimpl = pluggy.HookimplMarker("camkit")
+
+
+class MethodConfig(BaseModel):
+    """Base class of every method's configuration.
+
+    Subclasses declare fields with type hints and :func:`camkit.Field` constraints. Unknown
+    keys are an error, and a validated config is immutable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+@dataclass(eq=False)
+class Context:
+    """What the engine captured for one target layer, and the services a method may use.
+
+    Attributes:
+        layer: the target layer's dotted name.
+        activations: ``(B, C, h, w)`` (or ``(B, C, t, h, w)``) output of the layer on the
+            clean input, already in channels-first layout.
+        gradients: d(target score)/d(activations), same shape, or ``None`` when the method
+            does not declare ``needs_gradients``.
+        inputs: ``(B, C_in, H, W)`` the input the model was explained on.
+        targets: ``(B,)`` long class indices (``-1`` for callable targets).
+        scores: the model's clean output scores, usually ``(B, num_classes)``.
+        baseline_scores: ``(B,)`` target scores of the clean input.
+        model: the model being explained (do not modify it).
+    """
+
+    layer: str
+    activations: Tensor
+    gradients: Tensor | None
+    inputs: Tensor
+    targets: Tensor
+    scores: Tensor
+    baseline_scores: Tensor
+    model: nn.Module
+    _score: Callable[..., Tensor] = field(repr=False)
+    _gradients_at: Callable[[Tensor], Tensor] = field(repr=False)
+    _module: Callable[[str], nn.Module] = field(repr=False)
+    _batch_size: int = field(default=32, repr=False)
+
+    def score(
+        self,
+        masks: Tensor,
+        *,
+        noise_std: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Target scores of the input multiplied by each mask.
+
+        Args:
+            masks: ``(B, M, h, w)`` masks at any resolution; each is upsampled (bilinear) to
+                the input size, optionally given additive Gaussian noise, and multiplied into
+                its own image.
+            noise_std: standard deviation of noise added to each upsampled mask. Every mask
+                draws its own noise from ``generator`` in a fixed order, so the result does
+                not depend on the batch size.
+            generator: random source for the noise.
+
+        Returns:
+            ``(B, M)`` target scores, computed in chunks of the method's ``batch_size`` under
+            ``torch.inference_mode()``. Identical masks of one image are forwarded once.
+        """
+        return self._score(masks, noise_std=noise_std, generator=generator)
+
+    def gradients_at(self, inputs: Tensor) -> Tensor:
+        """Gradients at this layer for other inputs (e.g. noisy copies of :attr:`inputs`).
+
+        Args:
+            inputs: ``(N * B, C_in, H, W)``: ``N`` stacked variants of the batch, ordered
+                ``[variant 0 of every image, variant 1 of every image, ...]``; each row is
+                scored for the target of its image.
+
+        Returns:
+            ``(N * B, C, h, w)`` gradients, computed in chunks of the method's batch size.
+        """
+        return self._gradients_at(inputs)
+
+    def module(self, name: str) -> nn.Module:
+        """Resolve another submodule of the model by the same rules as target layers."""
+        return self._module(name)
+
+    @staticmethod
+    def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+        """A random generator seeded with ``seed`` (a fresh random seed when ``None``)."""
+        gen = torch.Generator(device=device)
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
+        return gen
+
+
+class Method:
+    """Base class of CAM methods.
+
+    Subclasses set the class attributes below and implement :meth:`weights` (channel weights
+    ``(B, C)`` or pixel weights ``(B, C, h, w)``) or, when the map is not a weighted sum of
+    activation channels, :meth:`map`. The engine applies ReLU when :attr:`relu` is true.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_gradients: ClassVar[bool] = False
+    relu: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config: Any = config if config is not None else self.Config()
+
+    def weights(self, ctx: Context) -> Tensor:
+        """Return ``(B, C)`` channel weights or ``(B, C, h, w)`` pixel weights."""
+        raise NotImplementedError(f"method {self.name!r} implements neither weights() nor map()")
+
+    def map(self, ctx: Context) -> Tensor:
+        """Return the ``(B, h, w)`` map before ReLU, for methods that are no weighted sum.
+
+        Only override this when the map is not ``sum_k w_k A_k``; otherwise implement
+        :meth:`weights` and let the engine form the sum.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def computes_map(cls) -> bool:
+        """Whether the method overrides :meth:`map` instead of producing weights."""
+        return cls.map is not Method.map
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

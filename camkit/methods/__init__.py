@@ -1,0 +1,14 @@
+"""camkit's built-in methods, registered through the same hook as any third-party plugin."""
+
+from __future__ import annotations
+
+from camkit.method import Method, hookimpl
+from camkit.methods.activation import CAM
+from camkit.methods.gradient import GradCAM
+
+BUILTIN_METHODS: list[type[Method]] = [CAM, GradCAM]
+
+
+@hookimpl
+def camkit_methods() -> list[type[Method]]:
+    return list(BUILTIN_METHODS)

@@ -1,0 +1,61 @@
+"""Activation-based methods: weights read from the model, no gradients."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from camkit.errors import LayerError, TargetError
+from camkit.method import Context, Field, Method, MethodConfig
+
+
+class CAMConfig(MethodConfig):
+    fc_layer: str | None = Field(
+        None,
+        description="the classifier whose weights give the channel weights; by default the "
+        "model's last nn.Linear",
+    )
+
+
+class CAM(Method):
+    r"""Class activation mapping from the classifier's weights.
+
+    .. math:: L^{(c)}_{CAM}(x, y) = ReLU\Big(\sum_k w_k^{(c)} A_k(x, y)\Big)
+
+    where :math:`w_k^{(c)}` is the weight of the fully connected classifier from unit
+    :math:`k` to class :math:`c`. Applies to models with global pooling followed by one
+    linear (or 1x1 convolution) classifier over the layer's channels.
+    """
+
+    name = "cam"
+    summary = "Class activation mapping: classifier weights times activations"
+    paper = "Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016"
+    Config = CAMConfig
+
+    def weights(self, ctx: Context) -> Tensor:
+        if bool((ctx.targets < 0).any()):
+            raise TargetError("CAM needs class-index targets, not a callable")
+        classifier = self._classifier(ctx)
+        return classifier.weight.detach().flatten(1)[ctx.targets.to(classifier.weight.device)]
+
+    def _classifier(self, ctx: Context) -> nn.Linear | nn.Conv2d:
+        channels = ctx.activations.shape[1]
+        if self.config.fc_layer is not None:
+            module = ctx.module(self.config.fc_layer)
+            where = f"fc_layer {self.config.fc_layer!r}"
+        else:
+            linears = [m for m in ctx.model.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise LayerError(
+                    "CAM found no nn.Linear classifier in the model; pass fc_layer=..."
+                )
+            module, where = linears[-1], "the model's last nn.Linear"
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise LayerError(f"CAM's {where} is a {type(module).__name__}, not nn.Linear")
+        in_features = module.weight.flatten(1).shape[1]
+        if in_features != channels:
+            raise LayerError(
+                f"CAM's {where} takes {in_features} features but layer {ctx.layer!r} has "
+                f"{channels} channels; CAM needs the layer right before global pooling and the "
+                "classifier (pass fc_layer=... to choose the classifier)"
+            )
+        return module

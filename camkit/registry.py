@@ -1,0 +1,246 @@
+"""The method registry: a pluggy manager over the ``camkit`` entry-point group.
+
+A few small functions over a dict of :class:`MethodInfo`, built on first use. Built-in
+methods (:mod:`camkit.methods`) and third-party plugins go through the same hook.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as metadata
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from camkit import hookspecs
+from camkit.errors import MethodNotFoundError, PluginError, did_you_mean
+from camkit.method import Method, MethodConfig
+
+ENTRY_POINT_GROUP = "camkit"
+BUILTIN = "camkit"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the registry knows about one method."""
+
+    name: str
+    summary: str
+    paper: str
+    config: type[MethodConfig]
+    needs_gradients: bool
+    distribution: str
+    version: str
+    aliases: tuple[str, ...] = ()
+    cls: type[Method] = field(default=Method, repr=False)
+
+    def schema(self) -> dict[str, Any]:
+        """The config's JSON schema (defaults and constraints included)."""
+        return self.config.model_json_schema()
+
+
+@dataclass
+class PluginInfo:
+    """One plugin: an entry point, the built-ins, or an object registered at run time."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str  # "ok", "broken" or "blocked"
+    methods: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def normalize_name(name: str) -> str:
+    """Lookup form of a method name: case and ``_``/``-`` do not matter."""
+    return name.strip().lower().replace("_", "-")
+
+
+class Registry:
+    """Methods by name, collected from every registered plugin."""
+
+    def __init__(self) -> None:
+        self._pm: pluggy.PluginManager | None = None
+        self._methods: dict[str, MethodInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self._plugins: dict[str, PluginInfo] = {}
+        self._lock = threading.RLock()
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        with self._lock:
+            if self._pm is None:
+                self._load()
+
+    def _load(self) -> None:
+        from camkit import __version__, methods
+
+        pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        pm.add_hookspecs(hookspecs)
+        self._methods, self._aliases, self._plugins = {}, {}, {}
+        disabled = {
+            normalize_name(n) for n in os.environ.get("CAMKIT_DISABLE_PLUGINS", "").split(",") if n
+        }
+        self._add(pm, methods, BUILTIN, BUILTIN, __version__)
+        if os.environ.get("CAMKIT_NO_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+            self._pm = pm
+            return
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            if {normalize_name(ep.name), normalize_name(dist)} & disabled:
+                pm.set_blocked(ep.name)
+                self._plugins[ep.name] = PluginInfo(ep.name, dist, version, "blocked")
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not break camkit
+                self._plugins[ep.name] = PluginInfo(ep.name, dist, version, "broken", error=exc)
+                continue
+            self._add(pm, plugin, ep.name, dist, version)
+        self._pm = pm
+
+    def _add(
+        self, pm: pluggy.PluginManager, plugin: object, name: str, dist: str, version: str
+    ) -> None:
+        """Register ``plugin`` and its methods; on any error, leave nothing of it behind."""
+        pm.register(plugin, name=name)
+        try:
+            classes = [
+                cls
+                for impl in pm.hook.camkit_methods.get_hookimpls()
+                if impl.plugin is plugin
+                for cls in impl.function()
+            ]
+            infos = [self._info(cls, dist, version) for cls in classes]
+        except PluginError:
+            pm.unregister(plugin)
+            raise
+        except Exception as exc:
+            pm.unregister(plugin)
+            if dist == BUILTIN and name == BUILTIN:
+                raise
+            self._plugins[name] = PluginInfo(name, dist, version, "broken", error=exc)
+            return
+        new_names: dict[str, MethodInfo] = {}
+        for info in infos:
+            for claimed in (info.name, *info.aliases):
+                key = normalize_name(claimed)
+                owner = self._owner_of(key) or (new_names[key] if key in new_names else None)
+                if owner is not None:
+                    pm.unregister(plugin)
+                    raise PluginError(
+                        f"method name {claimed!r} is claimed twice: by method {owner.name!r} of "
+                        f"distribution {owner.distribution!r} and by method {info.name!r} of "
+                        f"distribution {info.distribution!r}. Uninstall one, or block it with "
+                        f"CAMKIT_DISABLE_PLUGINS={name}."
+                    )
+                new_names[key] = info
+        for info in infos:
+            self._methods[info.name] = info
+            for alias in info.aliases:
+                self._aliases[normalize_name(alias)] = info.name
+        self._plugins[name] = PluginInfo(name, dist, version, "ok", [i.name for i in infos])
+
+    def _owner_of(self, key: str) -> MethodInfo | None:
+        if key in self._methods:
+            return self._methods[key]
+        if key in self._aliases:
+            return self._methods[self._aliases[key]]
+        return None
+
+    @staticmethod
+    def _info(cls: Any, dist: str, version: str) -> MethodInfo:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise PluginError(
+                f"distribution {dist!r} returned {cls!r}, which is not a camkit.Method"
+            )
+        if not _NAME.match(cls.name or ""):
+            raise PluginError(
+                f"method class {cls.__qualname__} of distribution {dist!r} has name {cls.name!r}; "
+                "names are lower-case letters, digits and hyphens"
+            )
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, MethodConfig)):
+            raise PluginError(f"method {cls.name!r}: Config must subclass camkit.MethodConfig")
+        if not cls.computes_map() and cls.weights is Method.weights:
+            raise PluginError(f"method {cls.name!r} implements neither weights() nor map()")
+        return MethodInfo(
+            name=cls.name,
+            summary=cls.summary,
+            paper=cls.paper,
+            config=cls.Config,
+            needs_gradients=cls.needs_gradients,
+            distribution=dist,
+            version=version,
+            aliases=tuple(cls.aliases),
+            cls=cls,
+        )
+
+    # -- public -------------------------------------------------------------------------
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object (module, class or instance with hookimpls) at run time."""
+        self._ensure_loaded()
+        assert self._pm is not None
+        plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        with self._lock:
+            self._add(self._pm, plugin, plugin_name, plugin_name, "runtime")
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin registered at run time, and its methods."""
+        self._ensure_loaded()
+        assert self._pm is not None
+        with self._lock:
+            info = self._plugins.pop(name, None)
+            if self._pm.has_plugin(name):
+                self._pm.unregister(name=name)
+            for method in info.methods if info else []:
+                removed = self._methods.pop(method)
+                for alias in removed.aliases:
+                    self._aliases.pop(normalize_name(alias), None)
+
+    def reload(self) -> None:
+        """Forget everything and rediscover plugins (after installing one, or in tests)."""
+        with self._lock:
+            self._pm = None
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        self._ensure_loaded()
+        names = sorted(self._methods)
+        return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern.lower())]
+
+    def info(self, name: str) -> MethodInfo:
+        self._ensure_loaded()
+        key = normalize_name(name)
+        owner = self._owner_of(key)
+        if owner is not None:
+            return owner
+        for plugin in self._plugins.values():
+            if plugin.status == "broken" and normalize_name(plugin.name) == key:
+                raise PluginError(
+                    f"method {name!r} comes from plugin {plugin.name!r} "
+                    f"(distribution {plugin.distribution!r}), which failed to load: {plugin.error}"
+                ) from plugin.error
+            if plugin.status == "blocked" and normalize_name(plugin.name) == key:
+                raise MethodNotFoundError(
+                    f"method {name!r} is provided by plugin {plugin.name!r}, which "
+                    "CAMKIT_DISABLE_PLUGINS blocks"
+                )
+        known = sorted({*self._methods, *self._aliases})
+        raise MethodNotFoundError(
+            f"no CAM method named {name!r}.{did_you_mean(key, known)} "
+            f"Available: {', '.join(sorted(self._methods))}"
+        )
+
+    def plugins(self) -> list[PluginInfo]:
+        self._ensure_loaded()
+        return sorted(self._plugins.values(), key=lambda p: (p.name != BUILTIN, p.name))
+
+
+registry = Registry()

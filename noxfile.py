@@ -1,0 +1,50 @@
+"""Development tasks: `nox -s tests lint typecheck`, `nox -s matrix`, `nox -s bench`.
+
+Sessions install camkit into their own virtualenv; `nox -R` reuses it without reinstalling
+torch.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The fast test suite (the heavy architecture matrix is `nox -s matrix`)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def matrix(session: nox.Session) -> None:
+    """Every method on every architecture of the matrix (slow)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "camkit", "tests", "plugins", "noxfile.py")
+    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the camkit package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not tests): latency ratios against the bare model, as Markdown and JSON."""
+    session.install("-e", ".")
+    session.run("python", "-m", "camkit.bench", *session.posargs)
