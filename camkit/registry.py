@@ -116,7 +116,7 @@ class Registry:
                 cls
                 for impl in pm.hook.camkit_methods.get_hookimpls()
                 if impl.plugin is plugin
-                for cls in impl.function()
+                for cls in list(impl.function() or [])
             ]
             infos = [self._info(cls, dist, version) for cls in classes]
         except PluginError:
@@ -132,7 +132,7 @@ class Registry:
         for info in infos:
             for claimed in (info.name, *info.aliases):
                 key = normalize_name(claimed)
-                owner = self._owner_of(key) or (new_names[key] if key in new_names else None)
+                owner = self._owner_of(key) or (new_names.get(key))
                 if owner is not None:
                     pm.unregister(plugin)
                     raise PluginError(

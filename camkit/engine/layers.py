@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
 from camkit.errors import LayerError, LayerNotFoundError, did_you_mean
 
-LayerSpec = Union[str, nn.Module, Sequence[str | nn.Module], None]
+LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
 _STEP = re.compile(r"^([^\[\]]*)((?:\[-?\d+\])*)$")
 
@@ -23,9 +22,9 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
     ``"encoder.layers[-1].ln_1"``) or a submodule of ``model``.
     """
     if isinstance(spec, nn.Module):
-        for name, module in model.named_modules():
-            if module is spec:
-                return name, module
+        for name, candidate in model.named_modules():
+            if candidate is spec:
+                return name, candidate
         raise LayerNotFoundError(
             f"the module {type(spec).__name__} passed as layer is not a submodule of the model"
         )

@@ -96,7 +96,8 @@ def _tokens_to_grid(t: Tensor, grid: tuple[int, int] | None, layer: str) -> Tens
     h, w = grid
     if h * w > n or h * w == 0:
         raise LayerError(
-            f"layer {layer!r} outputs {n} tokens, which do not hold a {h}x{w} grid; pass grid=(h, w)"
+            f"layer {layer!r} outputs {n} tokens, which do not hold a {h}x{w} grid; "
+            "pass grid=(h, w)"
         )
     return t[:, n - h * w :, :].reshape(b, h, w, d).permute(0, 3, 1, 2)
 

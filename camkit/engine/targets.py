@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from camkit.errors import TargetError
 #: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
 #: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
 TargetFn = Callable[..., Tensor]
-Targets = Union[None, int, Sequence[int], Tensor, TargetFn]
+Targets = int | Sequence[int] | Tensor | TargetFn | None
 
 
 @dataclass
@@ -38,10 +38,7 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
             "(B, num_classes) scores. Pass a callable target instead."
         )
     num_classes = scores.shape[1]
-    if targets is None:
-        indices = scores.detach().argmax(1).cpu()
-    else:
-        indices = _as_indices(targets, batch)
+    indices = scores.detach().argmax(1).cpu() if targets is None else _as_indices(targets, batch)
     bad = (indices < 0) | (indices >= num_classes)
     if bool(bad.any()):
         raise TargetError(

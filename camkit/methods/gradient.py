@@ -10,8 +10,10 @@ from camkit.method import Context, Method
 class GradCAM(Method):
     r"""Grad-CAM: channels weighted by their spatially averaged gradient.
 
-    .. math:: L^{(c)}_{Grad-CAM}(x, y) = ReLU\Big(\sum_k w_k^{(c)} A_k(x, y)\Big),
-              \qquad w_k^{(c)} = \frac{1}{H W} \sum_{i,j} \frac{\partial Y^{(c)}}{\partial A_k(i, j)}
+    .. math::
+
+        L^{(c)}_{Grad-CAM}(x, y) = ReLU\Big(\sum_k w_k^{(c)} A_k(x, y)\Big), \qquad
+        w_k^{(c)} = \frac{1}{H W} \sum_{i,j} \frac{\partial Y^{(c)}}{\partial A_k(i, j)}
     """
 
     name = "gradcam"
