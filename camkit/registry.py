@@ -116,7 +116,7 @@ class Registry:
                 cls
                 for impl in pm.hook.camkit_methods.get_hookimpls()
                 if impl.plugin is plugin
-                for cls in list(impl.function() or [])
+                for cls in _as_list(impl.function())
             ]
             infos = [self._info(cls, dist, version) for cls in classes]
         except PluginError:
@@ -241,6 +241,14 @@ class Registry:
     def plugins(self) -> list[PluginInfo]:
         self._ensure_loaded()
         return sorted(self._plugins.values(), key=lambda p: (p.name != BUILTIN, p.name))
+
+
+def _as_list(returned: Any) -> list[Any]:
+    if returned is None:
+        return []
+    if isinstance(returned, (list, tuple)):
+        return list(returned)
+    raise PluginError(f"camkit_methods() must return a list of Method classes, got {returned!r}")
 
 
 registry = Registry()

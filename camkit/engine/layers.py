@@ -41,7 +41,7 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
         attr, indices = match.groups()
         if attr:
             child = module._modules.get(attr)
-            if child is None:
+            if not isinstance(child, nn.Module):
                 raise _not_found(model, spec, ".".join([*path, attr]))
             module, path = child, [*path, attr]
         for index in re.findall(r"-?\d+", indices):
