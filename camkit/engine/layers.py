@@ -45,7 +45,7 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
                 raise _not_found(model, spec, ".".join([*path, attr]))
             module, path = child, [*path, attr]
         for index in re.findall(r"-?\d+", indices):
-            children = list(module._modules.items())
+            children = [(k, m) for k, m in module._modules.items() if m is not None]
             try:
                 key, module = children[int(index)]
             except IndexError:
