@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from camkit.engine.capture import Capture, grad_enabled, preserved_buffers
 from camkit.engine.layers import LayerSpec, locate, resolve, resolve_all
 from camkit.engine.maps import fuse, weighted_sum
-from camkit.engine.outputs import Layout, scores_of, to_channels_first
+from camkit.engine.outputs import Layout, check_layout, scores_of, to_channels_first
 from camkit.engine.scoring import Scorer
 from camkit.engine.targets import ResolvedTargets, Targets, resolve_targets
 from camkit.errors import InputError, PluginError
@@ -63,6 +63,7 @@ class Extractor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        check_layout(layout, grid)
         self.method = method
         self.model = model
         self.layout: Layout = layout

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, get_args
 
 from torch import Tensor
 
-from camkit.errors import LayerError, ModelOutputError
+from camkit.errors import ConfigError, LayerError, ModelOutputError
 
 Layout = Literal["auto", "nchw", "nhwc", "tokens"]
 
@@ -57,6 +57,18 @@ def layer_tensor(output: Any, layer: str) -> Tensor:
     )
 
 
+def check_layout(layout: object, grid: object) -> None:
+    """Validate the ``layout`` and ``grid`` options of an extractor (:class:`ConfigError`)."""
+    if layout not in get_args(Layout):
+        raise ConfigError(f"layout must be one of {list(get_args(Layout))}, got {layout!r}")
+    if grid is not None and not (
+        isinstance(grid, (tuple, list))
+        and len(grid) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in grid)
+    ):
+        raise ConfigError(f"grid must be (h, w), two positive ints, got {grid!r}")
+
+
 def to_channels_first(
     t: Tensor,
     layout: Layout = "auto",
@@ -66,18 +78,22 @@ def to_channels_first(
 ) -> Tensor:
     """Reshape a layer output to ``(B, C, h, w)`` (or ``(B, C, t, h, w)``).
 
-    - ``(B, N, D)`` tokens: the last ``h * w`` tokens form the grid (``grid``, else the
-      largest square that fits); leading class/register tokens are dropped.
-    - ``(B, H, W, C)`` channels-last maps (e.g. Swin) are permuted. With ``layout="auto"``
-      a 4-D output counts as channels-last when its last two sizes differ and its middle two
-      match the input's aspect ratio while the channels-first reading does not.
+    - ``(B, N, D)`` tokens: the last ``h * w`` tokens form the grid, row-major; leading
+      class/register tokens are dropped. The grid is ``grid`` when given, else the grid one
+      patch stride cuts out of the input's ``(H, W)`` that leaves the fewest leading tokens
+      (a stride dividing both sides first, then one that rounds; the largest square when the
+      input size is unknown). Pass ``grid`` when more than a quarter of the tokens lead.
+    - ``(B, H, W, C)`` channels-last maps (e.g. Swin) are permuted, and ``(B, T, H, W, C)``
+      with ``layout="nhwc"``. With ``layout="auto"`` a 4-D output counts as channels-last
+      when its last two sizes differ and its middle two match the input's aspect ratio
+      better than its last two do (or, with no input size, when its middle two are equal).
     """
     if layout == "tokens" or (layout == "auto" and t.dim() == 3):
-        return _tokens_to_grid(t, grid, layer)
-    if t.dim() == 4 and (
+        return _tokens_to_grid(t, grid, input_size, layer)
+    if t.dim() in (4, 5) and (
         layout == "nhwc" or (layout == "auto" and _looks_channels_last(t, input_size))
     ):
-        return t.permute(0, 3, 1, 2)
+        return t.movedim(-1, 1)
     if t.dim() in (4, 5):
         return t
     raise LayerError(
@@ -86,13 +102,14 @@ def to_channels_first(
     )
 
 
-def _tokens_to_grid(t: Tensor, grid: tuple[int, int] | None, layer: str) -> Tensor:
+def _tokens_to_grid(
+    t: Tensor, grid: tuple[int, int] | None, input_size: Sequence[int] | None, layer: str
+) -> Tensor:
     if t.dim() != 3:
         raise LayerError(f"layer {layer!r} outputs shape {tuple(t.shape)}, not (B, N, D) tokens")
     b, n, d = t.shape
     if grid is None:
-        side = math.isqrt(n)
-        grid = (side, side)
+        grid = _infer_grid(n, input_size, layer)
     h, w = grid
     if h * w > n or h * w == 0:
         raise LayerError(
@@ -102,13 +119,68 @@ def _tokens_to_grid(t: Tensor, grid: tuple[int, int] | None, layer: str) -> Tens
     return t[:, n - h * w :, :].reshape(b, h, w, d).permute(0, 3, 1, 2)
 
 
+def _infer_grid(n: int, input_size: Sequence[int] | None, layer: str) -> tuple[int, int]:
+    if input_size is None:
+        side = math.isqrt(n)
+        return side, side
+    if len(input_size) != 2:
+        raise LayerError(
+            f"layer {layer!r} outputs (B, N, D) tokens for a {len(input_size)}-D input; camkit "
+            "reads tokens as the 2-D grid of an image only"
+        )
+    height, width = input_size
+    # A patch stride that divides both sides is the usual case and the least ambiguous, so it
+    # wins over a grid that needs rounding, even with more prefix tokens.
+    for fits in (_divides, _rounds):
+        grid = _fewest_prefix_grid(n, height, width, fits)
+        if grid is not None:
+            return grid
+    raise LayerError(
+        f"layer {layer!r} outputs {n} tokens, and no grid of them matches the input's "
+        f"{height}x{width} pixels; pass grid=(h, w)"
+    )
+
+
+def _fewest_prefix_grid(
+    n: int, height: int, width: int, fits: Callable[[int, int, int, int], bool]
+) -> tuple[int, int] | None:
+    """The ``(h, w)`` grid of the input that ``fits``, formed by the last tokens after the
+    fewest prefix (class/register) tokens, which must number at most a quarter of the grid's."""
+    for prefix in range(n):
+        count = n - prefix
+        if 4 * prefix > count:
+            return None
+        for a in range(1, math.isqrt(count) + 1):
+            if count % a == 0:
+                for h, w in ((a, count // a), (count // a, a)):
+                    if fits(height, width, h, w):
+                        return h, w
+    return None
+
+
+def _divides(height: int, width: int, h: int, w: int) -> bool:
+    """Whether one stride cuts the input into exactly ``h x w`` patches."""
+    return height % h == 0 and width % w == 0 and height // h == width // w
+
+
+def _rounds(height: int, width: int, h: int, w: int) -> bool:
+    """Whether one stride ``s`` gives an ``h x w`` grid, rounding both sides down
+    (``floor(H / s)``, as strided convolutions do) or both up (as padding does)."""
+    inf = math.inf
+    floor = max(height / (h + 1), width / (w + 1)) < min(height / h, width / w)
+    ceil = max(height / h, width / w) < min(
+        height / (h - 1) if h > 1 else inf, width / (w - 1) if w > 1 else inf
+    )
+    return floor or ceil
+
+
 def _looks_channels_last(t: Tensor, input_size: Sequence[int] | None) -> bool:
+    if t.dim() != 4:
+        return False
     _, s1, s2, s3 = t.shape
     if s2 == s3:
         return False
-    if s1 == s2:
-        return True
     if input_size is None or len(input_size) != 2:
-        return False
-    ratio = input_size[0] / input_size[1]
-    return abs(s1 / s2 - ratio) < abs(s2 / s3 - ratio)
+        return s1 == s2
+    ratio = math.log(input_size[0] / input_size[1])
+    return abs(math.log(s1 / s2) - ratio) < abs(math.log(s2 / s3) - ratio)
