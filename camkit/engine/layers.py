@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -80,9 +81,13 @@ def locate(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
     tokens need the layer named (e.g. ``"encoder.layers[-1].ln_1"``).
     """
     found: list[tuple[str, nn.Module]] = []
+    # Other threads may run the model meanwhile; their forwards must not be recorded.
+    thread = threading.get_ident()
 
     def record(name: str, module: nn.Module):
         def hook(_m: nn.Module, _i: object, out: object) -> None:
+            if threading.get_ident() != thread:
+                return
             if isinstance(out, Tensor) and out.dim() == x.dim() and out.shape[2:].numel() > 1:
                 found.append((name, module))
 
