@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from camkit import errors
+from camkit import errors, targets
 from camkit.api import (
     create,
     list_methods,
@@ -45,5 +45,6 @@ __all__ = [
     "normalize",
     "overlay",
     "register_plugin",
+    "targets",
     "unregister_plugin",
 ]

@@ -1,0 +1,166 @@
+"""Ready-made targets: what score a CAM explains, beyond "the logit of one class".
+
+A target is any callable ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)`` passed as
+``targets=`` to an extractor. ``scores`` is the model's output for ``N`` rows; ``index[i]``
+is the batch image row ``i`` belongs to. Rows are not always the batch itself: perturbation
+methods score masked or noisy copies of the images, so a target that holds per-image data
+(a mask per image, a reference vector per image) must look it up through ``index``. The
+targets here do, and are differentiable, so every method can use them.
+
+>>> cam = camkit.create("gradcam", segmenter, "backbone.layer4")
+>>> res = cam(images, targets=camkit.targets.SegmentationTarget(class_index=15, mask=person))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camkit.errors import TargetError
+
+__all__ = ["ClassTarget", "SegmentationTarget", "SimilarityTarget"]
+
+
+def _per_image(value: Tensor, index: Tensor, what: str) -> Tensor:
+    """Pick ``value``'s entry for each row's image; ``value`` holds one entry per image."""
+    if int(index.max()) >= value.shape[0]:
+        raise TargetError(
+            f"{what} has {value.shape[0]} entries (one per image) but the batch has "
+            f"{int(index.max()) + 1} or more images"
+        )
+    return value[index.to(value.device)]
+
+
+class ClassTarget:
+    """The logit of class ``class_index``: ``scores[:, c]`` for ``(N, K)`` scores.
+
+    Args:
+        class_index: one class for every image, or one per image (a sequence or 1-D tensor
+            of ``B`` ints).
+    """
+
+    def __init__(self, class_index: int | Sequence[int] | Tensor) -> None:
+        classes = torch.as_tensor(class_index)
+        if classes.dim() > 1 or classes.is_floating_point() or classes.dtype == torch.bool:
+            raise TargetError(
+                f"ClassTarget needs an int or a 1-D sequence of ints, got {class_index!r}"
+            )
+        self.classes = classes.long()
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        if scores.dim() != 2:
+            raise TargetError(
+                f"ClassTarget needs (N, num_classes) scores, got shape {tuple(scores.shape)}"
+            )
+        classes = self.classes.to(scores.device)
+        if classes.dim() == 1:
+            classes = _per_image(classes, index, "ClassTarget's class_index")
+        else:
+            classes = classes.expand(scores.shape[0])
+        num_classes = scores.shape[1]
+        if bool(((classes < 0) | (classes >= num_classes)).any()):
+            raise TargetError(
+                f"ClassTarget class {self.classes.tolist()} is out of range: the model has "
+                f"{num_classes} classes, so targets must be in [0, {num_classes - 1}]"
+            )
+        return scores.gather(1, classes.unsqueeze(1)).squeeze(1)
+
+    def __repr__(self) -> str:
+        return f"ClassTarget({self.classes.tolist()})"
+
+
+class SegmentationTarget:
+    r"""The summed logit of one class inside a mask, for dense outputs ``(N, K, H, W)``.
+
+    .. math:: s = \sum_{i,j} M(i, j)\, Y^{(c)}(i, j)
+
+    Args:
+        class_index: the class ``c`` whose logits are summed.
+        mask: ``(H, W)`` for every image, or ``(B, H, W)`` one per image, at the output's
+            resolution; bool or float (a float mask weights the pixels).
+    """
+
+    def __init__(self, class_index: int, mask: Tensor) -> None:
+        if not isinstance(class_index, int) or isinstance(class_index, bool):
+            raise TargetError(
+                f"SegmentationTarget's class_index must be an int, got {class_index!r}"
+            )
+        if not isinstance(mask, Tensor) or mask.dim() < 2:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise TargetError(
+                f"SegmentationTarget's mask must be an (H, W) or (B, H, W) tensor, got {got}"
+            )
+        self.class_index = class_index
+        self.mask = mask.detach()
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        spatial = scores.shape[2:]
+        if scores.dim() < 3:
+            raise TargetError(
+                "SegmentationTarget needs dense (N, num_classes, H, W) scores, got shape "
+                f"{tuple(scores.shape)}"
+            )
+        if not 0 <= self.class_index < scores.shape[1]:
+            raise TargetError(
+                f"SegmentationTarget class {self.class_index} is out of range: the model has "
+                f"{scores.shape[1]} classes, so targets must be in [0, {scores.shape[1] - 1}]"
+            )
+        mask = self.mask.to(scores.device, scores.dtype)
+        if mask.shape[-len(spatial) :] != spatial or mask.dim() not in (
+            len(spatial),
+            len(spatial) + 1,
+        ):
+            raise TargetError(
+                f"SegmentationTarget's mask has shape {tuple(self.mask.shape)}; the model's "
+                f"output is {tuple(spatial)} per class, so the mask must be {tuple(spatial)} or "
+                f"(B, {', '.join(map(str, spatial))})"
+            )
+        if mask.dim() > len(spatial):
+            mask = _per_image(mask, index, "SegmentationTarget's mask")
+        return (scores[:, self.class_index] * mask).flatten(1).sum(1)
+
+    def __repr__(self) -> str:
+        return f"SegmentationTarget(class_index={self.class_index}, mask={tuple(self.mask.shape)})"
+
+
+class SimilarityTarget:
+    r"""Cosine similarity of an embedding output ``(N, D)`` to a reference vector.
+
+    .. math:: s = \frac{e \cdot r}{\lVert e \rVert \lVert r \rVert}
+
+    Use it to explain what makes an image's embedding close to a reference (another image's
+    embedding, a text embedding, a class prototype), or for regression outputs.
+
+    Args:
+        reference: ``(D,)`` for every image, or ``(B, D)`` one per image.
+    """
+
+    def __init__(self, reference: Tensor) -> None:
+        if not isinstance(reference, Tensor) or reference.dim() not in (1, 2):
+            got = (
+                tuple(reference.shape)
+                if isinstance(reference, Tensor)
+                else type(reference).__name__
+            )
+            raise TargetError(f"SimilarityTarget's reference must be (D,) or (B, D), got {got}")
+        self.reference = reference.detach()
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        embedding = scores.flatten(1)
+        reference = self.reference.to(scores.device, scores.dtype)
+        if reference.shape[-1] != embedding.shape[1]:
+            raise TargetError(
+                f"SimilarityTarget's reference has {reference.shape[-1]} dimensions but the "
+                f"model outputs {embedding.shape[1]} per image"
+            )
+        if reference.dim() == 2:
+            reference = _per_image(reference, index, "SimilarityTarget's reference")
+        else:
+            reference = reference.expand_as(embedding)
+        return F.cosine_similarity(embedding, reference, dim=1)
+
+    def __repr__(self) -> str:
+        return f"SimilarityTarget(reference={tuple(self.reference.shape)})"
