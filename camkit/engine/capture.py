@@ -76,12 +76,19 @@ class Capture:
         return hook
 
     def check_ran(self) -> None:
+        """Every target layer ran, and produced finite values."""
         missing = [name for name, _ in self.layers if name not in self.activations]
         if missing:
             raise LayerError(
                 f"layer {missing[0]!r} did not run during the model's forward pass; choose a "
                 "layer the model uses"
             )
+        for name, act in self.activations.items():
+            if not bool(torch.isfinite(act.detach()).all()):
+                raise LayerError(
+                    f"layer {name!r} output NaN or Inf values for this input; camkit cannot "
+                    "explain non-finite features (check the input's scale and the model)"
+                )
 
     def grad(self, total: Tensor) -> dict[str, Tensor]:
         """d(total)/d(activation) for every captured layer."""
@@ -98,6 +105,11 @@ class Capture:
                 raise GradientError(
                     f"the target score does not depend on layer {name!r}; choose a layer "
                     "between the input and the scores"
+                )
+            if not bool(torch.isfinite(grad).all()):
+                raise GradientError(
+                    f"the gradient of the target score at layer {name!r} has NaN or Inf "
+                    "values (a non-differentiable point or an overflow after this layer)"
                 )
         return {name: grad for name, grad in zip(names, grads) if grad is not None}
 

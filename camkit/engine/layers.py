@@ -63,7 +63,14 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
 
 def resolve_all(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Module]]:
     """Resolve a layer spec that may be a list; duplicates are kept once, in order."""
-    specs = [spec] if isinstance(spec, (str, nn.Module)) else list(spec or [])
+    if isinstance(spec, (str, nn.Module)):
+        specs: list[str | nn.Module] = [spec]
+    elif isinstance(spec, Sequence):
+        specs = list(spec)
+    else:
+        raise LayerNotFoundError(
+            f"a layer is a name, a module or a list of these, not {type(spec).__name__}"
+        )
     if not specs:
         raise LayerNotFoundError("an empty list of layers was given")
     resolved: dict[str, nn.Module] = {}

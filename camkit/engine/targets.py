@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from camkit.errors import TargetError
+from camkit.errors import ModelOutputError, TargetError
 
 #: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
 #: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
@@ -48,33 +50,53 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
     device_indices = indices.to(scores.device)
 
     def score(rows: Tensor, index: Tensor) -> Tensor:
-        return rows.gather(1, device_indices[index].unsqueeze(1)).squeeze(1)
+        return _finite(rows.gather(1, device_indices[index].unsqueeze(1)).squeeze(1), index)
 
     return ResolvedTargets(indices, score)
 
 
+def _finite(out: Tensor, index: Tensor) -> Tensor:
+    # A NaN score would surface later as NaN weights, blamed on the method.
+    bad = ~torch.isfinite(out.detach())
+    if bool(bad.any()):
+        raise ModelOutputError(
+            f"the explained score of image {int(index[bad][0])} is {float(out[bad][0])} "
+            "(the model's output, or the target computed from it, is not finite for this input)"
+        )
+    return out
+
+
 def _as_indices(targets: Any, batch: int) -> Tensor:
-    if isinstance(targets, bool):
+    if isinstance(targets, (bool, np.bool_)):
         raise TargetError("a target is a class index, not a bool")
-    if isinstance(targets, int):
-        return torch.full((batch,), targets, dtype=torch.long)
+    if isinstance(targets, numbers.Integral):
+        return torch.full((batch,), int(targets), dtype=torch.long)
+    if isinstance(targets, np.ndarray):
+        targets = torch.from_numpy(targets)
     if isinstance(targets, Tensor):
         if targets.dim() == 0:
             targets = targets.reshape(1).expand(batch)
-        if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex():
+        if (
+            targets.dim() != 1
+            or targets.is_floating_point()
+            or targets.is_complex()
+            or targets.dtype == torch.bool
+        ):
             raise TargetError(
                 f"target tensors must be 1-D integer class indices, got {targets.dtype} of "
                 f"shape {tuple(targets.shape)}"
             )
         indices = targets.detach().to("cpu", torch.long)
     elif isinstance(targets, Sequence) and not isinstance(targets, str):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+        if not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, (bool, np.bool_)) for t in targets
+        ):
             raise TargetError(f"targets must be class indices (ints), got {list(targets)!r}")
-        indices = torch.tensor(list(targets), dtype=torch.long)
+        indices = torch.tensor([int(t) for t in targets], dtype=torch.long)
     else:
         raise TargetError(
             "targets must be None (the predicted class), an int, a list of ints, a 1-D tensor "
-            f"or a callable, not {type(targets).__name__}"
+            f"or array, or a callable, not {type(targets).__name__}"
         )
     if indices.numel() != batch:
         raise TargetError(f"got {indices.numel()} targets for a batch of {batch} images")
@@ -105,6 +127,6 @@ def _checked(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor
                 f"a callable target must return one score per row, shape ({rows.shape[0]},); "
                 f"it returned {shape}"
             )
-        return out
+        return _finite(out, index)
 
     return score
