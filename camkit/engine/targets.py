@@ -60,7 +60,7 @@ def _finite(out: Tensor, index: Tensor) -> Tensor:
     bad = ~torch.isfinite(out.detach())
     if bool(bad.any()):
         raise ModelOutputError(
-            f"the explained score of image {int(index[bad][0])} is {float(out[bad][0])} "
+            f"the explained score of image {int(index[bad][0])} is {float(out.detach()[bad][0])} "
             "(the model's output, or the target computed from it, is not finite for this input)"
         )
     return out
