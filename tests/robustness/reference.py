@@ -66,7 +66,7 @@ def reference_capture(
         leaves.append(leaf)
         # Hand the model a non-leaf copy so its in-place ops cannot reach the leaf.
         passed = leaf * 1
-        return passed if isinstance(out, Tensor) else (passed, *out[1:])  # type: ignore[misc]
+        return passed if isinstance(out, Tensor) else (passed, *out[1:])
 
     handle = module.register_forward_hook(hook)
     try:

@@ -44,7 +44,7 @@ def _x(*shape: int) -> Tensor:
 
 
 def _gradcam(model: nn.Module | None = None, layer: object = "features", **kw: object):
-    return camkit.create("gradcam", model or _tiny(), layer, **kw)  # type: ignore[arg-type]
+    return camkit.create("gradcam", model or _tiny(), layer, **kw)
 
 
 class _Null(nn.Module):
@@ -169,7 +169,7 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     "input-nan": lambda mp: _gradcam()(_x() * float("nan")),
     "input-inf": lambda mp: _gradcam()(_x() / 0),
     "input-device": lambda mp: _gradcam(_tiny().to("meta"))(_x()),
-    "model-not-module": lambda mp: camkit.create("gradcam", lambda x: x),  # type: ignore[arg-type]
+    "model-not-module": lambda mp: camkit.create("gradcam", lambda x: x),
     "overlay-map-shape": lambda mp: camkit.overlay(torch.zeros(3, 8, 8), torch.zeros(2, 8, 8)),
     # model outputs
     "output-ambiguous-dict": lambda mp: _wrapped(lambda m, x: {"a": m.net(x), "b": m.net(x)}),
