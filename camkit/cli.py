@@ -1,4 +1,4 @@
-"""The ``camkit`` command line: ``camkit methods``, ``camkit plugins`` and friends."""
+"""The ``camkit`` command line: ``camkit run``, ``camkit methods``, ``camkit plugins``."""
 
 from __future__ import annotations
 
@@ -118,6 +118,27 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from camkit.experiment import load_config, run
+
+    config = load_config(args.config, overrides=args.overrides, output=args.output)
+    try:
+        result = run(config, overwrite=args.overwrite, progress=False if args.quiet else None)
+    except KeyboardInterrupt:
+        print(
+            f"camkit: interrupted; finished shards are kept in {config.output.folder}: run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if result.rank == 0:
+        print(
+            f"{result.images} images, {result.computed} shards computed, {result.skipped} "
+            f"resumed, in {result.seconds:.1f}s: {result.folder / 'report.html'}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camkit", description="Class activation maps for PyTorch image models."
@@ -133,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugin distributions and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
+
+    run = sub.add_parser("run", help="run an experiment described in a TOML or YAML file")
+    run.add_argument("config", help="the experiment file (.toml, .yaml or .yml)")
+    run.add_argument("--output", "-o", help="output folder (replaces output.folder)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a key, e.g. --set data.count=16 --set methods[0].layer=features",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace results of a different config"
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
     return parser
 
 
