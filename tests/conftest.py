@@ -187,9 +187,9 @@ def entry_points(monkeypatch: pytest.MonkeyPatch) -> EntryPoints:
     """Replace the installed ``camkit`` entry points with a list the test fills in."""
     fake = EntryPoints()
 
-    def read(*, group: str) -> list[FakeEntryPoint]:
+    def read(**select: str) -> list[FakeEntryPoint]:
         fake.reads += 1
-        return list(fake.installed) if group == "camkit" else []
+        return list(fake.installed) if select.get("group") == "camkit" else []
 
     monkeypatch.setattr(registry_module.metadata, "entry_points", read)
     return fake
