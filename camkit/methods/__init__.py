@@ -5,8 +5,15 @@ from __future__ import annotations
 from camkit.method import Method, hookimpl
 from camkit.methods.activation import CAM
 from camkit.methods.gradient import GradCAM
+from camkit.methods.score import ISCAM, SSCAM, ScoreCAM
 
-BUILTIN_METHODS: list[type[Method]] = [CAM, GradCAM]
+BUILTIN_METHODS: list[type[Method]] = [
+    CAM,
+    GradCAM,
+    ScoreCAM,
+    SSCAM,
+    ISCAM,
+]
 
 
 @hookimpl
