@@ -149,3 +149,31 @@ def assert_maps_close(got: Tensor, want: Tensor, atol: float = 1e-5) -> None:
     scale = float(want.abs().max())
     torch.testing.assert_close(got, want, rtol=0, atol=atol * scale)
     torch.testing.assert_close(_minmax(got), _minmax(want), rtol=0, atol=atol)
+
+
+def reference_gradient_weights(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    targets: list[int],
+    channel_weight: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Gradient-method weights, image by image and channel by channel.
+
+    ``channel_weight(A_k, g_k)`` maps one channel's ``(h, w)`` activation and gradient to its
+    weight (a scalar, or ``(h, w)`` pixel weights). Returns the stacked weights and the
+    ``(B, C, h, w)`` activations.
+    """
+    weights, acts = [], []
+    for image, target in zip(images, targets):
+        act, grad, _ = activation_and_gradient(model, layer, image, target)
+        weights.append(torch.stack([channel_weight(a, g) for a, g in zip(act, grad)]))
+        acts.append(act)
+    return torch.stack(weights), torch.stack(acts)
+
+
+def assert_weights_close(got: Tensor, want: Tensor, rtol: float = 1e-5) -> None:
+    """Weights agree to ``rtol``, element-wise or relative to the largest weight: batched and
+    one-image convolutions round differently, which matters for near-zero weights."""
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import assert_maps_close, reference_maps, reference_score_weights, tiny_cnn
+from reference_impl import (
+    assert_maps_close,
+    assert_weights_close,
+    reference_maps,
+    reference_score_weights,
+    tiny_cnn,
+)
 from torch import Tensor
 
 import camkit
@@ -22,7 +28,7 @@ def test_matches_reference_on_tiny_cnn(tiny_input: Tensor, targets: list[int] | 
     want_targets = targets or model(tiny_input).argmax(1).tolist()
     assert res.targets.tolist() == want_targets
     weights, acts = reference_score_weights(model, "layer4", tiny_input, want_targets, _masked)
-    torch.testing.assert_close(res.weights["layer4"], weights, rtol=1e-5, atol=1e-7)
+    assert_weights_close(res.weights["layer4"], weights)
     assert_maps_close(res.layer_maps["layer4"], reference_maps(weights, acts))
 
 
@@ -32,5 +38,5 @@ def test_matches_reference_on_resnet18(resnet: torch.nn.Module, resnet_input: Te
     weights, acts = reference_score_weights(
         resnet, "layer2", resnet_input, res.targets.tolist(), _masked
     )
-    torch.testing.assert_close(res.weights["layer2"], weights, rtol=1e-5, atol=1e-7)
+    assert_weights_close(res.weights["layer2"], weights)
     assert_maps_close(res.layer_maps["layer2"], reference_maps(weights, acts))
