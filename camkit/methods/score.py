@@ -16,7 +16,7 @@ the input size (:math:`U`), multiplies it into its image and forwards the result
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -31,8 +31,9 @@ class PerturbationConfig(MethodConfig):
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="precision of the masked forwards: 'fp32' is exact; 'bf16' runs them with "
-        "bfloat16 autocast for speed (activations and maps stay float32)",
+        description="precision of the masked forwards: 'fp32' (exact) or 'bf16' (bfloat16 "
+        "autocast for speed; activations and maps stay float32). The scorer does not honor "
+        "'bf16' yet: both run in the model's precision",
     )
 
 
@@ -50,16 +51,23 @@ class ISCAMConfig(PerturbationConfig):
     num_samples: int = Field(10, gt=0, description="integration steps N")
 
 
-def _mean_gain(ctx: Context, masks: Tensor, **noise: Any) -> Tensor:
+def _mean_gain(
+    ctx: Context,
+    masks: Tensor,
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``(B, C)``: the target score of each masked input minus the clean input's score,
     averaged over samples.
 
     Args:
         masks: ``(B, N, C, h, w)``: ``N`` samples of a mask per channel, at any resolution.
-        **noise: ``noise_std`` and ``generator`` for :meth:`Context.score`.
+        noise_std, generator: the noise :meth:`Context.score` adds to each upsampled mask.
     """
     samples, channels = masks.shape[1:3]
-    scores = ctx.score(masks.flatten(1, 2), **noise).unflatten(1, (samples, channels))
+    flat = masks.flatten(1, 2)
+    scores = ctx.score(flat, noise_std=noise_std, generator=generator)
+    scores = scores.unflatten(1, (samples, channels))
     return (scores - ctx.baseline_scores.reshape(-1, 1, 1)).mean(1)
 
 

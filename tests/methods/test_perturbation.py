@@ -81,7 +81,17 @@ def test_noisy_masks_are_all_forwarded(
 
 
 @pytest.mark.parametrize("name", FAMILY)
-def test_precision_is_validated(name: str, tiny: nn.Module) -> None:
-    assert camkit.method_info(name).config().precision == "fp32"
+def test_options_are_validated(name: str, tiny: nn.Module) -> None:
     with pytest.raises(camkit.errors.ConfigError, match="precision"):
         camkit.create(name, tiny, "layer4", precision="fp16")
+    with pytest.raises(camkit.errors.ConfigError, match="batch_size"):
+        camkit.create(name, tiny, "layer4", batch_size=0)
+
+
+def test_noiseless_sscam_forwards_each_channel_once(
+    tiny_input: Tensor, count_rows: Callable[[nn.Module], list[int]]
+) -> None:
+    model = tiny_cnn(12, dead=4)
+    rows = count_rows(model)
+    camkit.create("sscam", model, "layer4", num_samples=5, std=0.0)(tiny_input)
+    assert sum(rows) == 2 * (1 + (12 - 4) + 1)
