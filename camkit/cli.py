@@ -14,15 +14,8 @@ from camkit.errors import CamkitError
 
 def _methods(args: argparse.Namespace) -> int:
     pattern = args.pattern
-    if (
-        pattern
-        and not any(ch in pattern for ch in "*?[")
-        and pattern.lower()
-        in {
-            *camkit.list_methods(),
-            *(a for n in camkit.list_methods() for a in camkit.method_info(n).aliases),
-        }
-    ):
+    # A plain name is looked up like method_info() does: aliases, any case, "did you mean".
+    if pattern and not any(ch in pattern for ch in "*?["):
         return _method_detail(pattern, args.json)
     rows = [camkit.method_info(name) for name in camkit.list_methods(pattern)]
     if args.json:

@@ -110,6 +110,16 @@ class Registry:
         self, pm: pluggy.PluginManager, plugin: object, name: str, dist: str, version: str
     ) -> None:
         """Register ``plugin`` and its methods; on any error, leave nothing of it behind."""
+        if pm.has_plugin(name):
+            raise PluginError(
+                f"cannot register plugin {name!r} of distribution {dist!r}: a plugin of that "
+                "name is already registered; unregister it first or choose another name"
+            )
+        if pm.is_registered(plugin):
+            raise PluginError(
+                f"cannot register plugin {name!r} of distribution {dist!r}: the same object is "
+                f"already registered as plugin {pm.get_name(plugin)!r}"
+            )
         pm.register(plugin, name=name)
         try:
             classes = [

@@ -77,7 +77,8 @@ class Extractor:
             dummy = torch.zeros(
                 (1, *input_shape), device=param.device if param is not None else None
             )
-            self._layers = [locate(model, dummy)]
+            with preserved_buffers(model):
+                self._layers = [locate(model, dummy)]
 
     @property
     def layers(self) -> list[str] | None:
