@@ -83,3 +83,27 @@ def test_gaussian_blur_of_a_point_is_the_normalized_kernel():
 def test_gaussian_blur_keeps_a_constant_image_constant():
     image = torch.full((2, 3, 5, 7), 0.3)
     assert torch.allclose(gaussian_blur(image), image, atol=1e-6)
+
+
+def test_curves_do_not_depend_on_how_images_share_forward_passes():
+    images = torch.cat([IMAGE, IMAGE.flip(-1) * 2])
+    saliency = torch.cat([SALIENCY, SALIENCY.flip(-2)])
+    targets = torch.tensor([0, 0])
+    curves = [
+        perturbation_curve(
+            _pixel_sum,
+            images,
+            saliency,
+            targets,
+            mode="insertion",
+            step=1,
+            substrate="zeros",
+            softmax=False,
+            batch_size=size,
+        )
+        for size in (3, 5, 10, 128)
+    ]
+    # image 2: values [[4, 2], [8, 6]] with saliency [[0.5, 0.2], [0.1, 0.9]]: 6, 4, 2, 8
+    assert curves[0].tolist() == [[0.0, 2.0, 5.0, 9.0, 10.0], [0.0, 6.0, 10.0, 12.0, 20.0]]
+    for other in curves[1:]:
+        assert torch.equal(other, curves[0])
