@@ -33,9 +33,15 @@ def render(
     config: ExperimentConfig,
     source: Source,
     results: dict[str, dict[str, np.ndarray]],
+    maps: dict[str, np.ndarray],
     summary: dict[str, Any],
 ) -> str:
-    """The report's HTML."""
+    """The report's HTML.
+
+    Args:
+        results: per method, the shards' arrays (without maps).
+        maps: per method, ``(N, H, W)`` maps of the first ``N`` images, those shown.
+    """
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>camkit report</title>',
@@ -45,7 +51,7 @@ def render(
         "<h2>Metrics (mean, with the number of images)</h2>",
         _summary_table(config, summary),
         "<h2>Images</h2>",
-        _grid(config, source, results),
+        _grid(config, source, results, maps),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -99,7 +105,10 @@ def _img(picture: Any) -> str:
 
 
 def _grid(
-    config: ExperimentConfig, source: Source, results: dict[str, dict[str, np.ndarray]]
+    config: ExperimentConfig,
+    source: Source,
+    results: dict[str, dict[str, np.ndarray]],
+    maps: dict[str, np.ndarray],
 ) -> str:
     count = min(config.output.report_images, len(source))
     if count == 0:
@@ -119,7 +128,7 @@ def _grid(
         for method in methods:
             data = results[method]
             picture = overlay(
-                batch.images[row], data["maps"][row].astype(np.float32),
+                batch.images[row], maps[method][row].astype(np.float32),
                 alpha=config.output.alpha, cmap=config.output.colormap,
             )  # fmt: skip
             lines = [

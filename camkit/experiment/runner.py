@@ -323,8 +323,11 @@ def _write_shard(
 # -- merging -------------------------------------------------------------------------------
 
 
-def load_shards(folder: Path, method: str, shards: list[Shard]) -> dict[str, np.ndarray]:
-    """One method's shards, concatenated in image order."""
+def load_shards(
+    folder: Path, method: str, shards: list[Shard], with_maps: bool = False
+) -> dict[str, np.ndarray]:
+    """One method's shards concatenated in image order; the maps only when asked for, so
+    merging a large run stays small in memory."""
     missing = [s.file(folder, method) for s in shards if not s.file(folder, method).exists()]
     if missing:
         raise ConfigError(
@@ -335,7 +338,8 @@ def load_shards(folder: Path, method: str, shards: list[Shard]) -> dict[str, np.
     for shard in shards:
         with np.load(shard.file(folder, method), allow_pickle=False) as data:
             for key in data.files:
-                parts.setdefault(key, []).append(data[key])
+                if with_maps or key != "maps":
+                    parts.setdefault(key, []).append(data[key])
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
@@ -360,7 +364,13 @@ def merge(
         **(meta or {}),
     }
     files.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    files.write_text(folder / "report.html", report.render(config, source, results, summary))
+    shown = min(config.output.report_images, len(source))
+    first = [s for s in shards if s.start < shown]
+    maps = {
+        method: load_shards(folder, method, first, with_maps=True)["maps"][:shown]
+        for method in results
+    }
+    files.write_text(folder / "report.html", report.render(config, source, results, maps, summary))
 
 
 def metrics_csv(config: ExperimentConfig, results: dict[str, dict[str, np.ndarray]]) -> str:
@@ -415,7 +425,8 @@ def summarize(
     boxes = first["box"]
     pointing = [n for n in ("pointing_game", "energy_pointing_game") if n in config.metrics.compute]
     if pointing and (boxes >= 0).all():
-        height, width = first["maps"].shape[1:]
+        assert config.data.image_size is not None and not isinstance(config.data.image_size, int)
+        height, width = config.data.image_size
         centre = centre_map(height, width).expand(len(boxes), height, width)
         box_tensor = torch.from_numpy(boxes)
         assert config.metrics.tolerance is not None
