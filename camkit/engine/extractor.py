@@ -143,7 +143,7 @@ class Extractor:
             with self._lock:
                 if self._layers is None:
                     with preserved_buffers(self.model):
-                        self._layers = [locate(self.model, x[:1])]
+                        self._layers = [locate(self.model, x)]
         return self._layers
 
     def _features(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
