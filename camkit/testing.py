@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit.api import create
+from camkit.api import create, method_info, register_plugin, unregister_plugin
 from camkit.engine import CAMResult, Extractor
 from camkit.engine.layers import LayerSpec
 from camkit.engine.targets import Targets
-from camkit.method import Method
+from camkit.errors import CamkitError
+from camkit.method import Method, hookimpl
 
 __all__ = ["TinyCNN", "check_method", "no_hooks_left", "tiny_inputs", "tiny_model"]
 
@@ -170,13 +171,38 @@ def _extractor(
 ) -> Extractor:
     if isinstance(method, str):
         return create(method, model, layer, progress=False, **config)
-    if isinstance(method, type) and issubclass(method, Method):
-        # An unregistered class: validate its config the way create() would.
-        instance = method(method.Config(**config)) if config else method()
-        return Extractor(instance, model, layer, progress=False)
-    raise TypeError(
-        f"check_method() needs a method name or a camkit.Method subclass, got {method!r}"
-    )
+    if not (isinstance(method, type) and issubclass(method, Method)):
+        raise TypeError(
+            f"check_method() needs a method name or a camkit.Method subclass, got {method!r}"
+        )
+    if _registered_class(method.name) is method:
+        return create(method.name, model, layer, progress=False, **config)
+    # Register the class for the time of create(), so that it meets the registry's rules
+    # (name, Config, weights() or map()) and its config is validated as users will see it.
+    plugin_name = f"camkit.testing:{method.__module__}.{method.__qualname__}"
+    register_plugin(_OneMethod(method), plugin_name)
+    try:
+        return create(method.name, model, layer, progress=False, **config)
+    finally:
+        unregister_plugin(plugin_name)
+
+
+def _registered_class(name: str) -> type[Method] | None:
+    try:
+        return method_info(name).cls
+    except CamkitError:
+        return None
+
+
+class _OneMethod:
+    """A plugin object providing one method class."""
+
+    def __init__(self, cls: type[Method]) -> None:
+        self.cls = cls
+
+    @hookimpl
+    def camkit_methods(self) -> list[type[Method]]:
+        return [self.cls]
 
 
 def _hook_counts(model: nn.Module) -> dict[str, int]:

@@ -96,9 +96,36 @@ class PowerCAM(GoodCAM):
 
 
 def test_check_method_passes_config_to_the_class():
-    assert check_method(PowerCAM, power=2.0).weights["features"].shape == (2, 8)
-    with pytest.raises(ValueError, match="power"):
+    reference = check_method("gradcam").weights["features"]
+    torch.testing.assert_close(check_method(PowerCAM, power=2.0).weights["features"], reference**2)
+    with pytest.raises(camkit.errors.ConfigError, match=r"method 'test-good'.*power"):
         check_method(PowerCAM, power=-1.0)
+    assert "test-good" not in camkit.list_methods(), "the class is only registered for the check"
+
+
+class BadName(GoodCAM):
+    name = "Bad_Name"
+
+
+class NoStrategy(camkit.Method):
+    name = "test-no-strategy"
+
+
+class TakenName(GoodCAM):
+    name = "gradcam"
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (BadName, "lower-case letters, digits and hyphens"),
+        (NoStrategy, "implements neither weights"),
+        (TakenName, "claimed twice"),
+    ],
+)
+def test_check_method_applies_the_registrys_rules_to_a_class(cls, message):
+    with pytest.raises(camkit.errors.PluginError, match=message):
+        check_method(cls)
 
 
 class LeavesHook(GoodCAM):

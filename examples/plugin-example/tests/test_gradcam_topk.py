@@ -37,5 +37,5 @@ def test_matches_the_formula(k):
 
 
 def test_rejects_k_below_one():
-    with pytest.raises(camkit.errors.ConfigError, match="k"):
+    with pytest.raises(camkit.errors.ConfigError, match="k: Input should be greater than or"):
         camkit.create("gradcam-topk", tiny_model(), "features", k=0)
