@@ -32,8 +32,8 @@ def matrix(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "camkit", "tests", "plugins", "noxfile.py")
-    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "noxfile.py")
+    session.run("ruff", "check", "camkit", "tests", "plugins", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "examples", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
