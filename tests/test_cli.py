@@ -74,7 +74,7 @@ def test_method_detail(capsys, spelling):
 def test_method_detail_shows_the_config(capsys):
     code, out, _ = run(capsys, "methods", "cam")
     assert code == 0
-    assert "fc_layer: string | null = None" in out
+    assert "fc_layer: str | None = None" in out
 
 
 def test_methods_json(capsys):

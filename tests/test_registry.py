@@ -214,6 +214,15 @@ def test_invalid_method_classes(provided, match):
     assert "invalid" not in {p.name for p in camkit.list_plugins()}
 
 
+def test_installed_plugin_with_an_invalid_class_is_broken_not_fatal(entry_points, tiny, x32):
+    entry_points.add("invalid", lambda: Provides(named("Bad_Name")), dist="camkit-invalid")
+    assert {"cam", "gradcam"} <= set(camkit.list_methods())
+    invalid = {p.name: p for p in camkit.list_plugins()}["invalid"]
+    assert invalid.status == "broken"
+    assert "lower-case letters" in str(invalid.error)
+    camkit.create("gradcam", tiny, "features")(x32)
+
+
 def test_plugin_weights_of_the_wrong_shape(tiny, x32):
     class Truncated(PoweredGradCAM):
         name = "truncated"

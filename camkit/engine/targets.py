@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,10 +56,12 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
 
 
 def _as_indices(targets: Any, batch: int) -> Tensor:
-    if isinstance(targets, bool):
+    if isinstance(targets, (bool, np.bool_)):
         raise TargetError("a target is a class index, not a bool")
-    if isinstance(targets, int):
-        return torch.full((batch,), targets, dtype=torch.long)
+    if isinstance(targets, numbers.Integral):
+        return torch.full((batch,), int(targets), dtype=torch.long)
+    if isinstance(targets, np.ndarray):
+        targets = torch.from_numpy(targets)
     if isinstance(targets, Tensor):
         if targets.dim() == 0:
             targets = targets.reshape(1).expand(batch)
@@ -68,9 +72,9 @@ def _as_indices(targets: Any, batch: int) -> Tensor:
             )
         indices = targets.detach().to("cpu", torch.long)
     elif isinstance(targets, Sequence) and not isinstance(targets, str):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets):
             raise TargetError(f"targets must be class indices (ints), got {list(targets)!r}")
-        indices = torch.tensor(list(targets), dtype=torch.long)
+        indices = torch.tensor([int(t) for t in targets], dtype=torch.long)
     else:
         raise TargetError(
             "targets must be None (the predicted class), an int, a list of ints, a 1-D tensor "

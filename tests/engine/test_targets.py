@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ ROWS = torch.arange(2)
         (torch.tensor([3, 1]), [3, 1]),
         (torch.tensor([3, 1], dtype=torch.int32), [3, 1]),
         (torch.tensor(2), [2, 2]),
+        (np.int64(1), [1, 1]),
+        (np.array([2, 3]), [2, 3]),
+        ([np.int32(0), 1], [0, 1]),
     ],
 )
 def test_index_forms(targets, expected):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 @pytest.fixture
-def tiny() -> TinyCNN:
+def tiny_net() -> TinyCNN:
     return tiny_cnn()
 
 

@@ -53,9 +53,9 @@ def test_matches_reference_on_resnet18(resnet: nn.Module, resnet_input: Tensor) 
     assert_maps_close(res.layer_maps["layer1"], reference_maps(weights, acts))
 
 
-def test_one_step_scores_only_the_zero_image(tiny: nn.Module, tiny_input: Tensor) -> None:
+def test_one_step_scores_only_the_zero_image(tiny_net: nn.Module, tiny_input: Tensor) -> None:
     # With N = 1 the only input is M_1 = 0 for every channel: equal gains, uniform weights.
-    res = camkit.create("iscam", tiny, "layer4", num_samples=1)(tiny_input)
+    res = camkit.create("iscam", tiny_net, "layer4", num_samples=1)(tiny_input)
     channels = res.weights["layer4"].shape[1]
     torch.testing.assert_close(
         res.weights["layer4"], torch.full((2, channels), 1 / channels), rtol=0, atol=1e-7

@@ -81,11 +81,11 @@ def test_noisy_masks_are_all_forwarded(
 
 
 @pytest.mark.parametrize("name", FAMILY)
-def test_options_are_validated(name: str, tiny: nn.Module) -> None:
+def test_options_are_validated(name: str, tiny_net: nn.Module) -> None:
     with pytest.raises(camkit.errors.ConfigError, match="precision"):
-        camkit.create(name, tiny, "layer4", precision="fp16")
+        camkit.create(name, tiny_net, "layer4", precision="fp16")
     with pytest.raises(camkit.errors.ConfigError, match="batch_size"):
-        camkit.create(name, tiny, "layer4", batch_size=0)
+        camkit.create(name, tiny_net, "layer4", batch_size=0)
 
 
 def test_noiseless_sscam_forwards_each_channel_once(

@@ -75,12 +75,12 @@ def test_without_noise_is_gradcampp(tiny_input: Tensor) -> None:
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_seeded_runs_repeat_and_do_not_depend_on_batch_size(
-    tiny: nn.Module, tiny_input: Tensor, batch_size: int
+    tiny_net: nn.Module, tiny_input: Tensor, batch_size: int
 ) -> None:
     def run(seed: int | None, batch_size: int = 32) -> camkit.CAMResult:
         cam = camkit.create(
             "smoothgradcampp",
-            tiny,
+            tiny_net,
             "layer4",
             num_samples=3,
             std=1.0,

@@ -61,9 +61,11 @@ def test_vanishing_noise_is_scorecam(std: float, tiny_input: Tensor) -> None:
     torch.testing.assert_close(smooth.maps, score.maps, rtol=0, atol=1e-5)
 
 
-def test_same_seed_same_map_other_seed_other_map(tiny: nn.Module, tiny_input: Tensor) -> None:
+def test_same_seed_same_map_other_seed_other_map(tiny_net: nn.Module, tiny_input: Tensor) -> None:
     def run(seed: int | None) -> camkit.CAMResult:
-        return camkit.create("sscam", tiny, "layer4", num_samples=2, std=1.0, seed=seed)(tiny_input)
+        return camkit.create("sscam", tiny_net, "layer4", num_samples=2, std=1.0, seed=seed)(
+            tiny_input
+        )
 
     first, again, other = run(5), run(5), run(6)
     assert torch.equal(first.weights["layer4"], again.weights["layer4"])
