@@ -96,6 +96,12 @@ def run(
     try:
         device = world.device(config.device)
         folder = Path(config.output.folder)
+        # model and data first: a config that cannot load writes nothing
+        try:
+            model = build_model(config.model, config.base_dir).to(device)
+            source = open_source(config.data, config.base_dir, config.seed)
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source or '(config)'}: {exc}") from None
         problem = None
         if world.rank == 0:
             try:
@@ -105,11 +111,9 @@ def run(
         problem = world.from_rank0(problem)
         if problem is not None:
             raise ConfigError(problem)
-        model = build_model(config.model, config.base_dir).to(device)
         mean, std = config.data.mean, config.data.std
         assert mean is not None and std is not None
         normalize = Normalize(mean, std).to(device)
-        source = open_source(config.data, config.base_dir, config.seed)
         shards = plan_shards(len(source), config.batch_size)
         mine = shards[world.rank :: world.size]
         computed = skipped = 0

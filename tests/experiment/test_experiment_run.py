@@ -197,6 +197,15 @@ def test_image_folder_without_boxes(tmp_path):
     assert "baselines" not in summary and not (result.folder / "overlays").exists()
 
 
+def test_errors_found_while_loading_name_the_file(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[data]\nsource = "no-such-folder"\n[[methods]]\nname = "cam"\n')
+    config = load_config(path, output=tmp_path / "out")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: data.source: "):
+        run(config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_python_model_with_checkpoint(tmp_path):
     (tmp_path / "net.py").write_text(
         "from camkit.zoo.model import ShapesCNN\n"
