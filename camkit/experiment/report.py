@@ -14,7 +14,7 @@ import numpy as np
 
 from camkit.experiment.config import ExperimentConfig
 from camkit.experiment.data import Source
-from camkit.experiment.files import png_bytes
+from camkit.experiment.files import dumps_toml, png_bytes
 from camkit.viz import overlay, to_pil
 
 _STYLE = """
@@ -52,6 +52,9 @@ def render(
         _summary_table(config, summary),
         "<h2>Images</h2>",
         _grid(config, source, results, maps),
+        "<details><summary>resolved configuration</summary><pre>",
+        _e(dumps_toml(config.resolved())),
+        "</pre></details>",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -79,9 +82,23 @@ def _metadata(config: ExperimentConfig, summary: dict[str, Any]) -> str:
     return f"<table>{body}</table>"
 
 
+#: Which direction is better, shown in the table's header.
+_BETTER = {
+    "average_drop": "lower is better",
+    "increase_in_confidence": "higher is better",
+    "deletion": "lower is better",
+    "insertion": "higher is better",
+    "pointing_game": "higher is better",
+    "energy_pointing_game": "higher is better",
+}
+
+
 def _summary_table(config: ExperimentConfig, summary: dict[str, Any]) -> str:
     names = list(config.metrics.compute)
-    head = '<tr><th class="name">method</th>' + "".join(f"<th>{_e(n)}</th>" for n in names)
+    head = '<tr><th class="name">method</th>' + "".join(
+        f'<th title="{_BETTER[n]}">{_e(n)} {"↓" if _BETTER[n].startswith("lower") else "↑"}</th>'
+        for n in names
+    )
     rows = [head + "</tr>"]
     entries = list(summary["methods"].items())
     entries += [(f"{k} baseline", v) for k, v in summary.get("baselines", {}).items()]

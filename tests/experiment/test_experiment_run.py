@@ -111,6 +111,7 @@ def test_report_is_self_contained(finished):
     assert len(re.findall(r'src="data:image/png;base64,', text)) == 9
     assert not re.search(r'(src|href)="(https?:|//)', text)
     assert "gradcam" in text and "centre baseline" in text and "shapes-00002" in text
+    assert "deletion ↓" in text and "insertion ↑" in text and "[[methods]]" in text
 
 
 def test_interrupted_run_resumes_to_identical_metrics(finished, small_config, monkeypatch):
