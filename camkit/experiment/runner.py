@@ -40,9 +40,11 @@ from camkit.metrics import (
 )
 
 RUN_FILE = "run.json"
+RESOLVED_FILE = "config.resolved.toml"
 #: Everything a run writes into its folder (and ``--overwrite`` removes).
-OUTPUTS = ("maps", "overlays", "metrics.csv", "summary.json", "report.html", RUN_FILE)
-OUTPUTS_RESOLVED = "config.resolved.toml"
+OUTPUTS = (
+    "maps", "overlays", "metrics.csv", "summary.json", "report.html", RESOLVED_FILE, RUN_FILE
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
             "missing); pass --overwrite to write into it anyway, or choose another --output"
         )
     if overwrite:
-        for name in (*OUTPUTS, OUTPUTS_RESOLVED):
+        for name in OUTPUTS:
             path = folder / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -177,7 +179,7 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
                 path.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temporaries(folder)
-    files.write_text(folder / OUTPUTS_RESOLVED, files.dumps_toml(config.resolved()))
+    files.write_text(folder / RESOLVED_FILE, files.dumps_toml(config.resolved()))
     files.write_text(
         record,
         json.dumps(

@@ -145,3 +145,11 @@ def test_fingerprint_ignores_only_the_output_folder(tmp_path):
     assert load_config(path, output=tmp_path / "x").fingerprint() == base
     assert load_config(path, overrides=["seed=1"]).fingerprint() != base
     assert load_config(path, overrides=["methods[0].layer=block"]).fingerprint() != base
+
+
+def test_every_example_is_a_valid_experiment():
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+    assert any(p.name == "quickstart.toml" for p in examples)
+    for path in examples:
+        config = load_config(path)
+        assert config.methods and config.output.folder.startswith("runs/")
