@@ -366,6 +366,11 @@ def _complete(config: ExperimentConfig, where: str) -> None:
             f"{where}: model.weights: camkit models ship their weights; expected no "
             f"'weights' key, got {model.weights!r}"
         )
+    if "count" in data.model_fields_set and not data.embedded:
+        raise ConfigError(
+            f"{where}: data.count: only camkit:shapes is generated to a count; for files "
+            f"use data.limit (data.source is {data.source!r})"
+        )
     if config.targets == "label" and not data.embedded:
         raise ConfigError(
             f"{where}: targets: 'label' needs ground-truth labels, which only camkit:shapes "

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import camkit
-from camkit.errors import ConfigError
+from camkit.errors import ConfigError, LayerError, TargetError
 from camkit.experiment import files
 from camkit.experiment.config import ExperimentConfig, MethodSpec, MetricsSpec
 from camkit.experiment.data import Batch, Source, open_source
@@ -98,12 +98,8 @@ def run(
     try:
         device = world.device(config.device)
         folder = Path(config.output.folder)
-        # model and data first: a config that cannot load writes nothing
-        try:
-            model = build_model(config.model, config.base_dir).to(device)
-            source = open_source(config.data, config.base_dir, config.seed)
-        except ConfigError as exc:
-            raise ConfigError(f"{config.source or '(config)'}: {exc}") from None
+        # everything that can fail on the config happens before the folder is touched
+        model, source, extractors = _load(config, device)
         problem = None
         if world.rank == 0:
             try:
@@ -113,16 +109,12 @@ def run(
         problem = world.from_rank0(problem)
         if problem is not None:
             raise ConfigError(problem)
-        mean, std = config.data.mean, config.data.std
-        assert mean is not None and std is not None
-        normalize = Normalize(mean, std).to(device)
         shards = plan_shards(len(source), config.batch_size)
         mine = shards[world.rank :: world.size]
         computed = skipped = 0
-        for spec in config.methods:
+        for spec, extractor in zip(config.methods, extractors):
             todo = [s for s in mine if not s.file(folder, str(spec.id)).exists()]
             skipped += len(mine) - len(todo)
-            extractor = camkit.create(spec.name, model, spec.layer, progress=False, **spec.options)
             done = sum(len(s) for s in mine) - sum(len(s) for s in todo)
             label = str(spec.id) if world.size == 1 else f"{spec.id} (rank 0 of {world.size})"
             # one bar per method; under torchrun rank 0 speaks for all
@@ -133,7 +125,11 @@ def run(
             ) as bar:  # fmt: skip
                 for shard in todo:
                     batch = source.batch(range(shard.start, shard.stop))
-                    arrays = explain(extractor, model, normalize, batch, config, spec, device)
+                    try:
+                        arrays = explain(extractor, model, batch, config, device)
+                    except TargetError as exc:
+                        where = config.source or "(config)"
+                        raise ConfigError(f"{where}: targets: {exc}") from None
                     _write_shard(folder, shard, spec, config, batch, arrays)
                     computed += 1
                     bar.update(len(shard))
@@ -145,6 +141,40 @@ def run(
         return RunResult(folder, len(source), computed, skipped, seconds, world.rank, world.size)
     finally:
         world.close()
+
+
+@dataclass
+class Normalized:
+    """The model and the normalization its ``[0, 1]`` images need; call it on images."""
+
+    model: nn.Module
+    normalize: nn.Module
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.model(self.normalize(images))
+
+
+def _load(
+    config: ExperimentConfig, device: torch.device
+) -> tuple[Normalized, Source, list[camkit.Extractor]]:
+    """The model (behind its normalization), the images and one extractor per method."""
+    where = config.source or "(config)"
+    try:
+        model = build_model(config.model, config.base_dir).to(device)
+        source = open_source(config.data, config.base_dir, config.seed)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    extractors = []
+    for i, spec in enumerate(config.methods):
+        try:
+            extractors.append(
+                camkit.create(spec.name, model, spec.layer, progress=False, **spec.options)
+            )
+        except LayerError as exc:
+            raise ConfigError(f"{where}: methods[{i}].layer: {exc}") from None
+    mean, std = config.data.mean, config.data.std
+    assert mean is not None and std is not None
+    return Normalized(model, Normalize(mean, std).to(device)), source, extractors
 
 
 def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> None:
@@ -219,14 +249,16 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
 
 def explain(
     extractor: camkit.Extractor,
-    model: nn.Module,
-    normalize: nn.Module,
+    model: Normalized,
     batch: Batch,
     config: ExperimentConfig,
-    spec: MethodSpec,
     device: torch.device,
 ) -> dict[str, np.ndarray]:
-    """Maps, predictions and per-image metrics of one method on one batch."""
+    """Maps, predictions and per-image metrics of one method on one batch.
+
+    The method sees normalized inputs; the metrics perturb the ``[0, 1]`` images, so a
+    zero substrate is black whatever the normalization.
+    """
     images = batch.images.to(device)
     targets: Any = None
     if config.targets == "label":
@@ -234,14 +266,10 @@ def explain(
         targets = batch.labels.to(device)
     elif isinstance(config.targets, int):
         targets = config.targets
-    result = extractor(normalize(images), targets=targets)
+    result = extractor(model.normalize(images), targets=targets)
     maps = result.maps.detach().float()
     chosen = result.targets.to(device)
-
-    def model_fn(x: Tensor) -> Tensor:
-        return model(normalize(x))
-
-    confidence = target_scores(model_fn, images, chosen, softmax=config.metrics.softmax)
+    confidence = target_scores(model, images, chosen, softmax=config.metrics.softmax)
     arrays: dict[str, np.ndarray] = {
         "index": np.asarray(batch.indices, dtype=np.int64),
         "id": np.asarray(batch.ids),
@@ -252,7 +280,7 @@ def explain(
         "confidence": confidence.double().numpy(),
         "maps": maps.cpu().numpy().astype(config.output.map_dtype),
     }
-    measured = measure(config.metrics, model_fn, images, maps, chosen, batch.boxes, confidence)
+    measured = measure(config.metrics, model, images, maps, chosen, batch.boxes, confidence)
     arrays.update({f"metric_{k}": v for k, v in measured.items()})
     return arrays
 

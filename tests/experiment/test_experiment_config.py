@@ -94,6 +94,13 @@ def test_labels_need_a_labelled_source(tmp_path):
     assert "targets: 'label' needs ground-truth labels" in message
 
 
+def test_count_is_for_the_generated_set_only(tmp_path):
+    message = _error(tmp_path, BASE + '[data]\nsource = "images/"\ncount = 5\n')
+    assert "data.count: only camkit:shapes is generated to a count; for files use data.limit" in (
+        message
+    )
+
+
 def test_syntax_errors_name_the_file(tmp_path):
     assert "not valid TOML" in _error(tmp_path, "seed = = 1\n")
     assert "not valid YAML" in _error(tmp_path, "a: [1\n", name="exp.yaml")

@@ -207,6 +207,16 @@ def test_errors_found_while_loading_name_the_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_layer_and_an_impossible_target_name_their_keys(small_config, tmp_path):
+    config = load_config(small_config, overrides=["methods[1].layer=featurs"])
+    with pytest.raises(ConfigError, match=r"methods\[1\]\.layer: no layer 'featurs'.*'features'"):
+        run(config, progress=False)
+    assert not Path(config.output.folder).exists()  # fix the typo and run again: no refusal
+    config = load_config(small_config, overrides=["targets=9"], output=tmp_path / "t")
+    with pytest.raises(ConfigError, match=r"exp\.toml: targets: target class 9 is out of range"):
+        run(config, progress=False)
+
+
 def test_python_model_with_checkpoint(tmp_path):
     (tmp_path / "net.py").write_text(
         "from camkit.zoo.model import ShapesCNN\n"
