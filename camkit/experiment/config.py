@@ -205,11 +205,16 @@ class ExperimentConfig(_Section):
         """The config as plain data, every default filled in (the method configs too)."""
         return self.model_dump(mode="json", exclude_none=False)
 
-    def fingerprint(self) -> str:
-        """A hash of everything that changes results: all keys but ``output.folder``."""
+    def comparable(self) -> dict[str, Any]:
+        """:meth:`resolved` without ``output.folder``: the keys that change results."""
         data = self.resolved()
         data["output"].pop("folder")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of :meth:`comparable`: equal configs resume each other's runs."""
+        text = json.dumps(self.comparable(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_config(

@@ -189,7 +189,7 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
     if record.is_file() and not overwrite:
         previous = json.loads(record.read_text(encoding="utf-8"))
         if previous.get("fingerprint") != fingerprint:
-            changes = _differences(previous.get("config", {}), _comparable(config))
+            changes = _differences(previous.get("config", {}), config.comparable())
             raise ConfigError(
                 f"output folder {folder} holds results of a different configuration "
                 f"(changed: {'; '.join(changes[:5]) or 'unknown'}); pass --overwrite to replace "
@@ -216,17 +216,11 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
             {
                 "fingerprint": fingerprint,
                 "camkit": camkit.__version__,
-                "config": _comparable(config),
+                "config": config.comparable(),
             },
             indent=2,
         ),
     )
-
-
-def _comparable(config: ExperimentConfig) -> dict[str, Any]:
-    data = config.resolved()
-    data["output"].pop("folder")
-    return data
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
