@@ -23,6 +23,16 @@ from PIL import Image
 TEMP_SUFFIX = ".tmp"
 
 
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp makes files only their owner can read; outputs get the mode the umask gives.
+FILE_MODE = _umask_mode()
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +42,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -67,3 +67,17 @@ def test_toml_writer_round_trips():
     parsed = tomllib.loads(files.dumps_toml(data))
     expected = {k: v for k, v in data.items() if v is not None}
     assert parsed == expected
+
+
+def test_written_files_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        mode = files._umask_mode()
+    finally:
+        os.umask(old)
+    assert mode == 0o644
+    target = tmp_path / "out.txt"
+    files.write_text(target, "hello")
+    assert target.stat().st_mode & 0o777 == files.FILE_MODE
