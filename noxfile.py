@@ -32,8 +32,8 @@ def matrix(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "camkit", "tests", "plugins", "noxfile.py")
-    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "noxfile.py")
+    session.run("ruff", "check", "camkit", "tests", "plugins", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "examples", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -48,3 +48,11 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (not tests): latency ratios against the bare model, as Markdown and JSON."""
     session.install("-e", ".")
     session.run("python", "-m", "camkit.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def contrib(session: nox.Session) -> None:
+    """The camkit-contrib plugin distribution's own tests, installed the way users install it."""
+    session.install("-e", ".[test]")
+    session.install("./plugins/camkit-contrib")
+    session.run("pytest", "plugins/camkit-contrib/tests", *session.posargs)

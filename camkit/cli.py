@@ -1,4 +1,4 @@
-"""The ``camkit`` command line: ``camkit methods``, ``camkit plugins`` and friends."""
+"""The ``camkit`` command line: ``camkit run``, ``camkit methods``, ``camkit plugins``."""
 
 from __future__ import annotations
 
@@ -14,30 +14,29 @@ from camkit.errors import CamkitError
 
 def _methods(args: argparse.Namespace) -> int:
     pattern = args.pattern
-    if (
-        pattern
-        and not any(ch in pattern for ch in "*?[")
-        and pattern.lower()
-        in {
-            *camkit.list_methods(),
-            *(a for n in camkit.list_methods() for a in camkit.method_info(n).aliases),
-        }
-    ):
+    # A plain name is looked up like method_info() does: aliases, any case, "did you mean".
+    if pattern and not any(ch in pattern for ch in "*?["):
         return _method_detail(pattern, args.json)
     rows = [camkit.method_info(name) for name in camkit.list_methods(pattern)]
     if args.json:
         print(json.dumps([_info_dict(info) for info in rows], indent=2))
         return 0
+    _note_broken_plugins()
     if not rows:
-        print(f"no method matches {pattern!r}", file=sys.stderr)
+        print(f"no method matches {pattern!r}; `camkit methods` lists them all", file=sys.stderr)
         return 1
-    table = [("name", "gradients", "distribution", "summary")] + [
-        (i.name, "yes" if i.needs_gradients else "no", f"{i.distribution} {i.version}", i.summary)
-        for i in rows
-    ]
-    widths = [max(len(r[c]) for r in table) for c in range(3)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    _print_table(
+        ("name", "gradients", "distribution", "summary"),
+        [
+            (
+                i.name,
+                "yes" if i.needs_gradients else "no",
+                f"{i.distribution} {i.version}",
+                i.summary,
+            )
+            for i in rows
+        ],
+    )
     return 0
 
 
@@ -66,30 +65,72 @@ def _method_detail(name: str, as_json: bool) -> int:
     if info.aliases:
         print(f"  aliases: {', '.join(info.aliases)}")
     print(f"  needs gradients: {'yes' if info.needs_gradients else 'no'}")
-    props = info.schema().get("properties", {})
+    schema = info.schema()
+    props = schema.get("properties", {})
     if not props:
         print("  config: (no options)")
-    else:
-        print("  config:")
-        for key, spec in props.items():
-            kind = spec.get("type") or " | ".join(
-                str(s.get("type", "?")) for s in spec.get("anyOf", [])
-            )
-            limits = [
-                f"{bound} {spec[k]}"
-                for k, bound in (
-                    ("exclusiveMinimum", ">"),
-                    ("minimum", ">="),
-                    ("exclusiveMaximum", "<"),
-                    ("maximum", "<="),
-                )
-                if k in spec
-            ]
-            extra = f" ({', '.join(limits)})" if limits else ""
-            print(f"    {key}: {kind} = {spec.get('default')!r}{extra}")
-            if spec.get("description"):
-                print(f"        {spec['description']}")
+        return 0
+    print("  config:")
+    defs, required = schema.get("$defs", {}), set(schema.get("required", []))
+    for key, spec in props.items():
+        value = "(required)" if key in required else f"= {_default(info, key, spec)!r}"
+        limits = _limits(spec, defs)
+        extra = f"  ({', '.join(limits)})" if limits else ""
+        print(f"    {key}: {_type_name(spec, defs)} {value}{extra}")
+        if spec.get("description"):
+            print(f"        {spec['description']}")
     return 0
+
+
+_JSON_TYPES = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
+_BOUNDS = (
+    ("exclusiveMinimum", "> {}"),
+    ("minimum", ">= {}"),
+    ("exclusiveMaximum", "< {}"),
+    ("maximum", "<= {}"),
+    ("multipleOf", "multiple of {}"),
+    ("minLength", "length >= {}"),
+    ("maxLength", "length <= {}"),
+    ("minItems", "items >= {}"),
+    ("maxItems", "items <= {}"),
+    ("pattern", "matches {!r}"),
+)
+
+
+def _default(info: camkit.MethodInfo, key: str, spec: dict[str, Any]) -> Any:
+    """The schema's default, or the value of the field's ``default_factory``."""
+    if "default" in spec:
+        return spec["default"]
+    field = info.config.model_fields.get(key)
+    return None if field is None else field.get_default(call_default_factory=True)
+
+
+def _resolved(spec: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = spec.get("$ref", "")
+    return defs.get(ref.rsplit("/", 1)[-1], spec) if ref else spec
+
+
+def _type_name(spec: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A Python-like reading of a JSON schema type: ``int``, ``float | None``, ``'a' | 'b'``."""
+    spec = _resolved(spec, defs)
+    if "enum" in spec:
+        return " | ".join(repr(v) for v in spec["enum"])
+    if "const" in spec:
+        return repr(spec["const"])
+    if "anyOf" in spec:
+        return " | ".join(_type_name(s, defs) for s in spec["anyOf"])
+    kind = spec.get("type", "any")
+    if kind == "array" and "prefixItems" in spec:
+        return "tuple[" + ", ".join(_type_name(s, defs) for s in spec["prefixItems"]) + "]"
+    if kind == "array":
+        return f"list[{_type_name(spec.get('items', {}), defs)}]"
+    return "None" if kind == "null" else _JSON_TYPES.get(kind, str(kind))
+
+
+def _limits(spec: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    """The constraints of a field, also those inside an ``X | None``."""
+    members = [_resolved(spec, defs), *(_resolved(s, defs) for s in spec.get("anyOf", []))]
+    return [fmt.format(m[key]) for m in members for key, fmt in _BOUNDS if key in m]
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -104,7 +145,7 @@ def _plugins(args: argparse.Namespace) -> int:
                         "version": p.version,
                         "status": p.status,
                         "methods": p.methods,
-                        "error": None if p.error is None else repr(p.error),
+                        "error": _error_text(p),
                     }
                     for p in plugins
                 ],
@@ -112,9 +153,65 @@ def _plugins(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    for p in plugins:
-        detail = ", ".join(p.methods) if p.status == "ok" else (repr(p.error) if p.error else "")
-        print(f"{p.name:<20} {p.distribution} {p.version:<10} {p.status:<8} {detail}")
+    _print_table(
+        ("plugin", "distribution", "version", "status", "methods / error"),
+        [
+            (
+                p.name,
+                p.distribution,
+                p.version,
+                p.status,
+                ", ".join(p.methods) if p.status == "ok" else _error_text(p) or "",
+            )
+            for p in plugins
+        ],
+    )
+    return 0
+
+
+def _error_text(plugin: camkit.PluginInfo) -> str | None:
+    if plugin.status == "blocked":
+        return "blocked by CAMKIT_DISABLE_PLUGINS"
+    if plugin.error is None:
+        return None
+    return f"{type(plugin.error).__name__}: {plugin.error}"
+
+
+def _note_broken_plugins() -> None:
+    broken = [p.name for p in camkit.list_plugins() if p.status == "broken"]
+    if broken:
+        print(
+            f"note: plugin(s) {', '.join(broken)} failed to load; `camkit plugins` shows why",
+            file=sys.stderr,
+        )
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns; the last column is not padded."""
+    table = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header) - 1)]
+    for row in table:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from camkit.experiment import load_config, run
+
+    config = load_config(args.config, overrides=args.overrides, output=args.output)
+    try:
+        result = run(config, overwrite=args.overwrite, progress=False if args.quiet else None)
+    except KeyboardInterrupt:
+        print(
+            f"camkit: interrupted; finished shards are kept in {config.output.folder}: run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if result.rank == 0:
+        print(
+            f"{result.images} images, {result.computed} shards computed, {result.skipped} "
+            f"resumed, in {result.seconds:.1f}s: {result.folder / 'report.html'}"
+        )
     return 0
 
 
@@ -133,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugin distributions and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
+
+    run = sub.add_parser("run", help="run an experiment described in a TOML or YAML file")
+    run.add_argument("config", help="the experiment file (.toml, .yaml or .yml)")
+    run.add_argument("--output", "-o", help="output folder (replaces output.folder)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a key, e.g. --set data.count=16 --set methods[0].layer=features",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace results of a different config"
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -62,6 +62,7 @@ class Context:
     _gradients_at: Callable[[Tensor], Tensor] = field(repr=False)
     _module: Callable[[str], nn.Module] = field(repr=False)
     _batch_size: int = field(default=32, repr=False)
+    _score_layer: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
     def score(
         self,
@@ -86,6 +87,23 @@ class Context:
             ``torch.inference_mode()``. Identical masks of one image are forwarded once.
         """
         return self._score(masks, noise_std=noise_std, generator=generator)
+
+    def score_layer(self, masks: Tensor) -> Tensor:
+        """Target scores with this layer's output multiplied channel-wise by each mask.
+
+        Args:
+            masks: ``(B, M, C)`` channel masks; row ``(b, m)`` forwards image ``b`` with
+                channel ``k`` of this layer's output multiplied by ``masks[b, m, k]`` (``0``
+                ablates the channel). A broadcast tensor (``expand``) is fine: masks are read
+                one chunk at a time.
+
+        Returns:
+            ``(B, M)`` target scores, computed in chunks of the method's ``batch_size`` under
+            ``torch.inference_mode()``.
+        """
+        if self._score_layer is None:
+            raise NotImplementedError("this Context was built without a layer scoring service")
+        return self._score_layer(masks)
 
     def gradients_at(self, inputs: Tensor) -> Tensor:
         """Gradients at this layer for other inputs (e.g. noisy copies of :attr:`inputs`).

@@ -103,13 +103,30 @@ class Registry:
             except Exception as exc:  # a broken plugin must not break camkit
                 self._plugins[ep.name] = PluginInfo(ep.name, dist, version, "broken", error=exc)
                 continue
-            self._add(pm, plugin, ep.name, dist, version)
+            self._add(pm, plugin, ep.name, dist, version, strict=False)
         self._pm = pm
 
     def _add(
-        self, pm: pluggy.PluginManager, plugin: object, name: str, dist: str, version: str
+        self,
+        pm: pluggy.PluginManager,
+        plugin: object,
+        name: str,
+        dist: str,
+        version: str,
+        *,
+        strict: bool = True,
     ) -> None:
         """Register ``plugin`` and its methods; on any error, leave nothing of it behind."""
+        if pm.has_plugin(name):
+            raise PluginError(
+                f"cannot register plugin {name!r} of distribution {dist!r}: a plugin of that "
+                "name is already registered; unregister it first or choose another name"
+            )
+        if pm.is_registered(plugin):
+            raise PluginError(
+                f"cannot register plugin {name!r} of distribution {dist!r}: the same object is "
+                f"already registered as plugin {pm.get_name(plugin)!r}"
+            )
         pm.register(plugin, name=name)
         try:
             classes = [
@@ -119,12 +136,11 @@ class Registry:
                 for cls in _as_list(impl.function())
             ]
             infos = [self._info(cls, dist, version) for cls in classes]
-        except PluginError:
-            pm.unregister(plugin)
-            raise
         except Exception as exc:
             pm.unregister(plugin)
-            if dist == BUILTIN and name == BUILTIN:
+            # An installed plugin that breaks the contract is set aside; code registering a
+            # plugin itself (built-ins, register_plugin) wants to hear about it.
+            if strict:
                 raise
             self._plugins[name] = PluginInfo(name, dist, version, "broken", error=exc)
             return

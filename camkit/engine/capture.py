@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit.engine.outputs import layer_tensor
+from camkit.engine.outputs import layer_tensor, with_layer_tensor
 from camkit.errors import GradientError, LayerError
 
 
@@ -64,14 +64,7 @@ class Capture:
             # Without a graph up to here (frozen or no-grad model), start one at this layer.
             act = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
             self.activations[name] = act
-            copy = act.clone()
-            if isinstance(output, Tensor):
-                return copy
-            return (
-                type(output)([copy, *output[1:]])
-                if isinstance(output, list)
-                else (copy, *output[1:])
-            )
+            return with_layer_tensor(output, act.clone())
 
         return hook
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit.engine.capture import Capture, grad_enabled, preserved_buffers
+from camkit.engine.layer_scoring import LayerScorer
 from camkit.engine.layers import LayerSpec, locate, resolve, resolve_all
 from camkit.engine.maps import fuse, weighted_sum
 from camkit.engine.outputs import Layout, check_layout, scores_of, to_channels_first
@@ -78,7 +79,8 @@ class Extractor:
             dummy = torch.zeros(
                 (1, *input_shape), device=param.device if param is not None else None
             )
-            self._layers = [locate(model, dummy)]
+            with preserved_buffers(model):
+                self._layers = [locate(model, dummy)]
 
     @property
     def layers(self) -> list[str] | None:
@@ -143,7 +145,7 @@ class Extractor:
             with self._lock:
                 if self._layers is None:
                     with preserved_buffers(self.model):
-                        self._layers = [locate(self.model, x[:1])]
+                        self._layers = [locate(self.model, x)]
         return self._layers
 
     def _features(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
@@ -170,9 +172,21 @@ class Extractor:
             desc=f"{self.method.name} {name}",
         )
         grad = gradients.get(name)
+        activations = self._features(capture.activations[name].detach(), x, name)
+        layer_scorer = LayerScorer(
+            self.model,
+            x,
+            (name, dict(capture.layers)[name]),
+            activations.shape[1],
+            lambda t: self._features(t, x, name),
+            chosen.score,
+            batch_size=batch_size,
+            progress=self.progress,
+            desc=f"{self.method.name} {name}",
+        )
         return Context(
             layer=name,
-            activations=self._features(capture.activations[name].detach(), x, name),
+            activations=activations,
             gradients=None if grad is None else self._features(grad, x, name),
             inputs=x,
             targets=chosen.indices,
@@ -183,6 +197,7 @@ class Extractor:
             _gradients_at=lambda inputs: self._gradients_at(name, inputs, chosen, batch_size),
             _module=lambda module_name: resolve(self.model, module_name)[1],
             _batch_size=batch_size,
+            _score_layer=layer_scorer,
         )
 
     def _map(self, ctx: Context) -> tuple[Tensor, Tensor | None]:

@@ -57,6 +57,16 @@ def layer_tensor(output: Any, layer: str) -> Tensor:
     )
 
 
+def with_layer_tensor(output: Any, tensor: Tensor) -> Any:
+    """``output`` with the tensor :func:`layer_tensor` reads from it replaced by ``tensor``
+    (what a forward hook returns to hand the rest of the model a different tensor)."""
+    if isinstance(output, Tensor):
+        return tensor
+    if isinstance(output, list):
+        return type(output)([tensor, *output[1:]])
+    return (tensor, *output[1:])
+
+
 def check_layout(layout: object, grid: object) -> None:
     """Validate the ``layout`` and ``grid`` options of an extractor (:class:`ConfigError`)."""
     if layout not in get_args(Layout):

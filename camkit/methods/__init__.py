@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from camkit.method import Method, hookimpl
 from camkit.methods.activation import CAM
-from camkit.methods.gradient import GradCAM
+from camkit.methods.gradient import GradCAM, GradCAMpp, LayerCAM, SmoothGradCAMpp, XGradCAM
+from camkit.methods.score import ISCAM, SSCAM, ScoreCAM
 
-BUILTIN_METHODS: list[type[Method]] = [CAM, GradCAM]
+BUILTIN_METHODS: list[type[Method]] = [
+    CAM,
+    GradCAM,
+    GradCAMpp,
+    SmoothGradCAMpp,
+    XGradCAM,
+    LayerCAM,
+    ScoreCAM,
+    SSCAM,
+    ISCAM,
+]
 
 
 @hookimpl

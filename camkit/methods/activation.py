@@ -50,7 +50,7 @@ class CAM(Method):
                 )
             module, where = linears[-1], "the model's last nn.Linear"
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            raise LayerError(f"CAM's {where} is a {type(module).__name__}, not nn.Linear")
+            raise LayerError(f"CAM's {where} is {type(module).__name__}, not nn.Linear")
         in_features = module.weight.flatten(1).shape[1]
         if in_features != channels:
             raise LayerError(

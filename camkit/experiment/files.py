@@ -1,0 +1,149 @@
+"""Atomic file writes and a small TOML writer for the experiment outputs.
+
+Every file of a run is written to a temporary file in its destination folder and renamed
+over the destination (``os.replace``), so a reader, a crash or Ctrl-C never sees half a
+file: a path either holds its old content, its complete new content, or nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp makes files only their owner can read; outputs get the mode the umask gives.
+FILE_MODE = _umask_mode()
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    data = text.encode("utf-8")
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    atomic_write(path, write)
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` archive atomically."""
+    named: dict[str, Any] = dict(arrays)
+    atomic_write(path, lambda f: np.savez(f, **named))
+
+
+def write_image(path: Path, image: Image.Image) -> None:
+    """Write ``image`` atomically in the format its suffix names (``.png``, ``.jpg``)."""
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[path.suffix.lower()]
+    atomic_write(path, lambda f: image.save(f, format=fmt))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed process left under ``folder``."""
+    for tmp in folder.rglob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+# -- TOML -----------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """Serialize nested dicts and lists of scalars, dicts and tables as TOML.
+
+    ``None`` values are left out (TOML has no null; a missing key reads back as its
+    default). Lists of dicts become arrays of tables (``[[methods]]``).
+    """
+    lines: list[str] = []
+    _table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _table(data: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    nested = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if (isinstance(value, Mapping) and value) or _is_table_array(value):
+            nested.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in nested:
+        sub = [*path, _key(key)]
+        if isinstance(value, Mapping):
+            lines.extend(["", f"[{'.'.join(sub)}]"])
+            _table(value, sub, lines)
+        else:
+            for item in value:
+                lines.extend(["", f"[[{'.'.join(sub)}]]"])
+                _table(item, sub, lines)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        items = [f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")

@@ -1,0 +1,42 @@
+"""camkit-contrib: more CAM methods for camkit, installed as a plugin distribution.
+
+``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
+``eigengradcam``, ``ablationcam`` and ``randomcam`` to ``camkit.list_methods()``; camkit
+finds them through this package's entry point in the ``camkit`` group. The methods use only
+camkit's public plugin contract.
+"""
+
+from __future__ import annotations
+
+import camkit
+from camkit_contrib.ablation import AblationCAM
+from camkit_contrib.baseline import RandomCAM
+from camkit_contrib.eigen import EigenCAM, EigenGradCAM
+from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
+
+__version__ = "0.1.0"
+
+METHODS: list[type[camkit.Method]] = [
+    HiResCAM,
+    GradCAMElementWise,
+    EigenCAM,
+    EigenGradCAM,
+    AblationCAM,
+    RandomCAM,
+]
+
+__all__ = [
+    "METHODS",
+    "AblationCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "GradCAMElementWise",
+    "HiResCAM",
+    "RandomCAM",
+    "camkit_methods",
+]
+
+
+@camkit.hookimpl
+def camkit_methods() -> list[type[camkit.Method]]:
+    return list(METHODS)

@@ -1,0 +1,83 @@
+"""Atomic writes and the TOML writer."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from camkit.experiment import files
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.txt"
+    files.write_text(path, "old")
+
+    def broken(f):
+        f.write(b"half of the new con")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_failed_first_write_leaves_nothing(tmp_path):
+    def broken(f):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        files.atomic_write(tmp_path / "sub" / "a.npz", broken)
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_npz_round_trip_and_stale_temporaries(tmp_path):
+    files.write_npz(tmp_path / "s.npz", {"x": np.arange(3), "id": np.asarray(["a", "b"])})
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as data:
+        assert data["x"].tolist() == [0, 1, 2] and data["id"].tolist() == ["a", "b"]
+    stale = tmp_path / "maps" / ".s.npz.abc.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x")
+    files.remove_stale_temporaries(tmp_path)
+    assert not stale.exists() and (tmp_path / "s.npz").exists()
+
+
+def test_toml_writer_round_trips():
+    data = {
+        "seed": 3,
+        "name": 'a "quoted"\nline',
+        "ratio": 0.1,
+        "big": math.inf,
+        "flag": False,
+        "skipped": None,
+        "sizes": [64, 64],
+        "weird key": 1,
+        "empty": {},
+        "model": {"source": "x", "kwargs": {"num_classes": 4}},
+        "methods": [{"name": "cam", "layer": ["a", "b"]}, {"name": "gradcam"}],
+    }
+    parsed = tomllib.loads(files.dumps_toml(data))
+    expected = {k: v for k, v in data.items() if v is not None}
+    assert parsed == expected
+
+
+def test_written_files_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        mode = files._umask_mode()
+    finally:
+        os.umask(old)
+    assert mode == 0o644
+    target = tmp_path / "out.txt"
+    files.write_text(target, "hello")
+    assert target.stat().st_mode & 0o777 == files.FILE_MODE

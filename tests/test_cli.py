@@ -1,0 +1,146 @@
+"""The ``camkit`` command line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import camkit
+from camkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: camkit")
+    assert "methods" in out and "plugins" in out
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 0 and out.startswith("usage: camkit")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"camkit {camkit.__version__}"
+
+
+def test_methods_table(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "gradients", "distribution", "summary"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(camkit.list_methods())
+    assert rows["gradcam"][1:4] == ["yes", "camkit", camkit.__version__]
+    assert rows["cam"][1] == "no"
+
+
+def test_methods_pattern(capsys):
+    code, out, _ = run(capsys, "methods", "*grad*")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == camkit.list_methods("*grad*")
+
+
+@pytest.mark.parametrize("spelling", ["gradcam", "grad-cam", "Grad_CAM"])
+def test_method_detail(capsys, spelling):
+    code, out, _ = run(capsys, "methods", spelling)
+    assert code == 0
+    assert out.splitlines()[0] == f"gradcam (camkit {camkit.__version__})"
+    assert "paper: Selvaraju" in out
+    assert "aliases: grad-cam" in out
+    assert "needs gradients: yes" in out
+
+
+def test_method_detail_shows_the_config(capsys):
+    code, out, _ = run(capsys, "methods", "cam")
+    assert code == 0
+    assert "fc_layer: str | None = None" in out
+
+
+def test_methods_json(capsys):
+    code, out, _ = run(capsys, "methods", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert [d["name"] for d in data] == camkit.list_methods()
+    gradcam = next(d for d in data if d["name"] == "gradcam")
+    assert gradcam["needs_gradients"] is True
+    assert gradcam["distribution"] == "camkit" and gradcam["version"] == camkit.__version__
+    assert gradcam["aliases"] == ["grad-cam"]
+    cam = next(d for d in data if d["name"] == "cam")
+    assert cam["config"] == camkit.method_info("cam").schema()
+
+
+def test_method_detail_json(capsys):
+    code, out, _ = run(capsys, "methods", "cam", "--json")
+    assert code == 0
+    assert json.loads(out)["config"]["properties"]["fc_layer"]["default"] is None
+
+
+def test_unknown_method(capsys):
+    code, out, err = run(capsys, "methods", "gradcan")
+    assert code != 0 and out == ""
+    assert "no CAM method named 'gradcan'" in err and "Did you mean 'gradcam'" in err
+
+
+def test_pattern_matching_nothing(capsys):
+    code, _, err = run(capsys, "methods", "zz*")
+    assert code != 0
+    assert "no method matches 'zz*'" in err
+
+
+def test_plugins(capsys, entry_points):
+    entry_points.add(
+        "brokencam",
+        lambda: importlib.import_module("camkit_test_plugin_that_is_not_installed"),
+        dist="camkit-broken",
+        version="0.3",
+    )
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert lines["camkit"].split()[1:4] == ["camkit", camkit.__version__, "ok"]
+    assert "gradcam" in lines["camkit"]
+    assert lines["brokencam"].split()[1:4] == ["camkit-broken", "0.3", "broken"]
+    assert "ModuleNotFoundError" in lines["brokencam"]
+
+    code, out, _ = run(capsys, "plugins", "--json")
+    data = {p["name"]: p for p in json.loads(out)}
+    assert data["brokencam"]["status"] == "broken"
+    assert "camkit_test_plugin_that_is_not_installed" in data["brokencam"]["error"]
+    assert set(camkit.list_methods()) == set(data["camkit"]["methods"])
+
+
+def test_python_dash_m_camkit():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CAMKIT_NO_PLUGIN_AUTOLOAD": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "camkit", "methods"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
+    assert {"cam", "gradcam"} <= set(names)
