@@ -23,8 +23,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def matrix(session: nox.Session) -> None:
-    """Every method on every architecture of the matrix (slow)."""
+    """Every method on every architecture of the matrix (slow), contrib's methods included."""
     session.install("-e", ".[test]")
+    session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "slow", *session.posargs)
 
 
