@@ -75,6 +75,7 @@ class Extractor:
         self._modules = list(model.modules())
         # The config is immutable; a missing attribute is slow to look up on pydantic models.
         self._batch_size = int(getattr(method.config, "batch_size", 32) or 32)
+        self._precision = str(getattr(method.config, "precision", "fp32"))
         self._layers: list[tuple[str, nn.Module]] | None = None
         if layer is not None:
             self._layers = resolve_all(model, layer)
@@ -172,6 +173,7 @@ class Extractor:
             batch_size=batch_size,
             progress=self.progress,
             desc=f"{self.method.name} {name}",
+            precision=self._precision,
         )
         grad = gradients.get(name)
         return Context(
