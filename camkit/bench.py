@@ -256,7 +256,14 @@ def method_config(name: str, model_name: str, args: argparse.Namespace) -> dict[
 
 
 def bench_latency(
-    name: str, model_name: str, model: nn.Module, batch: int, args: argparse.Namespace
+    name: str,
+    model_name: str,
+    model: nn.Module,
+    batch: int,
+    args: argparse.Namespace,
+    *,
+    repeats: int,
+    warmup: int,
 ) -> dict[str, Any]:
     """An activation or gradient method against the bare forward (and backward) passes."""
     spec = MODELS[model_name]
@@ -279,7 +286,7 @@ def bench_latency(
             for rows in inputs:
                 bare_forward(model, rows)
 
-    t = interleaved({"camkit": lambda: extractor(x), "model": baseline}, args.repeats, args.warmup)
+    t = interleaved({"camkit": lambda: extractor(x), "model": baseline}, repeats, warmup)
     ms, base = t["camkit"].median * 1e3, t["model"].median * 1e3
     return {
         "method": name,
@@ -293,7 +300,7 @@ def bench_latency(
         "cpu_ratio": t["camkit"].cpu_median / t["model"].cpu_median,
         "images_per_s": batch / t["camkit"].median,
         "model_images_per_s": batch / t["model"].median,
-        "runs": args.repeats,
+        "runs": repeats,
     }
 
 
@@ -315,6 +322,7 @@ def bench_perturbation(
     args: argparse.Namespace,
     *,
     with_channels_last_limit: bool,
+    chunk_peaks: dict[tuple[str, int], float | None],
 ) -> dict[str, Any]:
     """A Score-family method, exact and bf16, against ``C x N`` bare forwards."""
     spec = MODELS[model_name]
@@ -327,17 +335,15 @@ def bench_perturbation(
     samples = int(getattr(settings, "num_samples", 1))
     channels = layer_channels(model, resolve(model, spec.layer)[1], x)
     nominal = batch * channels * samples
-    # The untimed first calls warm both modes up and give the maps compared for fidelity.
-    exact_maps: list[Tensor] = []
-    sizes = forward_sizes(model, lambda: exact_maps.extend(exact(x).maps))
-    forwarded = sum(sizes) - batch  # less the clean forward that captures activations
-    fast_maps = fast(x).maps
     full = rows_of(x, chunk)
     last = rows_of(x, nominal % chunk) if nominal % chunk else None
     full_cl = full.contiguous(memory_format=torch.channels_last)
     last_cl = None if last is None else last.contiguous(memory_format=torch.channels_last)
+    # Warm-up: one forward of each shape, layout and precision the runs use.
+    bare_forward(model, x)
     bare_forward(model, full)
     bare_forward(model, full_cl)
+    _bf16_forward(model, full_cl)
 
     def limit(full: Tensor, last: Tensor | None) -> Fn:
         def run() -> None:
@@ -348,14 +354,20 @@ def bench_perturbation(
 
         return run
 
+    results: dict[str, Any] = {}
+
+    def run_exact() -> None:
+        results["sizes"] = forward_sizes(model, lambda: results.update(exact=exact(x)))
+
     fns: dict[str, Fn] = {
         "limit": limit(full, last),
-        "exact": lambda: exact(x),
-        "bf16": lambda: fast(x),
+        "exact": run_exact,
+        "bf16": lambda: results.update(bf16=fast(x)),
     }
     if with_channels_last_limit:
         fns["limit_channels_last"] = limit(full_cl, last_cl)
     t = interleaved(fns, args.score_repeats, warmup=0)
+    pairs = list(zip(results["exact"].maps, results["bf16"].maps))
     row: dict[str, Any] = {
         "method": name,
         "model": model_name,
@@ -364,15 +376,16 @@ def bench_perturbation(
         "samples": samples,
         "batch_size": chunk,
         "nominal_forwards": nominal,
-        "forwarded": forwarded,
+        # Rows the scorer forwarded, less the clean forward that captured the activations.
+        "forwarded": sum(results["sizes"]) - batch,
         "exact_s": t["exact"].median,
         "limit_s": t["limit"].median,
         "ratio": t["exact"].median / t["limit"].median,
         "cpu_ratio": t["exact"].cpu_median / t["limit"].cpu_median,
         "bf16_s": t["bf16"].median,
         "bf16_speedup": t["exact"].median / t["bf16"].median,
-        "pearson": statistics.mean(pearson(a, b) for a, b in zip(exact_maps, fast_maps)),
-        "top20_overlap": statistics.mean(top_overlap(a, b) for a, b in zip(exact_maps, fast_maps)),
+        "pearson": statistics.mean(pearson(a, b) for a, b in pairs),
+        "top20_overlap": statistics.mean(top_overlap(a, b) for a, b in pairs),
         "runs": args.score_repeats,
     }
     if with_channels_last_limit:
@@ -380,8 +393,10 @@ def bench_perturbation(
     if not args.no_memory:
         probe = {"model": model_name, "batch": batch, "method": name, "config": config}
         row["peak_mib"] = _probe_in_subprocess({**probe, "precision": "fp32"}, args)
-        row["bf16_peak_mib"] = _probe_in_subprocess({**probe, "precision": "bf16"}, args)
-        row["chunk_peak_mib"] = _probe_in_subprocess({**probe, "method": None, "rows": chunk}, args)
+        key = (model_name, chunk)
+        if key not in chunk_peaks:
+            chunk_peaks[key] = _probe_in_subprocess({**probe, "method": None, "rows": chunk}, args)
+        row["chunk_peak_mib"] = chunk_peaks[key]
     return row
 
 
@@ -498,6 +513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": _loadavg(),
         "settings": {k: v for k, v in vars(args).items() if k != "probe_memory"},
         "latency": [],
+        "throughput": [],
         "score": [],
         "chunk_sizes": [],
         "skipped": [],
@@ -506,13 +522,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model_name in args.models:
         model = build_model(model_name)
         first_perturbation = True
+        chunk_peaks: dict[tuple[str, int], float | None] = {}
         for name in methods:
             kind = method_kind(name)
-            batches = args.score_batch_sizes if kind == "perturbation" else args.batch_sizes
-            for batch in batches:
+            runs: list[tuple[str, int]]
+            if kind == "perturbation":
+                runs = [("score", batch) for batch in args.score_batch_sizes]
+            else:
+                runs = [("latency", batch) for batch in args.batch_sizes]
+                if args.throughput_batch and model_name in args.throughput_models:
+                    runs.append(("throughput", args.throughput_batch))
+            for section, batch in runs:
                 _log(f"{name} on {model_name}, batch {batch}")
                 try:
-                    if kind == "perturbation":
+                    if section == "score":
                         row = bench_perturbation(
                             name,
                             model_name,
@@ -520,17 +543,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             batch,
                             args,
                             with_channels_last_limit=first_perturbation,
+                            chunk_peaks=chunk_peaks,
                         )
                         first_perturbation = False
-                        report["score"].append(row)
+                    elif section == "latency":
+                        row = bench_latency(
+                            name,
+                            model_name,
+                            model,
+                            batch,
+                            args,
+                            repeats=args.repeats,
+                            warmup=args.warmup,
+                        )
                     else:
-                        report["latency"].append(
-                            bench_latency(name, model_name, model, batch, args)
+                        row = bench_latency(
+                            name,
+                            model_name,
+                            model,
+                            batch,
+                            args,
+                            repeats=args.throughput_repeats,
+                            warmup=1,
                         )
                 except camkit.errors.CamkitError as exc:
                     report["skipped"].append(
                         {"method": name, "model": model_name, "batch": batch, "reason": str(exc)}
                     )
+                else:
+                    report[section].append(row)
         if args.chunk_sizes:
             _log(f"chunk sizes on {model_name}")
             report["chunk_sizes"] += bench_chunk_sizes(model_name, model, args.chunk_sizes, args)
@@ -581,6 +622,22 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['images_per_s']:.1f} |"
             )
         lines.append("")
+    if report["throughput"]:
+        lines += [
+            "## Many images",
+            "",
+            f"One call on a batch; median of {s['throughput_repeats']} runs after a warm-up "
+            "run, interleaved with the bare model's passes.",
+            "",
+            "| method | model | batch | camkit images/s | model images/s | ratio |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in report["throughput"]:
+            lines.append(
+                f"| {r['method']} | {r['model']} | {r['batch']} | {r['images_per_s']:.1f} "
+                f"| {r['model_images_per_s']:.1f} | {r['ratio']:.3f} |"
+            )
+        lines.append("")
     if report["score"]:
         lines += [
             "## Score family",
@@ -590,18 +647,17 @@ def markdown(report: dict[str, Any]) -> str:
             'size; ratio = exact / limit. bf16: the `precision="bf16"` '
             "mode; fidelity against exact maps (Pearson r, share of the exact map's top-20% "
             "pixels in the bf16 map's top 20%). Peak: rise of peak RSS during one call in a "
-            "fresh process; 'one chunk': one bare forward of a chunk.",
+            "fresh process, of the exact call and of one bare forward of a chunk.",
             "",
             "| method | model | C x N | forwarded | exact s | limit s | ratio "
             "| limit, channels-last s | bf16 s | bf16 speed-up | Pearson r | top-20% "
-            "| peak MiB exact / bf16 / one chunk |",
+            "| peak MiB: call / one chunk |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in report["score"]:
             cl = r.get("limit_channels_last_s")
             peaks = " / ".join(
-                "-" if r.get(k) is None else f"{r[k]:.0f}"
-                for k in ("peak_mib", "bf16_peak_mib", "chunk_peak_mib")
+                "-" if r.get(k) is None else f"{r[k]:.0f}" for k in ("peak_mib", "chunk_peak_mib")
             )
             lines.append(
                 f"| {r['method']} | {r['model']} | {r['channels']} x {r['samples']} "
@@ -649,8 +705,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--methods", type=_names, help="method names or fnmatch patterns")
     p.add_argument("--models", type=_names, default=["resnet18", "mobilenet_v3_small"])
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 16, 64])
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 16])
     p.add_argument("--score-batch-sizes", type=_ints, default=[1])
+    p.add_argument("--throughput-batch", type=int, default=64, help="many-images batch (0: skip)")
+    p.add_argument("--throughput-models", type=_names, default=["resnet18"])
+    p.add_argument("--throughput-repeats", type=int, default=3)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--score-repeats", type=int, default=3)
@@ -693,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(probe_memory(json.loads(args.probe_memory))))
         return 0
     if args.quick:
-        args.models = ["tiny"]
+        args.models = args.throughput_models = ["tiny"]
+        args.throughput_batch, args.throughput_repeats = 8, 1
         args.batch_sizes, args.score_batch_sizes = [1, 4], [1]
         args.repeats, args.warmup, args.score_repeats = 2, 1, 1
         args.chunk_sizes = [4, 8]

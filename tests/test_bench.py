@@ -123,7 +123,13 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
         ("gradcam", 1),
         ("gradcam", 4),
     }
-    assert all(r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"])
+    assert [(r["method"], r["batch"]) for r in report["throughput"]] == [
+        ("cam", 8),
+        ("gradcam", 8),
+    ]
+    assert all(
+        r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"] + report["throughput"]
+    )
     (score,) = report["score"]
     # relu2 of the tiny model has 16 channels; the method's num_samples is set to 1.
     assert score["channels"] == 16 and score["samples"] == 1 and score["nominal_forwards"] == 16
@@ -134,7 +140,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     text = capsys.readouterr().out
     assert text.strip() == md.read_text().strip()
     assert "| bench-scorelike | tiny | 16 x 1 |" in text
-    assert "## Activation and gradient methods" in text
+    assert "## Activation and gradient methods" in text and "## Many images" in text
 
 
 @pytest.mark.slow
@@ -143,5 +149,5 @@ def test_quick_run_with_memory_probes(tmp_path: Path, score_plugin: str) -> None
     args = ["--quick", "--plugin", score_plugin, "--methods", "bench-scorelike"]
     assert bench.main([*args, "--chunk-sizes", "", "--output", str(out)]) == 0
     (score,) = json.loads(out.read_text())["score"]
-    for key in ("peak_mib", "bf16_peak_mib", "chunk_peak_mib"):
+    for key in ("peak_mib", "chunk_peak_mib"):
         assert isinstance(score[key], float) and score[key] >= 0
