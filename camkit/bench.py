@@ -436,13 +436,14 @@ def _bf16_forward(model: nn.Module, x: Tensor) -> Tensor:
 
 def probe_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one call of ``spec["method"]`` (or, when it is ``None``, of one bare
-    forward of ``spec["rows"]`` images) on a model built in this process."""
+    forward of ``spec["rows"]`` channels-last images, as the scorer forwards them) on a model
+    built in this process."""
     model_name = spec["model"]
     model = build_model(model_name)
     x = make_input(model_name, spec["batch"])
     config = dict(spec["config"])
     if spec["method"] is None:
-        chunk = rows_of(x, spec["rows"])
+        chunk = rows_of(x, spec["rows"]).contiguous(memory_format=torch.channels_last)
         peak, how = peak_rss_during(lambda: bare_forward(model, chunk))
     else:
         extractor = camkit.create(
@@ -647,7 +648,8 @@ def markdown(report: dict[str, Any]) -> str:
             'size; ratio = exact / limit. bf16: the `precision="bf16"` '
             "mode; fidelity against exact maps (Pearson r, share of the exact map's top-20% "
             "pixels in the bf16 map's top 20%). Peak: rise of peak RSS during one call in a "
-            "fresh process, of the exact call and of one bare forward of a chunk.",
+            "fresh process, of the exact call and of one bare forward of a channels-last "
+            "chunk.",
             "",
             "| method | model | C x N | forwarded | exact s | limit s | ratio "
             "| limit, channels-last s | bf16 s | bf16 speed-up | Pearson r | top-20% "
@@ -719,8 +721,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-samples",
         type=int,
-        default=1,
-        help="num_samples of methods that have one (default 1, to bound the run's time)",
+        default=2,
+        help="num_samples of methods that have one (default 2, to bound the run's time)",
     )
     p.add_argument(
         "--chunk-sizes", type=_ints, default=[8, 16, 32, 64], help="chunk sizes to compare"

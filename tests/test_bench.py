@@ -35,7 +35,8 @@ class ScoreLike(camkit.Method):
     Config = Config
 
     def weights(self, ctx):
-        scores = ctx.score(camkit.normalize(ctx.activations))
+        masks = camkit.normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
+        scores = ctx.score(masks).unflatten(1, (self.config.num_samples, -1)).mean(1)
         return torch.softmax(scores - ctx.baseline_scores[:, None], dim=1)
 
 
@@ -131,15 +132,16 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
         r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"] + report["throughput"]
     )
     (score,) = report["score"]
-    # relu2 of the tiny model has 16 channels; the method's num_samples is set to 1.
-    assert score["channels"] == 16 and score["samples"] == 1 and score["nominal_forwards"] == 16
+    # relu2 of the tiny model has 16 channels; the bench sets num_samples to 2, whose
+    # identical copies of each mask the scorer forwards once.
+    assert score["channels"] == 16 and score["samples"] == 2 and score["nominal_forwards"] == 32
     assert score["forwarded"] <= 16
     assert -1 <= score["pearson"] <= 1 and 0 <= score["top20_overlap"] <= 1
     assert "limit_channels_last_s" in score
     assert [r["batch_size"] for r in report["chunk_sizes"]] == [4, 8]
     text = capsys.readouterr().out
     assert text.strip() == md.read_text().strip()
-    assert "| bench-scorelike | tiny | 16 x 1 |" in text
+    assert "| bench-scorelike | tiny | 16 x 2 |" in text
     assert "## Activation and gradient methods" in text and "## Many images" in text
 
 
