@@ -519,7 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_sizes": [],
         "skipped": [],
     }
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     for model_name in args.models:
         model = build_model(model_name)
         first_perturbation = True
@@ -531,7 +531,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 runs = [("score", batch) for batch in args.score_batch_sizes]
             else:
                 runs = [("latency", batch) for batch in args.batch_sizes]
-                if args.throughput_batch and model_name in args.throughput_models:
+                if (
+                    args.throughput_batch
+                    and model_name in args.throughput_models
+                    and any(fnmatch.fnmatchcase(name, p) for p in args.throughput_methods)
+                ):
                     runs.append(("throughput", args.throughput_batch))
             for section, batch in runs:
                 _log(f"{name} on {model_name}, batch {batch}")
@@ -577,8 +581,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"chunk sizes on {model_name}")
             report["chunk_sizes"] += bench_chunk_sizes(model_name, model, args.chunk_sizes, args)
     report["seconds"] = time.perf_counter() - started
+    # CPU seconds of this process and its memory probes: under load, wall time stretches but
+    # CPU time barely does, so this divided by the threads estimates a quiet run's length.
+    report["cpu_seconds"] = _cpu_seconds() - cpu_started
     report["load_after"] = _loadavg()
     return report
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _loadavg() -> list[float] | None:
@@ -602,7 +615,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"bfloat16 instructions: {', '.join(m['bf16_hardware']) or 'none found'}",
         f"- torch {m['torch']}, Python {m['python']}, {m['platform']}",
         f"- load average (1, 5, 15 min) before: {report['load_before']}, "
-        f"after: {report['load_after']}; total {report['seconds']:.0f} s",
+        f"after: {report['load_after']}; total {report['seconds']:.0f} s "
+        f"({report['cpu_seconds']:.0f} CPU s)",
         "",
     ]
     if report["latency"]:
@@ -711,6 +725,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--score-batch-sizes", type=_ints, default=[1])
     p.add_argument("--throughput-batch", type=int, default=64, help="many-images batch (0: skip)")
     p.add_argument("--throughput-models", type=_names, default=["resnet18"])
+    p.add_argument(
+        "--throughput-methods",
+        type=_names,
+        default=["cam", "gradcam"],
+        help="methods (fnmatch patterns) timed on the many-images batch",
+    )
     p.add_argument("--throughput-repeats", type=int, default=3)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
