@@ -10,10 +10,10 @@ What a method is compared with (its *baseline*):
 
 - activation methods: the bare forward passes the call makes, under inference mode;
 - gradient methods: the same forward passes, each with a backward pass to the target layer;
-- the Score family (methods whose config has ``precision``): ``C x N`` bare forward passes
-  in chunks of the method's ``batch_size`` for a batch of one image, ``C`` the layer's
-  channels and ``N`` the method's ``num_samples`` (1 without one) — the physical limit of
-  the exact method on the model as given. Also reported: the same forwards with
+- the Score family (methods whose config has ``precision``): ``B x C x N`` bare forward
+  passes in chunks of the method's ``batch_size``, for ``B`` images (1 by default), ``C``
+  the layer's channels and ``N`` the method's ``num_samples`` (1 without one) — the
+  physical limit of the exact method on the model as given. Also reported: the same forwards with
   channels-last inputs (what the scorer runs), the ``bf16`` mode's speed-up and its map
   fidelity against exact mode, and peak memory.
 
@@ -250,7 +250,7 @@ def method_config(name: str, model_name: str, args: argparse.Namespace) -> dict[
     fields = camkit.method_info(name).config.model_fields
     if "num_samples" in fields and args.num_samples is not None:
         config["num_samples"] = args.num_samples
-    if "batch_size" in fields and args.score_batch_size is not None:
+    if method_kind(name) == "perturbation" and args.score_batch_size is not None:
         config["batch_size"] = args.score_batch_size
     return config
 
@@ -682,6 +682,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['bf16_s']:.2f} | {r['bf16_speedup']:.2f}x | {r['pearson']:.4f} "
                 f"| {r['top20_overlap']:.3f} | {peaks} |"
             )
+        if any(r["forwarded"] < r["nominal_forwards"] for r in report["score"]):
+            lines.append(
+                "Forwarded below C x N: identical masks of an image (constant channels; "
+                "IS-CAM's first step, the all-zero input) are forwarded once."
+            )
         lines.append("")
     if report["chunk_sizes"]:
         lines += [
@@ -741,8 +746,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-samples",
         type=int,
-        default=2,
-        help="num_samples of methods that have one (default 2, to bound the run's time)",
+        default=1,
+        help="num_samples of methods that have one (default 1, to bound the run's time)",
     )
     p.add_argument(
         "--chunk-sizes", type=_ints, default=[8, 16, 32, 64], help="chunk sizes to compare"

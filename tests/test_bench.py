@@ -116,6 +116,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     methods = "cam,gradcam,bench-scorelike"
     args = ["--quick", "--no-memory", "--plugin", score_plugin, "--methods", methods]
+    args += ["--num-samples", "2"]
     assert bench.main([*args, "--output", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
     assert {(r["method"], r["batch"]) for r in report["latency"]} == {
@@ -132,7 +133,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
         r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"] + report["throughput"]
     )
     (score,) = report["score"]
-    # relu2 of the tiny model has 16 channels; the bench sets num_samples to 2, whose
+    # relu2 of the tiny model has 16 channels; the bench sets num_samples (here 2), whose
     # identical copies of each mask the scorer forwards once.
     assert score["channels"] == 16 and score["samples"] == 2 and score["nominal_forwards"] == 32
     assert score["forwarded"] <= 16
@@ -142,6 +143,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     text = capsys.readouterr().out
     assert text.strip() == md.read_text().strip()
     assert "| bench-scorelike | tiny | 16 x 2 |" in text
+    assert "Forwarded below C x N" in text
     assert "## Activation and gradient methods" in text and "## Many images" in text
 
 
