@@ -138,7 +138,6 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     assert score["channels"] == 16 and score["samples"] == 2 and score["nominal_forwards"] == 32
     assert score["forwarded"] <= 16
     assert -1 <= score["pearson"] <= 1 and 0 <= score["top20_overlap"] <= 1
-    assert "limit_channels_last_s" in score
     assert [r["batch_size"] for r in report["chunk_sizes"]] == [4, 8]
     text = capsys.readouterr().out
     assert text.strip() == md.read_text().strip()
@@ -153,5 +152,5 @@ def test_quick_run_with_memory_probes(tmp_path: Path, score_plugin: str) -> None
     args = ["--quick", "--plugin", score_plugin, "--methods", "bench-scorelike"]
     assert bench.main([*args, "--chunk-sizes", "", "--output", str(out)]) == 0
     (score,) = json.loads(out.read_text())["score"]
-    for key in ("peak_mib", "chunk_peak_mib"):
+    for key in ("peak_mib", "forwards_peak_mib"):
         assert isinstance(score[key], float) and score[key] >= 0
