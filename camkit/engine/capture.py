@@ -15,7 +15,7 @@ Rules the rest of camkit relies on:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -115,9 +115,15 @@ def grad_enabled() -> Iterator[None]:
 
 
 @contextmanager
-def preserved_buffers(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (BatchNorm running statistics) that train-mode forwards update."""
-    if not any(m.training for m in model.modules()):
+def preserved_buffers(
+    model: nn.Module, modules: Sequence[nn.Module] | None = None
+) -> Iterator[None]:
+    """Restore buffers (BatchNorm running statistics) that train-mode forwards update.
+
+    ``modules``: the model's modules, listed once by a caller that checks often (walking a
+    large model's module tree costs more than a small model's forward pass).
+    """
+    if not any(m.training for m in (model.modules() if modules is None else modules)):
         yield
         return
     saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ class Extractor:
         self.grid = grid
         self.progress = progress
         self._lock = threading.Lock()
+        # Listed once, like the layers: walking the module tree on every call costs more
+        # than a small model's forward pass.
+        self._modules = list(model.modules())
+        # The config is immutable; a missing attribute is slow to look up on pydantic models.
+        self._batch_size = int(getattr(method.config, "batch_size", 32) or 32)
+        self._precision = str(getattr(method.config, "precision", "fp32"))
         self._layers: list[tuple[str, nn.Module]] | None = None
         if layer is not None:
             self._layers = resolve_all(model, layer)
@@ -103,7 +110,7 @@ class Extractor:
         x = _validated_input(x, self.model)
         layers = self._layers_for(x)
         method = self.method
-        with preserved_buffers(self.model):
+        with preserved_buffers(self.model, self._modules):
             capture = Capture(layers, gradients=method.needs_gradients)
             if method.needs_gradients:
                 with grad_enabled():
@@ -144,7 +151,7 @@ class Extractor:
         if self._layers is None:
             with self._lock:
                 if self._layers is None:
-                    with preserved_buffers(self.model):
+                    with preserved_buffers(self.model, self._modules):
                         self._layers = [locate(self.model, x)]
         return self._layers
 
@@ -160,8 +167,7 @@ class Extractor:
         scores: Tensor,
         chosen: ResolvedTargets,
     ) -> Context:
-        config = self.method.config
-        batch_size = int(getattr(config, "batch_size", 32) or 32)
+        batch_size = self._batch_size
         batch_index = torch.arange(x.shape[0], device=scores.device)
         scorer = Scorer(
             self.model,
@@ -170,6 +176,7 @@ class Extractor:
             batch_size=batch_size,
             progress=self.progress,
             desc=f"{self.method.name} {name}",
+            precision=self._precision,
         )
         grad = gradients.get(name)
         activations = self._features(capture.activations[name].detach(), x, name)
@@ -228,7 +235,7 @@ class Extractor:
         if method.relu:
             cam = torch.relu(cam)
         cam = cam.detach().float()
-        if not bool(torch.isfinite(cam).all()):
+        if not _all_finite(cam):
             raise PluginError(
                 f"method {method.name!r} produced non-finite values for layer {ctx.layer!r}"
             )
@@ -278,7 +285,7 @@ def _validated_input(x: object, model: nn.Module) -> Tensor:
         )
     if x.shape[0] == 0 or x.numel() == 0:
         raise InputError(f"the input is empty: shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         raise InputError("the input contains NaN or Inf values")
     param = next(model.parameters(), None)
     if param is not None and param.device != x.device:
@@ -286,3 +293,10 @@ def _validated_input(x: object, model: nn.Module) -> Tensor:
             f"the input is on {x.device} but the model is on {param.device}; move one of them"
         )
     return x.detach()
+
+
+def _all_finite(t: Tensor) -> bool:
+    # A finite sum proves every element finite (one Inf or NaN makes the sum Inf or NaN), at
+    # a fraction of the cost of an element-wise check, which only an overflowing sum needs.
+    t = t.detach()
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())

@@ -1,30 +1,62 @@
 """The scoring service: target scores of many perturbed copies of the input, in chunks.
 
-Perturbation methods (the Score-CAM family, ablation) need one forward pass per mask. The
-service never builds all ``B x M`` perturbed inputs: it walks the masks in chunks of
-``batch_size``, upsampling each chunk's masks only when it is forwarded, so memory is bounded
-by ``batch_size`` inputs plus the low-resolution masks.
+Perturbation methods (the Score-CAM family, ablation) need one forward pass per mask, so
+their cost is that of the forward passes, and the service spends as little as it can beside
+them. Its rules:
+
+- it never builds all ``B x M`` perturbed inputs: it walks the masks in chunks of
+  ``batch_size``, upsampling each chunk's masks only when it is forwarded, so memory is
+  bounded by ``batch_size`` inputs plus the low-resolution masks;
+- the buffers a chunk is built in are allocated once per call and reused by every chunk;
+- identical masks of one image (e.g. constant channels, whose normalized map is all zeros)
+  are forwarded once;
+- forwards run under ``torch.inference_mode()``;
+- image inputs of convolutional models are forwarded in channels-last layout, which the
+  CPU's convolution kernels run faster; the model itself is never converted (its weights
+  stay as they are), and a model that rejects channels-last inputs (e.g. one that calls
+  ``.view`` on its features) gets contiguous ones instead;
+- ``precision="bf16"`` runs the forwards under bfloat16 autocast (CPU or CUDA): faster
+  where the hardware has bfloat16 units, at a small cost in fidelity. Masks, inputs and the
+  returned scores stay float32.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit.engine.maps import resize
 from camkit.engine.outputs import scores_of
-from camkit.errors import CamkitError
+from camkit.errors import CamkitError, ConfigError
 
 #: Chunks of work after which a progress bar is worth showing (when ``progress=None``).
 PROGRESS_AFTER = 8
 
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
 
 class Scorer:
-    """Forward ``mask * input`` for many masks and return the target score of each."""
+    """Forward ``mask * input`` for many masks and return the target score of each.
+
+    Args:
+        model: the model; it is only called, never converted or modified.
+        inputs: ``(B, C_in, H, W)`` (or ``(B, C_in, T, H, W)``) the clean inputs.
+        score: ``fn(outputs, index) -> (N,)``: the target score of each output row, where
+            ``index[i]`` is the image row ``i`` was made from.
+        batch_size: masked inputs per forward pass.
+        progress: show a progress bar (``None``: when the work is long and stderr is a
+            terminal).
+        desc: the progress bar's label.
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (forwards under bfloat16 autocast).
+        channels_last: forward channels-last inputs (``None``: for 4-D inputs of models
+            with 2-D convolutions).
+    """
 
     def __init__(
         self,
@@ -35,65 +67,156 @@ class Scorer:
         batch_size: int = 32,
         progress: bool | None = None,
         desc: str = "scoring",
+        precision: str = "fp32",
+        channels_last: bool | None = None,
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.inputs = inputs.detach()
         self.score_rows = score
         self.batch_size = batch_size
         self.progress = progress
         self.desc = desc
+        self.precision = precision
+        self.channels_last = channels_last
 
     def __call__(
         self, masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        batch, spatial = self.inputs.shape[0], self.inputs.shape[2:]
+        """Target scores ``(B, M)`` of the inputs multiplied by ``(B, M, *spatial)`` masks.
+
+        Each mask is upsampled (bilinear, or trilinear for videos) to the input size,
+        given ``noise_std`` Gaussian noise drawn from ``generator`` (one draw per mask, in
+        mask order, so the result does not depend on ``batch_size``), and multiplied into
+        its own image.
+        """
+        inputs = self.inputs
+        batch, spatial = inputs.shape[0], tuple(inputs.shape[2:])
         if masks.dim() != 2 + len(spatial) or masks.shape[0] != batch:
             raise CamkitError(
                 f"score() needs masks of shape (B={batch}, M, *spatial) with "
                 f"{len(spatial)} spatial dims, got {tuple(masks.shape)}"
             )
-        masks = masks.detach().to(self.inputs.device, self.inputs.dtype)
+        masks = masks.detach().to(inputs.device, inputs.dtype)
         count = masks.shape[1]
+        if count == 0:
+            return torch.empty((batch, 0), device=inputs.device, dtype=torch.float32)
         flat = masks.reshape(batch * count, *masks.shape[2:])
-        image = torch.arange(batch, device=masks.device).repeat_interleave(count)
         if noise_std > 0:
-            todo, inverse = torch.arange(flat.shape[0], device=masks.device), None
+            todo, inverse = torch.arange(flat.shape[0], device=flat.device), None
         else:
-            todo, inverse = _distinct(flat, image, count)
-        scores = torch.empty(todo.numel(), device=self.inputs.device, dtype=torch.float32)
+            todo, inverse = _distinct(flat, batch, count)
+        scores = torch.empty(todo.numel(), device=inputs.device, dtype=torch.float32)
+        self._score_all(flat, todo, count, scores, noise_std, generator)
+        result = scores if inverse is None else scores[inverse]
+        return result.reshape(batch, count)
+
+    def _score_all(
+        self,
+        flat: Tensor,
+        todo: Tensor,
+        count: int,
+        scores: Tensor,
+        noise_std: float,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Fill ``scores[i]`` with the score of mask ``flat[todo[i]]``, chunk by chunk."""
+        inputs = self.inputs
+        spatial = tuple(inputs.shape[2:])
+        channels_last = self._use_channels_last()
+        size = min(self.batch_size, todo.numel())
+        low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=flat.dtype)
+        up = torch.empty((size, *spatial), device=inputs.device, dtype=inputs.dtype)
+        noise = torch.empty_like(up) if noise_std > 0 else None
+        perturbed = torch.empty(
+            (size, *inputs.shape[1:]),
+            device=inputs.device,
+            dtype=inputs.dtype,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
+        source = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+        image = todo // count
+        # Chunks are split into runs of one image on the host, once, so filling a chunk
+        # needs no gather of input copies and no device synchronization.
+        image_host = image.cpu()
         starts = range(0, todo.numel(), self.batch_size)
         show = (
             self.progress
             if self.progress is not None
             else (len(starts) >= PROGRESS_AFTER and sys.stderr.isatty())
         )
-        with torch.inference_mode():
-            buffer = torch.empty(
-                (min(self.batch_size, todo.numel()), *self.inputs.shape[1:]),
-                device=self.inputs.device,
-                dtype=self.inputs.dtype,
-            )
+        with torch.inference_mode(), self._autocast():
             for start in tqdm(starts, desc=self.desc, disable=not show, leave=False):
-                items = todo[start : start + self.batch_size]
-                chunk = resize(flat[items], spatial)
-                if noise_std > 0:
-                    chunk = chunk + noise_std * _noise(chunk, generator)
-                idx = image[items]
-                batch_in = buffer[: items.numel()]
-                torch.mul(chunk.unsqueeze(1), self.inputs[idx], out=batch_in)
-                out = scores_of(self.model(batch_in))
-                scores[start : start + items.numel()] = self.score_rows(out, idx).float()
-        result = scores if inverse is None else scores[inverse]
-        return result.reshape(batch, count)
+                stop = min(start + self.batch_size, todo.numel())
+                n = stop - start
+                torch.index_select(flat, 0, todo[start:stop], out=low[:n])
+                _upsample(low[:n], up[:n])
+                if noise is not None:
+                    for row in noise[:n]:
+                        torch.randn(row.shape, generator=generator, out=row)
+                    up[:n].add_(noise[:n].mul_(noise_std))
+                images, runs = torch.unique_consecutive(image_host[start:stop], return_counts=True)
+                offset = 0
+                for b, run in zip(images.tolist(), runs.tolist()):
+                    rows = slice(offset, offset + run)
+                    torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
+                    offset += run
+                try:
+                    out = scores_of(self.model(perturbed[:n]))
+                except RuntimeError:
+                    if not (channels_last and start == 0):
+                        raise
+                    # The model needs contiguous inputs (e.g. it calls .view on its features).
+                    channels_last = False
+                    perturbed = perturbed.contiguous()
+                    out = scores_of(self.model(perturbed[:n]))
+                scores[start:stop] = self.score_rows(out, image[start:stop]).float()
+
+    def _use_channels_last(self) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last and self.inputs.dim() == 4
+        return self.inputs.dim() == 4 and any(
+            isinstance(m, nn.Conv2d) for m in self.model.modules()
+        )
+
+    @contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.precision == "fp32":
+            yield
+            return
+        # One autocast region for the whole call, so each weight is cast to bfloat16 once.
+        with torch.autocast(self.inputs.device.type, dtype=torch.bfloat16):
+            yield
 
 
-def _distinct(flat: Tensor, image: Tensor, count: int) -> tuple[Tensor, Tensor]:
+def _upsample(masks: Tensor, out: Tensor) -> None:
+    """Resize ``(n, *low)`` masks into ``out`` ``(n, *spatial)`` in place: the same kernels
+    (and so the same values) as :func:`camkit.engine.maps.resize`, without allocating."""
+    if masks.shape[1:] == out.shape[1:]:
+        out.copy_(masks)
+    elif masks.dim() == 3:
+        torch.ops.aten.upsample_bilinear2d.out(
+            masks.unsqueeze(1), list(out.shape[1:]), False, None, None, out=out.unsqueeze(1)
+        )
+    else:
+        torch.ops.aten.upsample_trilinear3d.out(
+            masks.unsqueeze(1), list(out.shape[1:]), False, None, None, None, out=out.unsqueeze(1)
+        )
+
+
+def _distinct(flat: Tensor, batch: int, count: int) -> tuple[Tensor, Tensor]:
     """Indices of the first of each group of identical masks of one image, and for every
-    mask the position of its group's representative in that list."""
+    mask the position of its group's representative in that list.
+
+    ``flat`` holds ``batch * count`` masks, ``count`` per image, image by image.
+    """
     keep: list[Tensor] = []
     inverse = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
     offset = 0
-    for b in range(int(image.max()) + 1 if image.numel() else 0):
+    for b in range(batch):
         rows = flat[b * count : (b + 1) * count].reshape(count, -1)
         _, inv = torch.unique(rows, dim=0, return_inverse=True)
         groups = int(inv.max()) + 1
@@ -107,15 +230,3 @@ def _distinct(flat: Tensor, image: Tensor, count: int) -> tuple[Tensor, Tensor]:
         inverse[b * count : (b + 1) * count] = rank[inv] + offset
         offset += groups
     return torch.cat(keep), inverse
-
-
-def _noise(chunk: Tensor, generator: torch.Generator | None) -> Tensor:
-    # One draw per mask, so the noise a mask gets does not depend on how masks are chunked.
-    return torch.stack(
-        [
-            torch.randn(
-                chunk.shape[1:], generator=generator, device=chunk.device, dtype=chunk.dtype
-            )
-            for _ in range(chunk.shape[0])
-        ]
-    )

@@ -1,0 +1,156 @@
+"""The benchmark harness: its measuring helpers against hand-computed values, and a run of
+``--quick`` on a tiny model (no timing is asserted anywhere)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import camkit
+from camkit import bench
+
+SCORE_PLUGIN = """
+from typing import Literal
+
+import torch
+
+import camkit
+
+
+class Config(camkit.MethodConfig):
+    batch_size: int = 4
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_samples: int = 3
+
+
+class ScoreLike(camkit.Method):
+    name = "bench-scorelike"
+    Config = Config
+
+    def weights(self, ctx):
+        masks = camkit.normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
+        scores = ctx.score(masks).unflatten(1, (self.config.num_samples, -1)).mean(1)
+        return torch.softmax(scores - ctx.baseline_scores[:, None], dim=1)
+
+
+class Plugin:
+    @camkit.hookimpl
+    def camkit_methods(self):
+        return [ScoreLike]
+
+
+plugin = Plugin()
+"""
+
+
+@pytest.fixture
+def score_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Score-family-like method in an importable module, for ``--plugin``; unregistered
+    afterwards. Subprocesses find it through PYTHONPATH."""
+    (tmp_path / "bench_scorelike.py").write_text(textwrap.dedent(SCORE_PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = Path(__file__).parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(root)]))
+    yield "bench_scorelike:plugin"
+    camkit.unregister_plugin("bench_scorelike:plugin")
+
+
+def test_pearson_and_top_overlap_by_hand() -> None:
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert bench.pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert bench.pearson(a, -a) == pytest.approx(-1.0)
+    b = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    # a - mean = [-1.5, -.5, .5, 1.5], b - mean = [-1, 0, -1, 2]: dot 4, norms sqrt(5), sqrt(6)
+    assert bench.pearson(a, b) == pytest.approx(4 / math.sqrt(30))
+    x = torch.arange(10.0)
+    y = torch.tensor([9.0, 8, 0, 1, 2, 3, 4, 5, 6, 7])
+    # top 20% of x: pixels {8, 9}; of y: pixels {0, 1}; then {8, 9} and {9, 0}: half shared.
+    assert bench.top_overlap(x, y) == 0.0
+    y[0], y[9] = 10.0, 11.0
+    assert bench.top_overlap(x, y) == 0.5
+
+
+def test_interleaved_alternates_the_order() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = bench.interleaved(fns, repeats=3, warmup=1)
+    assert calls == list("abc" + "abc" + "cba" + "abc")
+    assert all(len(t.wall) == 3 and len(t.cpu) == 3 for t in timings.values())
+
+
+def test_forward_sizes_and_rows() -> None:
+    model = nn.Linear(3, 2)
+    sizes = bench.forward_sizes(model, lambda: [model(torch.zeros(n, 3)) for n in (4, 1, 7)])
+    assert sizes == [4, 1, 7]
+    assert not model._forward_pre_hooks
+    x = torch.arange(6.0).reshape(2, 3)
+    assert bench.rows_of(x, 5).tolist() == [x[0].tolist(), x[1].tolist()] * 2 + [x[0].tolist()]
+
+
+def test_forward_backward_is_the_gradient_at_the_layer() -> None:
+    torch.manual_seed(0)
+    model = bench.build_model("tiny")
+    x = torch.randn(2, 3, 8, 8)
+    grad = bench.forward_backward(model, model.relu2, x)
+    # By hand: the head is avgpool + linear, so d(top score)/d(relu2) is the top class's
+    # weight row spread evenly over the 4 x 4 positions.
+    top = model(x).argmax(1)
+    expected = model.fc.weight[top][:, :, None, None].expand(2, 16, 4, 4) / 16
+    torch.testing.assert_close(grad, expected)
+    assert not model.relu2._forward_hooks
+
+
+def test_peak_rss_counts_what_a_call_touches() -> None:
+    peak, how = bench.peak_rss_during(lambda: torch.ones(16 * 2**20).sum())  # 64 MiB
+    assert 60 <= peak < 200, how
+
+
+def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    methods = "cam,gradcam,bench-scorelike"
+    args = ["--quick", "--no-memory", "--plugin", score_plugin, "--methods", methods]
+    args += ["--num-samples", "2"]
+    assert bench.main([*args, "--output", str(out), "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert {(r["method"], r["batch"]) for r in report["latency"]} == {
+        ("cam", 1),
+        ("cam", 4),
+        ("gradcam", 1),
+        ("gradcam", 4),
+    }
+    assert [(r["method"], r["batch"]) for r in report["throughput"]] == [
+        ("cam", 8),
+        ("gradcam", 8),
+    ]
+    assert all(
+        r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"] + report["throughput"]
+    )
+    (score,) = report["score"]
+    # relu2 of the tiny model has 16 channels; the bench sets num_samples (here 2), whose
+    # identical copies of each mask the scorer forwards once.
+    assert score["channels"] == 16 and score["samples"] == 2 and score["nominal_forwards"] == 32
+    assert score["forwarded"] <= 16
+    assert -1 <= score["pearson"] <= 1 and 0 <= score["top20_overlap"] <= 1
+    assert [r["batch_size"] for r in report["chunk_sizes"]] == [4, 8]
+    text = capsys.readouterr().out
+    assert text.strip() == md.read_text().strip()
+    assert "| bench-scorelike | tiny | 16 x 2 |" in text
+    assert "Forwarded below C x N" in text
+    assert "## Activation and gradient methods" in text and "## Many images" in text
+
+
+@pytest.mark.slow
+def test_quick_run_with_memory_probes(tmp_path: Path, score_plugin: str) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--plugin", score_plugin, "--methods", "bench-scorelike"]
+    assert bench.main([*args, "--chunk-sizes", "", "--output", str(out)]) == 0
+    (score,) = json.loads(out.read_text())["score"]
+    for key in ("peak_mib", "forwards_peak_mib"):
+        assert isinstance(score[key], float) and score[key] >= 0
