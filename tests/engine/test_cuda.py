@@ -47,16 +47,16 @@ def test_method_on_cuda_matches_cpu(name, models):
     cpu_model, gpu_model = models
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     config = small_config(name)
-    on_gpu = camkit.create(name, gpu_model, "layer3", **config)(x.cuda(), targets=[1, 2])
+    on_gpu = camkit.create(name, gpu_model, "layer4", **config)(x.cuda(), targets=[1, 2])
     assert on_gpu.maps.device.type == "cuda"
     assert bool(torch.isfinite(on_gpu.maps).all())
     assert not any(m._forward_hooks for m in gpu_model.modules())
-    again = camkit.create(name, gpu_model, "layer3", **config)(x.cuda(), targets=[1, 2])
+    again = camkit.create(name, gpu_model, "layer4", **config)(x.cuda(), targets=[1, 2])
     if "seed" in config:
         # Noise is drawn on the device, so only repeatability is comparable with the CPU run.
         torch.testing.assert_close(on_gpu.maps, again.maps)
         return
-    on_cpu = camkit.create(name, cpu_model, "layer3", **config)(x, targets=[1, 2])
+    on_cpu = camkit.create(name, cpu_model, "layer4", **config)(x, targets=[1, 2])
     torch.testing.assert_close(on_gpu.maps.cpu(), on_cpu.maps, atol=2e-3, rtol=0)
 
 
@@ -64,8 +64,8 @@ def test_method_on_cuda_matches_cpu(name, models):
 def test_bf16_scoring_on_cuda_is_close_to_fp32(name, models):
     _, gpu_model = models
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)).cuda()
-    exact = camkit.create(name, gpu_model, "layer3", batch_size=64)(x, targets=[3, 4])
-    fast = camkit.create(name, gpu_model, "layer3", batch_size=64, precision="bf16")(
+    exact = camkit.create(name, gpu_model, "layer4", batch_size=64)(x, targets=[3, 4])
+    fast = camkit.create(name, gpu_model, "layer4", batch_size=64, precision="bf16")(
         x, targets=[3, 4]
     )
     assert fast.maps.dtype == torch.float32
