@@ -6,19 +6,23 @@ torch.
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+# Tests run many tiny models, where torch's intra-op threads cost more than they bring.
+TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The fast test suite (the heavy architecture matrix is `nox -s matrix`)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not slow", *session.posargs)
+    session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)
@@ -26,7 +30,7 @@ def matrix(session: nox.Session) -> None:
     """Every method on every architecture of the matrix (slow), contrib's methods included."""
     session.install("-e", ".[test]")
     session.install("./plugins/camkit-contrib")
-    session.run("pytest", "-m", "slow", *session.posargs)
+    session.run("pytest", "-m", "slow", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)
@@ -56,4 +60,4 @@ def contrib(session: nox.Session) -> None:
     """The camkit-contrib plugin distribution's own tests, installed the way users install it."""
     session.install("-e", ".[test]")
     session.install("./plugins/camkit-contrib")
-    session.run("pytest", "plugins/camkit-contrib/tests", *session.posargs)
+    session.run("pytest", "plugins/camkit-contrib/tests", *session.posargs, env=TEST_ENV)
