@@ -32,8 +32,7 @@ class PerturbationConfig(MethodConfig):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="precision of the masked forwards: 'fp32' (exact) or 'bf16' (bfloat16 "
-        "autocast for speed; activations and maps stay float32). The scorer does not honor "
-        "'bf16' yet: both run in the model's precision",
+        "autocast for speed; activations, scores and maps stay float32)",
     )
 
 
