@@ -71,5 +71,5 @@ def test_same_seed_same_map_other_seed_other_map(tiny_net: nn.Module, tiny_input
     assert torch.equal(first.weights["layer4"], again.weights["layer4"])
     assert torch.equal(first.maps, again.maps)
     assert (first.weights["layer4"] - other.weights["layer4"]).abs().max() > 1e-3
-    unseeded = run(None).weights["layer4"], run(None).weights["layer4"]
-    assert (unseeded[0] - unseeded[1]).abs().max() > 1e-3
+    # Without a seed each call draws fresh noise: the weights differ, by however little.
+    assert not torch.equal(run(None).weights["layer4"], run(None).weights["layer4"])
