@@ -50,11 +50,13 @@ class CAM(Method):
                 )
             module, where = linears[-1], "the model's last nn.Linear"
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            raise LayerError(f"CAM's {where} is {type(module).__name__}, not nn.Linear")
+            raise LayerError(
+                f"CAM's classifier ({where}) is {type(module).__name__}, not nn.Linear"
+            )
         in_features = module.weight.flatten(1).shape[1]
         if in_features != channels:
             raise LayerError(
-                f"CAM's {where} takes {in_features} features but layer {ctx.layer!r} has "
+                f"CAM's classifier ({where}) takes {in_features} features but layer {ctx.layer!r} has "
                 f"{channels} channels; CAM needs the layer right before global pooling and the "
                 "classifier (pass fc_layer=... to choose the classifier)"
             )

@@ -72,7 +72,9 @@ def test_layer_with_other_channel_count_than_the_classifier(tiny, x32):
 
 
 def test_fc_layer_that_is_not_a_classifier(tiny, x32):
-    with pytest.raises(LayerError, match=r"fc_layer 'pool' is AdaptiveAvgPool2d, not nn.Linear"):
+    with pytest.raises(
+        LayerError, match=r"classifier \(fc_layer 'pool'\) is AdaptiveAvgPool2d, not nn.Linear"
+    ):
         camkit.create("cam", tiny, "features", fc_layer="pool")(x32, targets=[0, 1])
 
 
