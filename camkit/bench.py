@@ -178,6 +178,36 @@ def forward_backward(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     return grad
 
 
+def backward_count(call: Fn) -> int:
+    """How many backward passes (``torch.autograd.grad`` calls) ``call()`` makes."""
+    count = 0
+    grad = torch.autograd.grad
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return grad(*args, **kwargs)
+
+    torch.autograd.grad = counting
+    try:
+        call()
+    finally:
+        torch.autograd.grad = grad
+    return count
+
+
+def noise_draws(name: str, config: dict[str, Any], x: Tensor) -> Fn | None:
+    """For a gradient method that averages over noisy inputs (a ``std`` and ``num_samples``
+    in its config), drawing its ``num_samples`` input-sized Gaussian tensors: work the method
+    is defined by, counted with the model's cost."""
+    fields = camkit.method_info(name).config.model_fields
+    if method_kind(name) != "gradient" or not {"std", "num_samples"} <= set(fields):
+        return None
+    n = int(config.get("num_samples", fields["num_samples"].default))
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    return lambda: torch.randn((n, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+
+
 def rows_of(x: Tensor, n: int) -> Tensor:
     """``n`` rows made of copies of the batch ``x``."""
     return x.repeat(math.ceil(n / x.shape[0]), *([1] * (x.dim() - 1)))[:n].contiguous()
@@ -274,22 +304,25 @@ def bench_latency(
     spec = MODELS[model_name]
     kind = method_kind(name)
     x = make_input(model_name, batch)
-    extractor = camkit.create(
-        name, model, spec.layer, progress=False, **method_config(name, model_name, args)
-    )
+    config = method_config(name, model_name, args)
+    extractor = camkit.create(name, model, spec.layer, progress=False, **config)
     layer = resolve(model, spec.layer)[1]
+    backwards = backward_count(lambda: extractor(x))
     sizes = forward_sizes(model, lambda: extractor(x))
     inputs = [rows_of(x, n) for n in sizes]
-    if kind == "gradient":
+    # The backward passes belong to the last forwards (a method that never reads the clean
+    # input's gradients, like Smooth Grad-CAM++, makes none for the first).
+    with_backward = [i >= len(sizes) - backwards for i in range(len(sizes))]
+    noise = noise_draws(name, config, x)
 
-        def baseline() -> None:
-            for rows in inputs:
+    def baseline() -> None:
+        for rows, backward in zip(inputs, with_backward):
+            if backward:
                 forward_backward(model, layer, rows)
-    else:
-
-        def baseline() -> None:
-            for rows in inputs:
+            else:
                 bare_forward(model, rows)
+        if noise is not None:
+            noise()
 
     t = interleaved({"camkit": lambda: extractor(x), "model": baseline}, repeats, warmup)
     ms, base = t["camkit"].median * 1e3, t["model"].median * 1e3
@@ -299,6 +332,8 @@ def bench_latency(
         "model": model_name,
         "batch": batch,
         "forwards": len(sizes),
+        "backwards": backwards,
+        "noise": noise is not None,
         "camkit_ms": ms,
         "model_ms": base,
         "ratio": ms / base,
@@ -619,7 +654,9 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Median of {s['repeats']} runs after {s['warmup']} warm-up runs; camkit and the "
             "bare model interleaved. The model's cost is its forward passes (activation "
-            "methods) or forward + backward to the layer (gradient methods).",
+            "methods) or forward + backward to the layer (gradient methods; a forward whose "
+            "gradients the method never reads gets no backward), plus, for Smooth Grad-CAM++, "
+            "drawing its Gaussian noise.",
             "",
             "| method | model | batch | camkit ms | model ms | ratio | CPU-time ratio | images/s |",
             "|---|---|---:|---:|---:|---:|---:|---:|",

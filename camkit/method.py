@@ -42,7 +42,7 @@ class Context:
         activations: ``(B, C, h, w)`` (or ``(B, C, t, h, w)``) output of the layer on the
             clean input, already in channels-first layout.
         gradients: d(target score)/d(activations), same shape, or ``None`` when the method
-            does not declare ``needs_gradients``.
+            does not declare ``needs_gradients`` (computed on first access).
         inputs: ``(B, C_in, H, W)`` the input the model was explained on.
         targets: ``(B,)`` long class indices (``-1`` for callable targets).
         scores: the model's clean output scores, usually ``(B, num_classes)``.
@@ -52,7 +52,6 @@ class Context:
 
     layer: str
     activations: Tensor
-    gradients: Tensor | None
     inputs: Tensor
     targets: Tensor
     scores: Tensor
@@ -63,6 +62,15 @@ class Context:
     _module: Callable[[str], nn.Module] = field(repr=False)
     _batch_size: int = field(default=32, repr=False)
     _score_layer: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _gradients: Tensor | Callable[[], Tensor | None] | None = field(default=None, repr=False)
+
+    @property
+    def gradients(self) -> Tensor | None:
+        """d(target score)/d(activations), or ``None`` when the method does not declare
+        ``needs_gradients``. The backward pass runs when a method first reads them."""
+        if callable(self._gradients):
+            self._gradients = self._gradients()
+        return self._gradients
 
     def score(
         self,

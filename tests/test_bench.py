@@ -107,6 +107,27 @@ def test_forward_backward_is_the_gradient_at_the_layer() -> None:
     assert not model.relu2._forward_hooks
 
 
+def test_backward_count_sees_the_passes_a_method_makes() -> None:
+    grad = torch.autograd.grad
+    torch.manual_seed(0)
+    model = bench.build_model("tiny")
+    x = torch.randn(2, 3, 8, 8)
+    assert bench.backward_count(lambda: bench.forward_backward(model, model.relu2, x)) == 1
+    assert bench.backward_count(lambda: bench.bare_forward(model, x)) == 0
+    smooth = camkit.create("smoothgradcampp", model, "relu2", num_samples=3, batch_size=4, seed=0)
+    # 6 noisy rows in chunks of 4: two backward passes, none for the clean input.
+    assert bench.backward_count(lambda: smooth(x)) == 2
+    assert torch.autograd.grad is grad  # restored
+
+
+def test_noise_draws_only_for_noisy_gradient_methods() -> None:
+    x = torch.zeros(2, 3, 8, 8)
+    draw = bench.noise_draws("smoothgradcampp", {"num_samples": 3}, x)
+    assert draw is not None and draw().shape == (3, 2, 3, 8, 8)
+    assert bench.noise_draws("gradcam", {}, x) is None
+    assert bench.noise_draws("sscam", {"num_samples": 3}, x) is None  # a perturbation method
+
+
 @pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS"
 )

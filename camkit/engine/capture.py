@@ -69,13 +69,16 @@ class Capture:
         return hook
 
     def check_ran(self) -> None:
-        """Every target layer ran, and produced finite values."""
+        """Every target layer ran (whether its values are finite is checked later)."""
         missing = [name for name, _ in self.layers if name not in self.activations]
         if missing:
             raise LayerError(
                 f"layer {missing[0]!r} did not run during the model's forward pass; choose a "
                 "layer the model uses"
             )
+
+    def check_finite(self) -> None:
+        """Every captured activation is finite."""
         for name, act in self.activations.items():
             if not bool(torch.isfinite(act.detach()).all()):
                 raise LayerError(
@@ -84,7 +87,7 @@ class Capture:
                 )
 
     def grad(self, total: Tensor) -> dict[str, Tensor]:
-        """d(total)/d(activation) for every captured layer."""
+        """d(total)/d(activation) for every captured layer (checked by :func:`check_gradients`)."""
         names = [name for name, _ in self.layers]
         if not total.requires_grad:
             raise GradientError(
@@ -99,12 +102,17 @@ class Capture:
                     f"the target score does not depend on layer {name!r}; choose a layer "
                     "between the input and the scores"
                 )
-            if not bool(torch.isfinite(grad).all()):
-                raise GradientError(
-                    f"the gradient of the target score at layer {name!r} has NaN or Inf "
-                    "values (a non-differentiable point or an overflow after this layer)"
-                )
-        return {name: grad for name, grad in zip(names, grads) if grad is not None}
+        return dict(zip(names, grads))
+
+
+def check_gradients(gradients: dict[str, Tensor]) -> None:
+    """Every gradient is finite."""
+    for name, grad in gradients.items():
+        if not bool(torch.isfinite(grad).all()):
+            raise GradientError(
+                f"the gradient of the target score at layer {name!r} has NaN or Inf "
+                "values (a non-differentiable point or an overflow after this layer)"
+            )
 
 
 @contextmanager
@@ -120,8 +128,8 @@ def preserved_buffers(
 ) -> Iterator[None]:
     """Restore buffers (BatchNorm running statistics) that train-mode forwards update.
 
-    ``modules``: the model's modules, listed once by a caller that checks often (walking a
-    large model's module tree costs more than a small model's forward pass).
+    ``modules``: the model's modules that hold buffers, listed once by a caller that checks
+    often (walking a large model's module tree costs more than a small model's forward pass).
     """
     if not any(m.training for m in (model.modules() if modules is None else modules)):
         yield

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from camkit.engine.capture import Capture, grad_enabled, preserved_buffers
+from camkit.engine.capture import Capture, check_gradients, grad_enabled, preserved_buffers
 from camkit.engine.layer_scoring import LayerScorer
 from camkit.engine.layers import LayerSpec, locate, resolve, resolve_all
 from camkit.engine.maps import fuse, weighted_sum
 from camkit.engine.outputs import Layout, check_layout, scores_of, to_channels_first
 from camkit.engine.scoring import Scorer
-from camkit.engine.targets import ResolvedTargets, Targets, resolve_targets
-from camkit.errors import InputError, PluginError
+from camkit.engine.targets import ResolvedTargets, Targets, check_scores, resolve_targets
+from camkit.errors import CamkitError, InputError, PluginError
 from camkit.method import Context, Method
 
 
@@ -75,6 +75,9 @@ class Extractor:
         # Listed once, like the layers: walking the module tree on every call costs more
         # than a small model's forward pass.
         self._modules = list(model.modules())
+        # Only modules with buffers of their own can change state in train mode.
+        self._buffered = [m for m in self._modules if m._buffers]
+        self._resolved: dict[str, nn.Module] = {}
         # The config is immutable; a missing attribute is slow to look up on pydantic models.
         self._batch_size = int(getattr(method.config, "batch_size", 32) or 32)
         self._precision = str(getattr(method.config, "precision", "fp32"))
@@ -107,10 +110,10 @@ class Extractor:
                 ``B`` ints, or a callable ``fn(scores) -> (B,)`` (optionally
                 ``fn(scores, index)``, see :mod:`camkit.targets`).
         """
-        x = _validated_input(x, self.model)
+        x = _validated_input(x, self._modules)
         layers = self._layers_for(x)
         method = self.method
-        with preserved_buffers(self.model, self._modules):
+        with preserved_buffers(self.model, self._buffered):
             capture = Capture(layers, gradients=method.needs_gradients)
             if method.needs_gradients:
                 with grad_enabled():
@@ -119,21 +122,22 @@ class Extractor:
                         raw = scores_of(self.model(x_in))
                     capture.check_ran()
                     chosen = resolve_targets(targets, raw.detach())
-                    batch_index = torch.arange(x.shape[0], device=raw.device)
-                    gradients = capture.grad(chosen.score(raw, batch_index).sum())
+                    target = chosen.raw(raw, None)
             else:
                 with torch.inference_mode(), capture:
                     raw = scores_of(self.model(x))
                 capture.check_ran()
                 chosen = resolve_targets(targets, raw)
-                gradients = {}
+                target = chosen.raw(raw, None)
             scores = raw.detach()
+            call = _Call(method, capture, scores, chosen, target)
             layer_maps, weights = {}, {}
             for name, _ in layers:
-                ctx = self._context(name, x, capture, gradients, scores, chosen)
-                layer_maps[name], w = self._map(ctx)
+                ctx = self._context(name, x, call)
+                layer_maps[name], w = self._map(ctx, call)
                 if w is not None:
                     weights[name] = w
+            call.check(layer_maps)
         maps = fuse(list(layer_maps.values()), size=x.shape[2:])
         return CAMResult(
             maps=maps,
@@ -151,68 +155,95 @@ class Extractor:
         if self._layers is None:
             with self._lock:
                 if self._layers is None:
-                    with preserved_buffers(self.model, self._modules):
+                    with preserved_buffers(self.model, self._buffered):
                         self._layers = [locate(self.model, x)]
         return self._layers
 
     def _features(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
         return to_channels_first(t, self.layout, self.grid, x.shape[2:], layer)
 
-    def _context(
-        self,
-        name: str,
-        x: Tensor,
-        capture: Capture,
-        gradients: dict[str, Tensor],
-        scores: Tensor,
-        chosen: ResolvedTargets,
-    ) -> Context:
-        batch_size = self._batch_size
-        batch_index = torch.arange(x.shape[0], device=scores.device)
-        scorer = Scorer(
-            self.model,
-            x,
-            chosen.score,
-            batch_size=batch_size,
-            progress=self.progress,
-            desc=f"{self.method.name} {name}",
-            precision=self._precision,
-        )
-        grad = gradients.get(name)
-        activations = self._features(capture.activations[name].detach(), x, name)
-        layer_scorer = LayerScorer(
-            self.model,
-            x,
-            (name, dict(capture.layers)[name]),
-            activations.shape[1],
-            lambda t: self._features(t, x, name),
-            chosen.score,
-            batch_size=batch_size,
-            progress=self.progress,
-            desc=f"{self.method.name} {name}",
-        )
+    def _context(self, name: str, x: Tensor, call: _Call) -> Context:
+        # The services are built on first use: most methods use none of them, and a call's
+        # fixed cost matters for small models.
+        batch_size, chosen, desc = self._batch_size, call.chosen, f"{self.method.name} {name}"
+        activations = self._features(call.capture.activations[name].detach(), x, name)
+        module = dict(call.capture.layers)[name]
+
+        def score(
+            masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
+        ) -> Tensor:
+            call.check_inputs()
+            scorer = Scorer(
+                self.model,
+                x,
+                chosen.score,
+                batch_size=batch_size,
+                progress=self.progress,
+                desc=desc,
+                precision=self._precision,
+            )
+            return scorer(masks, noise_std=noise_std, generator=generator)
+
+        def score_layer(masks: Tensor) -> Tensor:
+            call.check_inputs()
+            scorer = LayerScorer(
+                self.model,
+                x,
+                (name, module),
+                activations.shape[1],
+                lambda t: self._features(t, x, name),
+                chosen.score,
+                batch_size=batch_size,
+                progress=self.progress,
+                desc=desc,
+            )
+            return scorer(masks)
+
+        def gradients_at(inputs: Tensor) -> Tensor:
+            call.check_inputs()
+            return self._gradients_at(name, inputs, chosen, batch_size)
+
+        def gradients() -> Tensor:
+            return self._features(call.gradients()[name], x, name)
+
         return Context(
             layer=name,
             activations=activations,
-            gradients=None if grad is None else self._features(grad, x, name),
             inputs=x,
             targets=chosen.indices,
-            scores=scores,
-            baseline_scores=chosen.score(scores, batch_index).detach(),
+            scores=call.scores,
+            baseline_scores=call.baseline,
             model=self.model,
-            _score=scorer,
-            _gradients_at=lambda inputs: self._gradients_at(name, inputs, chosen, batch_size),
-            _module=lambda module_name: resolve(self.model, module_name)[1],
+            _score=score,
+            _gradients_at=gradients_at,
+            _module=self._module,
             _batch_size=batch_size,
-            _score_layer=layer_scorer,
+            _score_layer=score_layer,
+            _gradients=gradients if self.method.needs_gradients else None,
         )
 
-    def _map(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
+    def _module(self, name: str) -> nn.Module:
+        # Resolved once, like the target layers.
+        module = self._resolved.get(name)
+        if module is None:
+            module = self._resolved[name] = resolve(self.model, name)[1]
+        return module
+
+    def _map(self, ctx: Context, call: _Call) -> tuple[Tensor, Tensor | None]:
         method = self.method
-        if method.computes_map():
-            cam, weights = method.map(ctx), None
-        else:
-            weights = method.weights(ctx)
+        try:
+            if method.computes_map():
+                cam, weights = method.map(ctx), None
+            else:
+                weights = method.weights(ctx)
+        except CamkitError:
+            raise
+        except Exception as exc:
+            # Non-finite features make some computations fail (an SVD that does not
+            # converge): report the cause, not its symptom.
+            call.check_inputs(cause=exc)
+            raise
+        if weights is not None:
             acts = ctx.activations
             if not isinstance(weights, Tensor) or tuple(weights.shape) not in (
                 tuple(acts.shape[:2]),
@@ -234,12 +265,7 @@ class Extractor:
             )
         if method.relu:
             cam = torch.relu(cam)
-        cam = cam.detach().float()
-        if not _all_finite(cam):
-            raise PluginError(
-                f"method {method.name!r} produced non-finite values for layer {ctx.layer!r}"
-            )
-        return cam, weights
+        return cam.detach().float(), weights
 
     def _gradients_at(
         self, name: str, inputs: Tensor, chosen: ResolvedTargets, batch_size: int
@@ -260,12 +286,79 @@ class Extractor:
                 with capture:
                     out = scores_of(self.model(chunk))
                 capture.check_ran()
-                grad = capture.grad(chosen.score(out, index).sum())[name]
-            parts.append(self._features(grad, chunk, name))
+                capture.check_finite()
+                grads = capture.grad(chosen.score(out, index).sum())
+            check_gradients(grads)
+            parts.append(self._features(grads[name], chunk, name))
         return torch.cat(parts)
 
 
-def _validated_input(x: object, model: nn.Module) -> Tensor:
+class _Call:
+    """One call's captured tensors, its lazily computed gradients, and their checks.
+
+    Whether scores, activations, gradients and maps are finite is checked once, at the end,
+    through one sum (a sum is finite only when every term is: one sync instead of one per
+    tensor); only a failing sum looks closer, to name the first tensor at fault. Work that
+    costs more than the call itself (the scoring services, forwards of noisy copies) checks
+    its inputs before it starts.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        capture: Capture,
+        scores: Tensor,
+        chosen: ResolvedTargets,
+        target: Tensor,
+    ) -> None:
+        self.method = method.name
+        self.capture = capture
+        self.scores = scores
+        self.chosen = chosen
+        self.baseline = target.detach()
+        self._target: Tensor | None = target if method.needs_gradients else None
+        self._gradients: dict[str, Tensor] | None = None
+
+    def gradients(self) -> dict[str, Tensor]:
+        """The target score's gradients at every layer, from one backward pass."""
+        if self._gradients is None:
+            assert self._target is not None
+            target, self._target = self._target, None
+            with grad_enabled():
+                self._gradients = self.capture.grad(target.sum())
+        return self._gradients
+
+    def check_inputs(self, cause: BaseException | None = None) -> None:
+        """Activations and target scores are finite (activations first: a non-finite layer
+        output is the cause of non-finite scores, not the other way round)."""
+        try:
+            self.capture.check_finite()
+            check_scores(self.baseline)
+        except CamkitError as error:
+            if cause is None:
+                raise
+            raise error from cause
+
+    def check(self, maps: dict[str, Tensor]) -> None:
+        """Everything the call produced is finite; else the first tensor at fault is named."""
+        parts = [self.baseline.sum()]
+        parts += [act.detach().sum() for act in self.capture.activations.values()]
+        if self._gradients is not None:
+            parts += [grad.sum() for grad in self._gradients.values()]
+        parts += [cam.sum() for cam in maps.values()]
+        if math.isfinite(float(torch.stack(parts).sum())):
+            return
+        self.check_inputs()
+        if self._gradients is not None:
+            check_gradients(self._gradients)
+        for name, cam in maps.items():
+            if not bool(torch.isfinite(cam).all()):
+                raise PluginError(
+                    f"method {self.method!r} produced non-finite values for layer {name!r}"
+                )
+
+
+def _validated_input(x: object, modules: list[nn.Module]) -> Tensor:
     if not isinstance(x, Tensor):
         raise InputError(f"the input must be a torch.Tensor, not {type(x).__name__}")
     if x.dim() == 3:
@@ -287,7 +380,7 @@ def _validated_input(x: object, model: nn.Module) -> Tensor:
         raise InputError(f"the input is empty: shape {tuple(x.shape)}")
     if not _all_finite(x):
         raise InputError("the input contains NaN or Inf values")
-    param = next(model.parameters(), None)
+    param = next((p for m in modules for p in m._parameters.values() if p is not None), None)
     if param is not None and param.device != x.device:
         raise InputError(
             f"the input is on {x.device} but the model is on {param.device}; move one of them"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -17,19 +18,41 @@ def normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
     ``(m - min) / (max - min)`` per map; a constant map becomes all zeros, never NaN.
     """
     flat = maps.flatten(-spatial_dims)
-    lo = flat.amin(-1).reshape(*flat.shape[:-1], *([1] * spatial_dims))
-    hi = flat.amax(-1).reshape(*flat.shape[:-1], *([1] * spatial_dims))
-    span = hi - lo
-    return (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
+    # A constant map has m - lo == 0 exactly, so any positive span gives zeros.
+    span = (hi - lo).clamp_min_(torch.finfo(flat.dtype).tiny)
+    return ((flat - lo) / span).view(maps.shape)
 
 
 def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Resize ``(N, h, w)`` or ``(N, t, h, w)`` maps to ``size`` (bilinear or trilinear)."""
+    """Resize ``(N, h, w)`` or ``(N, t, h, w)`` maps to ``size`` (bilinear or trilinear).
+
+    The same values as ``F.interpolate(..., align_corners=False)``, to float rounding. 2-D
+    maps are resized as ``Wy @ m @ Wx^T``: bilinear interpolation is separable, and two small
+    matrix products cost a fraction of the general kernel when maps grow 32-fold.
+    """
     size = tuple(int(s) for s in size)
     if tuple(maps.shape[1:]) == size:
         return maps
+    if len(size) == 2 and maps.dim() == 3 and maps.is_floating_point():
+        rows = _interpolation_matrix(maps.shape[1], size[0], maps.dtype, maps.device)
+        cols = _interpolation_matrix(maps.shape[2], size[1], maps.dtype, maps.device)
+        return rows @ maps @ cols.T
     mode = "bilinear" if len(size) == 2 else "trilinear"
     return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+
+
+@lru_cache(maxsize=64)
+def _interpolation_matrix(
+    size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``(size_out, size_in)``: linear interpolation (``align_corners=False``) as a matrix.
+
+    Built by interpolating the identity with torch's own kernel, so the weights are exactly
+    the ones ``F.interpolate`` uses along each axis.
+    """
+    eye = torch.eye(size_in, dtype=dtype, device=device).unsqueeze(0)
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0].T.contiguous()
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
@@ -38,7 +61,10 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     Returns ``(B, h, w)``.
     """
     if weights.dim() == 2:
-        return torch.einsum("bc,bc...->b...", weights.to(activations.dtype), activations)
+        # One batched product (B, 1, C) @ (B, C, h*w): no (B, C, h, w) temporary.
+        flat = activations.flatten(2)
+        out = torch.bmm(weights.to(flat.dtype).unsqueeze(1), flat)
+        return out.view(activations.shape[0], *activations.shape[2:])
     return (weights * activations).sum(1)
 
 
@@ -63,4 +89,6 @@ def fuse(maps: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
     if size is None:
         size = [max(m.shape[1 + d] for m in maps) for d in range(dims)]
     fused = [resize(normalize(m.float(), dims), size) for m in maps]
-    return fused[0] if len(fused) == 1 else torch.stack(fused).amax(0)
+    out = fused[0] if len(fused) == 1 else torch.stack(fused).amax(0)
+    # Interpolation weights sum to one only to float rounding; ``out`` is a new tensor.
+    return out.clamp_(max=1.0)

@@ -193,8 +193,9 @@ class Scorer:
 
 
 def _upsample(masks: Tensor, out: Tensor) -> None:
-    """Resize ``(n, *low)`` masks into ``out`` ``(n, *spatial)`` in place: the same kernels
-    (and so the same values) as :func:`camkit.engine.maps.resize`, without allocating."""
+    """Resize ``(n, *low)`` masks into ``out`` ``(n, *spatial)`` in place, without allocating:
+    torch's interpolation kernels, equal to :func:`camkit.engine.maps.resize` to float
+    rounding."""
     if masks.shape[1:] == out.shape[1:]:
         out.copy_(masks)
     elif masks.dim() == 3:

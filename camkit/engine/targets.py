@@ -22,45 +22,65 @@ Targets = int | Sequence[int] | Tensor | TargetFn | None
 
 @dataclass
 class ResolvedTargets:
-    """Class indices ``(B,)`` (``-1`` under a callable) and the function that scores rows."""
+    """Class indices ``(B,)`` (``-1`` under a callable) and the functions that score rows.
+
+    ``raw(rows, index)`` is the target score of each row without a finiteness check (the
+    extractor checks its results all at once); ``index=None`` means one row per image, in
+    order. :meth:`score` checks.
+    """
 
     indices: Tensor
-    score: Callable[[Tensor, Tensor], Tensor]
+    raw: Callable[[Tensor, Tensor | None], Tensor]
+
+    def score(self, rows: Tensor, index: Tensor | None = None) -> Tensor:
+        """The target score of each row; a non-finite score is a :class:`ModelOutputError`."""
+        return _finite(self.raw(rows, index), index)
 
 
 def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
     """Validate ``targets`` against the clean ``scores`` of a batch."""
     batch = scores.shape[0]
     if callable(targets) and not isinstance(targets, Tensor):
-        fn = _with_index(targets)
-        return ResolvedTargets(torch.full((batch,), -1, dtype=torch.long), _checked(fn))
+        return ResolvedTargets(
+            torch.full((batch,), -1, dtype=torch.long), _shape_checked(_with_index(targets))
+        )
     if scores.dim() != 2:
         raise TargetError(
             f"the model's scores have shape {tuple(scores.shape)}; class-index targets need "
             "(B, num_classes) scores. Pass a callable target instead."
         )
     num_classes = scores.shape[1]
-    indices = scores.detach().argmax(1).cpu() if targets is None else _as_indices(targets, batch)
-    bad = (indices < 0) | (indices >= num_classes)
-    if bool(bad.any()):
-        raise TargetError(
-            f"target class {int(indices[bad][0])} is out of range: the model has {num_classes} "
-            f"classes, so targets must be in [0, {num_classes - 1}]"
-        )
-    device_indices = indices.to(scores.device)
+    if targets is None:
+        indices = scores.detach().argmax(1).cpu()
+    else:
+        indices = _as_indices(targets, batch)
+        bad = (indices < 0) | (indices >= num_classes)
+        if bool(bad.any()):
+            raise TargetError(
+                f"target class {int(indices[bad][0])} is out of range: the model has "
+                f"{num_classes} classes, so targets must be in [0, {num_classes - 1}]"
+            )
+    columns = indices.to(scores.device).unsqueeze(1)
 
-    def score(rows: Tensor, index: Tensor) -> Tensor:
-        return _finite(rows.gather(1, device_indices[index].unsqueeze(1)).squeeze(1), index)
+    def raw(rows: Tensor, index: Tensor | None) -> Tensor:
+        return rows.gather(1, columns if index is None else columns[index]).squeeze(1)
 
-    return ResolvedTargets(indices, score)
+    return ResolvedTargets(indices, raw)
 
 
-def _finite(out: Tensor, index: Tensor) -> Tensor:
+def check_scores(scores: Tensor) -> None:
+    """One target score per image, each finite (else a :class:`ModelOutputError`)."""
+    _finite(scores, None)
+
+
+def _finite(out: Tensor, index: Tensor | None) -> Tensor:
     # A NaN score would surface later as NaN weights, blamed on the method.
     bad = ~torch.isfinite(out.detach())
     if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        image = row if index is None else int(index[row])
         raise ModelOutputError(
-            f"the explained score of image {int(index[bad][0])} is {float(out.detach()[bad][0])} "
+            f"the explained score of image {image} is {float(out.detach()[row])} "
             "(the model's output, or the target computed from it, is not finite for this input)"
         )
     return out
@@ -118,8 +138,12 @@ def _with_index(fn: TargetFn) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda rows, index: fn(rows)
 
 
-def _checked(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    def score(rows: Tensor, index: Tensor) -> Tensor:
+def _shape_checked(
+    fn: Callable[[Tensor, Tensor], Tensor],
+) -> Callable[[Tensor, Tensor | None], Tensor]:
+    def raw(rows: Tensor, index: Tensor | None) -> Tensor:
+        if index is None:
+            index = torch.arange(rows.shape[0], device=rows.device)
         out = fn(rows, index)
         if not isinstance(out, Tensor) or out.shape != (rows.shape[0],):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -127,6 +151,6 @@ def _checked(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor
                 f"a callable target must return one score per row, shape ({rows.shape[0]},); "
                 f"it returned {shape}"
             )
-        return _finite(out, index)
+        return out
 
-    return score
+    return raw

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from torch import Tensor, nn
 
 from camkit.errors import LayerError, TargetError
@@ -31,11 +33,24 @@ class CAM(Method):
     paper = "Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016"
     Config = CAMConfig
 
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        # The classifier found for each model, so a call does not walk the module tree.
+        self._classifiers: weakref.WeakKeyDictionary[nn.Module, nn.Linear | nn.Conv2d] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def weights(self, ctx: Context) -> Tensor:
-        if bool((ctx.targets < 0).any()):
+        if int(ctx.targets.min()) < 0:
             raise TargetError("CAM needs class-index targets, not a callable")
-        classifier = self._classifier(ctx)
-        return classifier.weight.detach().flatten(1)[ctx.targets.to(classifier.weight.device)]
+        classifier = self._classifiers.get(ctx.model)
+        if classifier is None:
+            classifier = self._classifiers[ctx.model] = self._classifier(ctx)
+        weight = classifier.weight.detach().flatten(1)
+        channels = ctx.activations.shape[1]
+        if weight.shape[1] != channels:
+            self._classifier(ctx)  # raises, naming the classifier and the layer
+        return weight.index_select(0, ctx.targets.to(weight.device))
 
     def _classifier(self, ctx: Context) -> nn.Linear | nn.Conv2d:
         channels = ctx.activations.shape[1]
@@ -56,8 +71,8 @@ class CAM(Method):
         in_features = module.weight.flatten(1).shape[1]
         if in_features != channels:
             raise LayerError(
-                f"CAM's classifier ({where}) takes {in_features} features but layer {ctx.layer!r} has "
-                f"{channels} channels; CAM needs the layer right before global pooling and the "
-                "classifier (pass fc_layer=... to choose the classifier)"
+                f"CAM's classifier ({where}) takes {in_features} features but layer "
+                f"{ctx.layer!r} has {channels} channels; CAM needs the layer right before "
+                "global pooling and the classifier (pass fc_layer=... to choose the classifier)"
             )
         return module

@@ -66,9 +66,14 @@ class GradCAMpp(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
+        # With D2 = g^2 and D3 = g^3, alpha = 1 / (2 + sum(A) g) wherever g != 0, and only
+        # g > 0 counts (ReLU): the same weights as plusplus_weights(g, g**2, g**3, A) in half
+        # the tensor operations, and without g^3 underflowing for tiny gradients.
         assert ctx.gradients is not None
-        g = ctx.gradients
-        return self.plusplus_weights(g, g**2, g**3, ctx.activations)
+        g, acts = ctx.gradients, ctx.activations
+        dims = _spatial(acts)
+        denom = (acts.sum(dims, keepdim=True) * g).add_(2)
+        return torch.where(denom != 0, torch.relu(g) / denom, 0).sum(dims)
 
     @staticmethod
     def plusplus_weights(d1: Tensor, d2: Tensor, d3: Tensor, activations: Tensor) -> Tensor:

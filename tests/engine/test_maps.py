@@ -93,3 +93,42 @@ def test_fuse_of_one_map_is_its_normalization():
 def test_fuse_rejects_incompatible_maps(maps):
     with pytest.raises(CamkitError, match="fuse"):
         camkit.fuse(maps)
+
+
+@pytest.mark.parametrize(
+    ("low", "size"),
+    [
+        ((7, 7), (224, 224)),
+        ((8, 8), (32, 32)),
+        ((14, 9), (224, 113)),
+        ((1, 1), (5, 5)),
+        ((10, 10), (3, 5)),
+        ((5, 3), (5, 9)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_resize_equals_torch_bilinear_interpolation(low, size, dtype):
+    # resize() multiplies by interpolation matrices; F.interpolate is the independent reference,
+    # for upsampling, downsampling, one axis of each, and a single pixel.
+    maps = torch.rand(3, *low, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    expected = torch.nn.functional.interpolate(
+        maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+    ).squeeze(1)
+    out = resize(maps, size)
+    assert out.dtype == dtype and out.shape == (3, *size)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out, expected, rtol=0, atol=tol)
+
+
+def test_resize_of_video_maps_is_trilinear():
+    maps = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.interpolate(
+        maps.unsqueeze(1), size=(6, 8, 8), mode="trilinear", align_corners=False
+    ).squeeze(1)
+    torch.testing.assert_close(resize(maps, (6, 8, 8)), expected)
+
+
+def test_fused_maps_stay_in_the_unit_interval():
+    maps = torch.rand(64, 7, 7, generator=torch.Generator().manual_seed(2))
+    out = camkit.fuse([maps], size=(224, 224))
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
