@@ -31,7 +31,8 @@ class TargetError(CamkitError, ValueError):
 
 
 class InputError(CamkitError, ValueError):
-    """The input is not a finite floating-point tensor of a supported rank."""
+    """An input (images, or maps given to :func:`camkit.fuse`) is not a finite floating-point
+    tensor of a supported shape."""
 
 
 class MethodNotFoundError(CamkitError, KeyError):

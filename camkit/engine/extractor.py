@@ -273,7 +273,7 @@ class Extractor:
         layers = [(n, m) for n, m in self._layers or [] if n == name]
         batch = chosen.indices.shape[0]
         if inputs.shape[0] % batch:
-            raise InputError(
+            raise PluginError(
                 f"gradients_at() needs a multiple of the batch size {batch} inputs, "
                 f"got {inputs.shape[0]}"
             )

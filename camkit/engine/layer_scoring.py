@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from camkit.engine.outputs import layer_tensor, scores_of, with_layer_tensor
 from camkit.engine.scoring import PROGRESS_AFTER
-from camkit.errors import CamkitError, LayerError
+from camkit.errors import LayerError, PluginError
 
 
 class LayerScorer:
@@ -75,7 +75,7 @@ class LayerScorer:
         """
         batch = self.inputs.shape[0]
         if masks.dim() != 3 or masks.shape[0] != batch or masks.shape[2] != self.channels:
-            raise CamkitError(
+            raise PluginError(
                 f"score_layer() needs masks of shape (B={batch}, M, C={self.channels}) for "
                 f"layer {self.name!r}, got {tuple(masks.shape)}"
             )

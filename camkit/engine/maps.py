@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camkit.errors import CamkitError
+from camkit.errors import InputError
 
 
 def normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
@@ -80,11 +80,11 @@ def fuse(maps: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
     """
     maps = list(maps)
     if not maps or not all(isinstance(m, Tensor) for m in maps):
-        raise CamkitError("fuse() needs a non-empty list of map tensors")
+        raise InputError("fuse() needs a non-empty list of map tensors")
     spatial = {m.dim() - 1 for m in maps}
     if len(spatial) != 1 or len({m.shape[0] for m in maps}) != 1:
         shapes = [tuple(m.shape) for m in maps]
-        raise CamkitError(f"fuse() needs maps of one batch size and rank, got shapes {shapes}")
+        raise InputError(f"fuse() needs maps of one batch size and rank, got shapes {shapes}")
     dims = spatial.pop()
     if size is None:
         size = [max(m.shape[1 + d] for m in maps) for d in range(dims)]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from camkit.engine.outputs import scores_of
-from camkit.errors import CamkitError, ConfigError
+from camkit.errors import ConfigError, PluginError
 
 #: Chunks of work after which a progress bar is worth showing (when ``progress=None``).
 PROGRESS_AFTER = 8
@@ -96,7 +96,7 @@ class Scorer:
         inputs = self.inputs
         batch, spatial = inputs.shape[0], tuple(inputs.shape[2:])
         if masks.dim() != 2 + len(spatial) or masks.shape[0] != batch:
-            raise CamkitError(
+            raise PluginError(
                 f"score() needs masks of shape (B={batch}, M, *spatial) with "
                 f"{len(spatial)} spatial dims, got {tuple(masks.shape)}"
             )

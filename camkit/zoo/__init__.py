@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camkit.errors import CamkitError, did_you_mean
+from camkit.errors import ConfigError, did_you_mean
 from camkit.zoo import shapes
 from camkit.zoo.model import ShapesCNN
 from camkit.zoo.shapes import CLASSES, ShapesDataset
@@ -28,7 +28,7 @@ MODELS: dict[str, tuple[type[nn.Module], str]] = {"shapes-cnn": (ShapesCNN, "sha
 def load_model(name: str, pretrained: bool = True) -> nn.Module:
     """An embedded model in eval mode, with its shipped weights unless ``pretrained=False``."""
     if name not in MODELS:
-        raise CamkitError(
+        raise ConfigError(
             f"no embedded model {name!r}; available: {', '.join(sorted(MODELS))}."
             + did_you_mean(name, MODELS)
         )

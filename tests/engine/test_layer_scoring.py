@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import camkit
 from camkit.engine.layer_scoring import LayerScorer
 from camkit.engine.outputs import to_channels_first
-from camkit.errors import CamkitError, LayerError
+from camkit.errors import LayerError, PluginError
 from camkit.testing import no_hooks_left, tiny_inputs, tiny_model
 
 TARGETS = torch.tensor([1, 3])
@@ -110,7 +110,7 @@ def test_chunks_of_batch_size_under_inference_mode(model, x):
 def test_bad_mask_shapes_are_rejected(model, x):
     s = scorer(model, x, "features", 6)
     for bad in (torch.ones(2, 6), torch.ones(3, 2, 6), torch.ones(2, 2, 5)):
-        with pytest.raises(CamkitError, match=r"\(B=2, M, C=6\)"):
+        with pytest.raises(PluginError, match=r"\(B=2, M, C=6\)"):
             s(bad)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import camkit
 from camkit.engine.maps import normalize, resize, weighted_sum
-from camkit.errors import CamkitError
+from camkit.errors import InputError
 
 
 def test_normalize_is_per_sample():
@@ -91,7 +91,7 @@ def test_fuse_of_one_map_is_its_normalization():
     [[], [torch.zeros(1, 2, 2), torch.zeros(2, 2, 2)], [torch.zeros(1, 2, 2), torch.zeros(1, 2)]],
 )
 def test_fuse_rejects_incompatible_maps(maps):
-    with pytest.raises(CamkitError, match="fuse"):
+    with pytest.raises(InputError, match="fuse"):
         camkit.fuse(maps)
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.engine.scoring import Scorer
-from camkit.errors import CamkitError, ConfigError
+from camkit.errors import ConfigError, PluginError
 
 SIZE = 16
 
@@ -273,7 +273,7 @@ def test_rejects_bad_settings_and_masks(data: tuple[Tensor, Tensor, Tensor]) -> 
         Scorer(model, x, target_score(targets), precision="fp16")
     with pytest.raises(ConfigError, match="batch_size"):
         Scorer(model, x, target_score(targets), batch_size=0)
-    with pytest.raises(CamkitError, match=r"\(B=2, M, \*spatial\)"):
+    with pytest.raises(PluginError, match=r"\(B=2, M, \*spatial\)"):
         Scorer(model, x, target_score(targets))(masks[0])
     empty = Scorer(model, x, target_score(targets))(masks[:, :0])
     assert empty.shape == (2, 0)

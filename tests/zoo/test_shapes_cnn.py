@@ -7,7 +7,7 @@ import torch
 
 import camkit
 from camkit import zoo
-from camkit.errors import CamkitError
+from camkit.errors import ConfigError
 from camkit.metrics import centre_map, pointing_game
 
 
@@ -57,5 +57,5 @@ def test_gradcam_points_at_the_shapes_far_more_often_than_the_centre(model, held
 
 
 def test_unknown_model_names_the_available_ones():
-    with pytest.raises(CamkitError, match="shapes-cnn"):
+    with pytest.raises(ConfigError, match="shapes-cnn"):
         zoo.load_model("shapes-cn")
