@@ -9,7 +9,10 @@ Rules the rest of camkit relies on:
   ops (``ReLU(inplace=True)``, DenseNet's concatenations) modify a copy;
 - gradients come from ``torch.autograd.grad`` on the captured activations, so parameters'
   ``.grad`` and ``requires_grad`` are never touched, frozen models work, and an outer
-  ``torch.no_grad()`` or ``torch.inference_mode()`` does not matter.
+  ``torch.no_grad()`` or ``torch.inference_mode()`` does not matter;
+- a forward that captures gradients records no autograd graph until the first target layer
+  starts (a pre-hook turns recording on): the gradient at a layer depends only on the layer
+  and what follows it, so the modules before it need not save anything for a backward pass.
 """
 
 from __future__ import annotations
@@ -39,19 +42,29 @@ class Capture:
     def __enter__(self) -> Capture:
         try:
             for name, module in self.layers:
+                if self.gradients:
+                    self._handles.append(module.register_forward_pre_hook(self._record))
                 self._handles.append(module.register_forward_hook(self._hook(name)))
         except BaseException:
             self._remove()
             raise
+        self._grad_mode = torch.is_grad_enabled()
+        if self.gradients:
+            torch.set_grad_enabled(False)  # until the first target layer starts
         return self
 
     def __exit__(self, *exc: object) -> None:
+        torch.set_grad_enabled(self._grad_mode)
         self._remove()
 
     def _remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _record(self, _module: nn.Module, _inputs: Any) -> None:
+        if threading.get_ident() == self._thread:
+            torch.set_grad_enabled(True)
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -61,7 +74,7 @@ class Capture:
             if not self.gradients:
                 self.activations[name] = tensor.detach().clone()
                 return None
-            # Without a graph up to here (frozen or no-grad model), start one at this layer.
+            # Without a graph up to here (frozen or detaching model), start one at this layer.
             act = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
             self.activations[name] = act
             return with_layer_tensor(output, act.clone())

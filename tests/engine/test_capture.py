@@ -280,3 +280,87 @@ def test_inplace_relu_after_vgg11_features_18(vgg11, x64, ref, informative):
 
     torch.testing.assert_close(res.layer_maps["features.18"], layer_map, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.maps, maps, atol=1e-5, rtol=0)
+
+
+# -- the graph starts at the target layer -----------------------------------------------------
+
+
+def _grad_modes(model: nn.Module, run: object) -> dict[str, bool]:
+    """Whether each submodule of ``model`` started with autograd recording, during ``run()``."""
+    modes: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _args: object) -> None:
+            modes.setdefault(name, torch.is_grad_enabled())
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(name))
+        for name, module in model.named_modules()
+        if name
+    ]
+    try:
+        run()  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return modes
+
+
+def test_no_graph_is_recorded_before_the_target_layer(tiny, x32):
+    cam = camkit.create("gradcam", tiny, "features.3")
+    modes = _grad_modes(tiny, lambda: cam(x32))
+    assert not any(modes[f"features.{i}"] for i in range(3))  # before the layer
+    # (the layer's own probe runs before camkit's pre-hook, which is attached later)
+    assert modes["features.4"] and modes["pool"] and modes["fc"]
+    assert torch.is_grad_enabled()  # the caller's mode is back
+
+
+@pytest.mark.parametrize("caller", [torch.no_grad, torch.enable_grad, torch.inference_mode])
+def test_grad_mode_is_restored_also_when_the_model_raises(tiny, caller):
+    with caller():
+        before = torch.is_grad_enabled()
+        with pytest.raises(RuntimeError, match="boom"):
+            camkit.create("gradcam", Exploding(tiny), "features.3")(torch.randn(1, 3, 8, 8))
+        assert torch.is_grad_enabled() == before
+
+
+class Gated(nn.Module):
+    """TinyNet with a stop-gradient gate after the layer: ``fc(pooled * no_grad(sigmoid))``."""
+
+    def __init__(self, tiny: nn.Module, whole_forward_no_grad: bool = False) -> None:
+        super().__init__()
+        self.tiny = tiny
+        self.whole_forward_no_grad = whole_forward_no_grad
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.whole_forward_no_grad:
+            with torch.no_grad():
+                return self.tiny(x)
+        pooled = self.tiny.pool(self.tiny.features(x)).flatten(1)
+        with torch.no_grad():
+            gate = torch.sigmoid(pooled)
+        return self.tiny.fc(pooled * gate)
+
+
+def test_a_stop_gradient_after_the_layer_is_respected(tiny, x32, ref):
+    # The gate is a constant for autograd: the reference's gradients (full graph, the model's
+    # own no-grad region) must equal camkit's (graph from the layer on).
+    model = Gated(tiny).eval()
+    res = camkit.create("gradcam", model, "tiny.features")(x32, targets=[1, 3])
+    acts, grads, _ = ref.capture(model, tiny.features, x32, lambda s: s[:, [1, 3]].diagonal())
+    torch.testing.assert_close(res.weights["tiny.features"], grads.mean((2, 3)))
+    torch.testing.assert_close(
+        res.layer_maps["tiny.features"], ref.weighted(grads.mean((2, 3)), acts)
+    )
+
+
+def test_a_forward_under_no_grad_from_the_layer_on_is_explained(tiny, x32):
+    # The whole forward runs in the model's own no-grad region; recording starts at the layer,
+    # so Grad-CAM sees the same gradients as on the plain model.
+    plain = camkit.create("gradcam", tiny, "features")(x32)
+    wrapped = camkit.create("gradcam", Gated(tiny, whole_forward_no_grad=True), "tiny.features")
+    res = wrapped(x32)
+    torch.testing.assert_close(res.weights["tiny.features"], plain.weights["features"])
+    torch.testing.assert_close(res.maps, plain.maps)

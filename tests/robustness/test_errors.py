@@ -73,8 +73,10 @@ def _wrapped(how: Callable[[nn.Module, Tensor], object], layer: str = "net.featu
 
 
 def _no_grad(m: nn.Module, x: Tensor) -> Tensor:
+    # A frozen backbone: the features come out of a no-grad region, the head is outside it.
     with torch.no_grad():
-        return m.net(x)
+        features = m.net.features(x)
+    return m.net.fc(features.mean((2, 3)))
 
 
 class _Tokens(nn.Module):
