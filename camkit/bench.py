@@ -712,10 +712,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['pearson']:.4f} | {r['top20_overlap']:.3f} | {peaks} |"
             )
         if any(r["forwarded"] < r["nominal_forwards"] for r in report["score"]):
-            lines.append(
+            lines += [
+                "",
                 "Forwarded below C x N: identical masks of an image (constant channels; "
-                "IS-CAM's first step, the all-zero input) are forwarded once."
-            )
+                "IS-CAM's first step, the all-zero input) are forwarded once.",
+            ]
         lines.append("")
     if report["chunk_sizes"]:
         lines += [
