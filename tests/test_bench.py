@@ -57,7 +57,8 @@ def score_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "bench_scorelike.py").write_text(textwrap.dedent(SCORE_PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
     root = Path(__file__).parents[1]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(root)]))
+    paths = [str(tmp_path), str(root), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     yield "bench_scorelike:plugin"
     camkit.unregister_plugin("bench_scorelike:plugin")
 

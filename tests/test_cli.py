@@ -131,7 +131,8 @@ def test_plugins(capsys, entry_points):
 
 
 def test_python_dash_m_camkit():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CAMKIT_NO_PLUGIN_AUTOLOAD": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "CAMKIT_NO_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "camkit", "methods"],
         cwd=ROOT,

@@ -47,7 +47,7 @@ def _free_port() -> int:
 def _torchrun(config: Path, output: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",
         "GLOO_SOCKET_IFNAME": "lo",  # loopback only
         **env,
