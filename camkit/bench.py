@@ -104,6 +104,11 @@ MODELS: dict[str, ModelSpec] = {
 #: short, but IS-CAM's first integration step is the all-zero input, so it needs two.
 SAMPLES: dict[str, int] = {"iscam": 2}
 
+#: Short latency runs repeat until they fill about this many seconds, up to MOST_REPEATS
+#: rounds: at batch 1 a single run's noise is a few percent.
+LATENCY_SECONDS = 1.0
+MOST_REPEATS = 60
+
 
 # -- measuring ------------------------------------------------------------------------------
 
@@ -124,12 +129,23 @@ class Timing:
         return statistics.median(self.cpu)
 
 
-def interleaved(fns: dict[str, Fn], repeats: int, warmup: int) -> dict[str, Timing]:
+def interleaved(
+    fns: dict[str, Fn], repeats: int, warmup: int, *, seconds: float = 0.0, most: int = 0
+) -> dict[str, Timing]:
     """Time each function ``repeats`` times after ``warmup`` untimed runs, round-robin
-    (alternating the order every round) so that load changes hit every function alike."""
+    (alternating the order every round) so that load changes hit every function alike.
+
+    With ``seconds``, short functions run more rounds: as many as fill about ``seconds``
+    (judged by the last warm-up round), at most ``most``.
+    """
+    round_time = 0.0
     for _ in range(warmup):
+        start = time.perf_counter()
         for fn in fns.values():
             fn()
+        round_time = time.perf_counter() - start
+    if seconds and round_time > 0:
+        repeats = max(repeats, min(most, math.ceil(seconds / round_time)))
     timings = {name: Timing() for name in fns}
     names = list(fns)
     for round_ in range(repeats):
@@ -324,7 +340,13 @@ def bench_latency(
         if noise is not None:
             noise()
 
-    t = interleaved({"camkit": lambda: extractor(x), "model": baseline}, repeats, warmup)
+    t = interleaved(
+        {"camkit": lambda: extractor(x), "model": baseline},
+        repeats,
+        warmup,
+        seconds=LATENCY_SECONDS,
+        most=MOST_REPEATS,
+    )
     ms, base = t["camkit"].median * 1e3, t["model"].median * 1e3
     return {
         "method": name,
@@ -340,7 +362,7 @@ def bench_latency(
         "cpu_ratio": t["camkit"].cpu_median / t["model"].cpu_median,
         "images_per_s": batch / t["camkit"].median,
         "model_images_per_s": batch / t["model"].median,
-        "runs": repeats,
+        "runs": len(t["camkit"].wall),
     }
 
 
@@ -652,7 +674,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Activation and gradient methods",
             "",
-            f"Median of {s['repeats']} runs after {s['warmup']} warm-up runs; camkit and the "
+            f"Median of {s['repeats']} runs or more (as many as fill about "
+            f"{LATENCY_SECONDS:.0f} s, at most {MOST_REPEATS}) after {s['warmup']} warm-up "
+            "runs; camkit and the "
             "bare model interleaved. The model's cost is its forward passes (activation "
             "methods) or forward + backward to the layer (gradient methods; a forward whose "
             "gradients the method never reads gets no backward), plus, for Smooth Grad-CAM++, "

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,16 @@ def test_interleaved_alternates_the_order() -> None:
     timings = bench.interleaved(fns, repeats=3, warmup=1)
     assert calls == list("abc" + "abc" + "cba" + "abc")
     assert all(len(t.wall) == 3 and len(t.cpu) == 3 for t in timings.values())
+
+
+def test_interleaved_repeats_short_functions_to_fill_the_time() -> None:
+    # A round of two 2 ms sleeps takes at least 4 ms: filling 0.1 s takes at most 25 rounds,
+    # and never fewer than the 3 asked for; with 10 s to fill, the cap of 8 decides.
+    fns = {name: (lambda: time.sleep(0.002)) for name in "ab"}
+    runs = len(bench.interleaved(fns, repeats=3, warmup=1, seconds=0.1, most=100)["a"].wall)
+    assert 3 <= runs <= 25
+    assert len(bench.interleaved(fns, repeats=3, warmup=1, seconds=10, most=8)["a"].wall) == 8
+    assert len(bench.interleaved(fns, repeats=3, warmup=1)["a"].wall) == 3
 
 
 def test_forward_sizes_and_rows() -> None:
