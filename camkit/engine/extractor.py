@@ -20,6 +20,8 @@ from camkit.engine.targets import ResolvedTargets, Targets, check_scores, resolv
 from camkit.errors import CamkitError, InputError, PluginError
 from camkit.method import Context, Method
 
+NON_FINITE_INPUT = "the input contains NaN or Inf values"
+
 
 @dataclass
 class CAMResult:
@@ -119,18 +121,18 @@ class Extractor:
                 with grad_enabled():
                     x_in = x.clone() if x.is_inference() else x
                     with capture:
-                        raw = scores_of(self.model(x_in))
+                        raw = scores_of(self._forward(x_in))
                     capture.check_ran()
                     chosen = resolve_targets(targets, raw.detach())
                     target = chosen.raw(raw, None)
             else:
                 with torch.inference_mode(), capture:
-                    raw = scores_of(self.model(x))
+                    raw = scores_of(self._forward(x))
                 capture.check_ran()
                 chosen = resolve_targets(targets, raw)
                 target = chosen.raw(raw, None)
             scores = raw.detach()
-            call = _Call(method, capture, scores, chosen, target)
+            call = _Call(method, x, capture, scores, chosen, target)
             layer_maps, weights = {}, {}
             for name, _ in layers:
                 ctx = self._context(name, x, call)
@@ -158,6 +160,16 @@ class Extractor:
                     with preserved_buffers(self.model, self._buffered):
                         self._layers = [locate(self.model, x)]
         return self._layers
+
+    def _forward(self, x: Tensor) -> object:
+        try:
+            return self.model(x)
+        except CamkitError:
+            raise
+        except Exception as exc:
+            if not _all_finite(x):  # a model may fail on NaN: say so
+                raise InputError(NON_FINITE_INPUT) from exc
+            raise
 
     def _features(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
         return to_channels_first(t, self.layout, self.grid, x.shape[2:], layer)
@@ -306,12 +318,14 @@ class _Call:
     def __init__(
         self,
         method: Method,
+        inputs: Tensor,
         capture: Capture,
         scores: Tensor,
         chosen: ResolvedTargets,
         target: Tensor,
     ) -> None:
         self.method = method.name
+        self.inputs = inputs
         self.capture = capture
         self.scores = scores
         self.chosen = chosen
@@ -329,9 +343,10 @@ class _Call:
         return self._gradients
 
     def check_inputs(self, cause: BaseException | None = None) -> None:
-        """Activations and target scores are finite (activations first: a non-finite layer
-        output is the cause of non-finite scores, not the other way round)."""
+        """The input, the activations and the target scores are finite, checked in that
+        order: each is the likely cause of what follows it."""
         try:
+            _check_input(self.inputs)
             self.capture.check_finite()
             check_scores(self.baseline)
         except CamkitError as error:
@@ -378,14 +393,19 @@ def _validated_input(x: object, modules: list[nn.Module]) -> Tensor:
         )
     if x.shape[0] == 0 or x.numel() == 0:
         raise InputError(f"the input is empty: shape {tuple(x.shape)}")
-    if not _all_finite(x):
-        raise InputError("the input contains NaN or Inf values")
     param = next((p for m in modules for p in m._parameters.values() if p is not None), None)
     if param is not None and param.device != x.device:
         raise InputError(
             f"the input is on {x.device} but the model is on {param.device}; move one of them"
         )
     return x.detach()
+
+
+def _check_input(x: Tensor) -> None:
+    # Checked when something downstream is not finite (or a model raises): a NaN the model
+    # ignores cannot reach the explanation, and one pass over a large batch is not free.
+    if not _all_finite(x):
+        raise InputError(NON_FINITE_INPUT)
 
 
 def _all_finite(t: Tensor) -> bool:

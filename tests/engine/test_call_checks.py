@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.engine.capture import Capture
-from camkit.errors import GradientError, LayerError, PluginError
+from camkit.errors import GradientError, InputError, LayerError, PluginError
 
 
 class _Net(nn.Module):
@@ -167,3 +167,58 @@ def test_a_non_finite_map_from_finite_inputs_blames_the_method() -> None:
     )
     with pytest.raises(PluginError, match="'probe' produced non-finite values"):
         camkit.Extractor(method, _Net(), "features")(_x())
+
+
+class _Cropping(_Net):
+    """Looks at the top-left 4 x 4 pixels only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x[:, :, :4, :4])
+
+
+class _Asserting(_Net):
+    """Refuses non-finite inputs with its own error, as some models do."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("bad pixels")
+        return super().forward(x)
+
+
+def _nan_at(row: int, col: int) -> Tensor:
+    x = _x()
+    x[1, 0, row, col] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "scorecam"])
+def test_a_nan_the_model_reads_is_an_input_error(method: str) -> None:
+    forwards: list[int] = []
+    model = _Net()
+    handle = model.register_forward_pre_hook(lambda _m, args: forwards.append(args[0].shape[0]))
+    try:
+        with pytest.raises(InputError, match="NaN or Inf"):
+            camkit.create(method, model, "features")(_nan_at(2, 2))
+    finally:
+        handle.remove()
+    assert forwards == [2]  # Score-CAM forwards no masked copy either
+
+
+def test_a_nan_the_model_never_reads_does_not_stop_the_explanation() -> None:
+    model = _Cropping()
+    res = camkit.create("gradcam", model, "features")(_nan_at(7, 7))
+    clean = camkit.create("gradcam", model, "features")(_x())
+    torch.testing.assert_close(res.maps, clean.maps)
+
+
+def test_a_model_failing_on_a_nan_input_gets_an_input_error() -> None:
+    with pytest.raises(InputError, match="NaN or Inf") as info:
+        camkit.create("gradcam", _Asserting(), "features")(_nan_at(2, 2))
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_model_failing_on_a_finite_input_raises_its_own_error() -> None:
+    model = _Asserting()
+    model.features.register_forward_hook(lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        camkit.create("gradcam", model, "features")(_x())
