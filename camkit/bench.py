@@ -790,7 +790,7 @@ def parser() -> argparse.ArgumentParser:
         default=["cam", "gradcam"],
         help="methods (fnmatch patterns) timed on the many-images batch",
     )
-    p.add_argument("--throughput-repeats", type=int, default=3)
+    p.add_argument("--throughput-repeats", type=int, default=5)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--score-repeats", type=int, default=3)
