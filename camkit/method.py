@@ -48,6 +48,9 @@ class Context:
         scores: the model's clean output scores, usually ``(B, num_classes)``.
         baseline_scores: ``(B,)`` target scores of the clean input.
         model: the model being explained (do not modify it).
+        prefix_tokens: for a layer that outputs tokens ``(B, N, D)``, how many leading tokens
+            (class, register) are not part of the grid and so not in :attr:`activations`;
+            ``0`` for feature maps.
     """
 
     layer: str
@@ -63,6 +66,7 @@ class Context:
     _batch_size: int = field(default=32, repr=False)
     _score_layer: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
     _gradients: Tensor | Callable[[], Tensor | None] | None = field(default=None, repr=False)
+    prefix_tokens: int = 0
 
     @property
     def gradients(self) -> Tensor | None:

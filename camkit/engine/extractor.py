@@ -178,8 +178,11 @@ class Extractor:
         # The services are built on first use: most methods use none of them, and a call's
         # fixed cost matters for small models.
         batch_size, chosen, desc = self._batch_size, call.chosen, f"{self.method.name} {name}"
-        activations = self._features(call.capture.activations[name].detach(), x, name)
+        output = call.capture.activations[name].detach()
+        activations = self._features(output, x, name)
         module = dict(call.capture.layers)[name]
+        # Token layers: the leading tokens that are not part of the grid (class, register).
+        prefix = output.shape[1] - activations[0, 0].numel() if output.dim() == 3 else 0
 
         def score(
             masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
@@ -232,6 +235,7 @@ class Extractor:
             _batch_size=batch_size,
             _score_layer=score_layer,
             _gradients=gradients if self.method.needs_gradients else None,
+            prefix_tokens=prefix,
         )
 
     def _module(self, name: str) -> nn.Module:

@@ -43,6 +43,13 @@ class CAM(Method):
     def weights(self, ctx: Context) -> Tensor:
         if int(ctx.targets.min()) < 0:
             raise TargetError("CAM needs class-index targets, not a callable")
+        if ctx.prefix_tokens and self.config.fc_layer is None:
+            raise LayerError(
+                f"CAM cannot use layer {ctx.layer!r}: its {ctx.prefix_tokens} leading class or "
+                "register token(s) say the head reads a class token (as ViT's does), not the "
+                "average of the patch tokens that CAM's weights apply to; use a gradient method "
+                "(gradcam, layercam), or pass fc_layer=... if the head does average the patches"
+            )
         classifier = self._classifiers.get(ctx.model)
         if classifier is None:
             classifier = self._classifiers[ctx.model] = self._classifier(ctx)

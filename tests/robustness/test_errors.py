@@ -147,6 +147,9 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
         "cam", nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), "0"
     )(_x()),
     # targets
+    "cam-class-token": lambda mp: camkit.create("cam", _Tokens(), "tokens", grid=(4, 4))(
+        _x(1, 3, 32, 32)
+    ),
     "target-out-of-range": lambda mp: _gradcam()(_x(), targets=7),
     "target-batch-mismatch": lambda mp: _gradcam()(_x(), targets=[1, 2, 3]),
     "target-bool": lambda mp: _gradcam()(_x(), targets=True),

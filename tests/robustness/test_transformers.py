@@ -238,3 +238,41 @@ def test_gradcam_on_torchvision_swin_channels_last(height: int, width: int) -> N
     assert res.layer_maps["features"].shape == (2, height // 8, width // 8)
     torch.testing.assert_close(res.layer_maps["features"], expected, rtol=1e-4, atol=1e-6)
     assert float(expected.amax()) > 0
+
+
+class PooledViT(RegisterViT):
+    """RegisterViT's tokens, but a head on the average of the patch tokens: CAM's shape."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        patches = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.prefix.expand(len(x), -1, -1), patches], dim=1)
+        return self.head(self.blocks(tokens)[:, 3:].mean(1))
+
+
+def test_cam_refuses_a_token_layer_whose_head_reads_a_class_token() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(LayerError, match="3 leading class or register token"):
+        camkit.create("cam", RegisterViT().eval(), "blocks[1]")(x)
+    with pytest.raises(
+        LayerError, match=r"CAM cannot use layer 'encoder\.layers\.encoder_layer_1'"
+    ):
+        camkit.create("cam", _small_vit(), "encoder.layers[-1]")(x)
+
+
+def test_cam_on_patch_tokens_with_a_pooled_head_when_told_the_classifier() -> None:
+    # The same prefix tokens, but the head averages the patches: with fc_layer named, CAM is
+    # exact, sum_k w_k A_k over the 4 x 4 patch grid (the prefix tokens are not in the grid).
+    torch.manual_seed(0)
+    model = PooledViT().eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = camkit.create("cam", model, "blocks[1]", fc_layer="head")(x, targets=[1, 4])
+
+    def read(t: Tensor) -> Tensor:
+        return t[:, 3:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    acts, _, _ = reference_capture(model, model.blocks[1], x, lambda s: s[:, 0], read)
+    weights = model.head.weight.detach()[[1, 4]]
+    expected = torch.relu(torch.einsum("bc,bchw->bhw", weights, acts))
+    torch.testing.assert_close(res.layer_maps["blocks.1"], expected, rtol=1e-4, atol=1e-6)
+    assert res.weights["blocks.1"].shape == (2, 16)
