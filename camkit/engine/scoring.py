@@ -15,9 +15,12 @@ them. Its rules:
   CPU's convolution kernels run faster; the model itself is never converted (its weights
   stay as they are), and a model that rejects channels-last inputs (e.g. one that calls
   ``.view`` on its features) gets contiguous ones instead;
-- ``precision="bf16"`` runs the forwards under bfloat16 autocast (CPU or CUDA): faster
-  where the hardware has bfloat16 units, at a small cost in fidelity. Masks, inputs and the
-  returned scores stay float32.
+- ``precision="bf16"`` forwards bfloat16 inputs through a bfloat16 inference copy of the
+  model with its batch norms folded into the convolutions
+  (:func:`camkit.engine.inference.inference_copy`), or, for a model that cannot be copied
+  faithfully (train mode, forward hooks, a forward that does not trace), under bfloat16
+  autocast (CPU or CUDA): faster where the hardware has bfloat16 units, at a small cost in
+  fidelity. Masks are built and the returned scores computed in float32.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from camkit.engine.inference import inference_copy
 from camkit.engine.outputs import scores_of
 from camkit.errors import ConfigError, PluginError
 
@@ -53,7 +57,7 @@ class Scorer:
         progress: show a progress bar (``None``: when the work is long and stderr is a
             terminal).
         desc: the progress bar's label.
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (forwards under bfloat16 autocast).
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (bfloat16 forwards).
         channels_last: forward channels-last inputs (``None``: for 4-D inputs of models
             with 2-D convolutions).
     """
@@ -127,6 +131,12 @@ class Scorer:
         inputs = self.inputs
         spatial = tuple(inputs.shape[2:])
         channels_last = self._use_channels_last()
+        model, autocast = self.model, self.precision == "bf16"
+        dtype = inputs.dtype
+        if autocast:
+            copied = inference_copy(self.model, torch.bfloat16)
+            if copied is not None:
+                model, autocast, dtype = copied, False, torch.bfloat16
         size = min(self.batch_size, todo.numel())
         low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=flat.dtype)
         up = torch.empty((size, *spatial), device=inputs.device, dtype=inputs.dtype)
@@ -134,7 +144,7 @@ class Scorer:
         perturbed = torch.empty(
             (size, *inputs.shape[1:]),
             device=inputs.device,
-            dtype=inputs.dtype,
+            dtype=dtype,
             memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         )
         source = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
@@ -148,7 +158,7 @@ class Scorer:
             if self.progress is not None
             else (len(starts) >= PROGRESS_AFTER and sys.stderr.isatty())
         )
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), _autocast(inputs.device, autocast):
             for start in tqdm(starts, desc=self.desc, disable=not show, leave=False):
                 stop = min(start + self.batch_size, todo.numel())
                 n = stop - start
@@ -165,14 +175,16 @@ class Scorer:
                     torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
                     offset += run
                 try:
-                    out = scores_of(self.model(perturbed[:n]))
+                    out = scores_of(model(perturbed[:n]))
                 except RuntimeError:
                     if not (channels_last and start == 0):
                         raise
                     # The model needs contiguous inputs (e.g. it calls .view on its features).
                     channels_last = False
                     perturbed = perturbed.contiguous()
-                    out = scores_of(self.model(perturbed[:n]))
+                    out = scores_of(model(perturbed[:n]))
+                if out.dtype in (torch.bfloat16, torch.float16):
+                    out = out.float()  # scores (a softmax, say) are computed in float32
                 scores[start:stop] = self.score_rows(out, image[start:stop]).float()
 
     def _use_channels_last(self) -> bool:
@@ -182,14 +194,15 @@ class Scorer:
             isinstance(m, nn.Conv2d) for m in self.model.modules()
         )
 
-    @contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.precision == "fp32":
-            yield
-            return
-        # One autocast region for the whole call, so each weight is cast to bfloat16 once.
-        with torch.autocast(self.inputs.device.type, dtype=torch.bfloat16):
-            yield
+
+@contextmanager
+def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    # One autocast region for the whole call, so each weight is cast to bfloat16 once.
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        yield
 
 
 def _upsample(masks: Tensor, out: Tensor) -> None:

@@ -40,7 +40,11 @@ class Net(nn.Module):
 
 
 class Recorder(nn.Module):
-    """Wraps a model and records what each forward pass was given."""
+    """Wraps a model and records what each forward pass was given.
+
+    Its forward branches on the input (``and`` on tensor properties), so it does not trace:
+    ``precision="bf16"`` forwards it under autocast rather than through an inference copy
+    (which tests/engine/test_inference.py covers)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

@@ -1,0 +1,210 @@
+"""The bf16 mode's inference copy: batch norms folded into convolutions (checked in float32
+against the model itself), bfloat16 weights, and every case where the model must be
+forwarded as it is instead."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, fx, nn
+
+import camkit
+from camkit.engine.inference import inference_copy
+from camkit.engine.scoring import Scorer
+
+
+def _randomize_batch_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial statistics and affine parameters, so no batch norm is the identity."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model
+
+
+class Residual(nn.Module):
+    """Folding cases: a conv + BN pair, a conv whose output is also read by the skip path
+    (not foldable), a conv without bias, a BN after a pooling (not foldable) and a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.branch_bn = nn.BatchNorm2d(8)
+        self.pool = nn.AvgPool2d(2)
+        self.pool_bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        y = self.branch(x)
+        x = x + self.branch_bn(y) + 0.1 * y  # y is read twice: its BN stays
+        x = self.pool_bn(self.pool(x))
+        return self.head(x.mean((2, 3)))
+
+
+class SharedConv(nn.Module):
+    """One convolution called twice, each time followed by its own BN: neither is folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.bn2 = nn.BatchNorm2d(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv(self.bn1(self.conv(x)))).mean((2, 3))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.bn(self.conv(x))
+        if f.sum() > 0:  # Python branching on a tensor value: fx cannot trace it
+            f = f * 2
+        return f.mean((2, 3))
+
+
+def _model(cls: type[nn.Module] = Residual) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomize_batch_norms(cls()).eval()
+
+
+def _batch_norms(module: nn.Module) -> list[str]:
+    assert isinstance(module, fx.GraphModule)
+    named = dict(module.named_modules())
+    return [
+        str(n.target)
+        for n in module.graph.nodes
+        if n.op == "call_module" and isinstance(named[str(n.target)], nn.BatchNorm2d)
+    ]
+
+
+def test_folding_in_float32_computes_what_the_model_computes() -> None:
+    model = _model()
+    x = torch.randn(3, 3, 8, 8)
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None
+    # stem_bn folds; branch_bn (its conv's output is read twice) and pool_bn (after a
+    # pooling) stay.
+    assert _batch_norms(folded) == ["branch_bn", "pool_bn"]
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_reused_convolution_is_not_folded() -> None:
+    model = _model(SharedConv)
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None
+    assert _batch_norms(folded) == ["bn1", "bn2"]
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_copy_is_close_and_the_model_is_left_alone() -> None:
+    model = _model()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 8, 8)
+    fast = inference_copy(model)
+    assert fast is not None
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in fast.parameters())
+    assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = model(x)
+        out = fast(x.to(torch.bfloat16)).float()
+    torch.testing.assert_close(out, exact, rtol=0.05, atol=0.05 * float(exact.abs().max()))
+    assert not torch.equal(out, exact)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert isinstance(model.stem_bn, nn.BatchNorm2d)
+
+
+def test_the_copy_is_kept_until_the_model_changes() -> None:
+    model = _model()
+    first = inference_copy(model)
+    assert first is not None and inference_copy(model) is first
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.head.bias.add_(10.0)  # an in-place update, as an optimizer step makes
+    second = inference_copy(model)
+    assert second is not None and second is not first
+    with torch.no_grad():
+        torch.testing.assert_close(
+            second(x.to(torch.bfloat16)).float(), model(x), rtol=0.05, atol=0.2
+        )
+    model.head = nn.Linear(8, 4).eval()  # a replaced module
+    third = inference_copy(model)
+    assert third is not None and third is not second
+    assert inference_copy(model, torch.float32) is not third  # another dtype, another copy
+
+
+def test_no_copy_when_it_could_differ_from_the_model() -> None:
+    assert inference_copy(_model(Untraceable)) is None
+    assert inference_copy(_model().train()) is None
+    hooked = _model()
+    handle = hooked.pool.register_forward_hook(lambda m, i, o: o * 2)
+    assert inference_copy(hooked) is None
+    handle.remove()
+    assert inference_copy(hooked) is not None
+    pre = _model()
+    pre.register_forward_pre_hook(lambda m, i: None)
+    assert inference_copy(pre) is None
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert inference_copy(_model()) is None
+    finally:
+        handle.remove()
+    assert inference_copy(nn.Sequential(nn.Flatten())) is None  # no parameters
+
+
+def _gather(targets: Tensor):  # type: ignore[no-untyped-def]
+    return lambda rows, index: rows.gather(1, targets[index].unsqueeze(1)).squeeze(1)
+
+
+@pytest.mark.parametrize("cls", [Residual, Untraceable])
+def test_scorer_bf16_uses_the_copy_or_autocast(cls: type[nn.Module]) -> None:
+    model = _model(cls)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    masks = torch.rand(2, 12, 4, 4, generator=gen)
+    targets = torch.tensor([1, 2])
+    exact = Scorer(model, x, _gather(targets), batch_size=5)(masks)
+    fast = Scorer(model, x, _gather(targets), batch_size=5, precision="bf16")(masks)
+    assert fast.dtype == torch.float32
+    spread = float(exact.max() - exact.min())
+    torch.testing.assert_close(fast, exact, rtol=0, atol=0.05 * spread)
+    assert not torch.equal(fast, exact)
+    copied = inference_copy(model)
+    assert (copied is None) == (cls is Untraceable)
+    if copied is not None:
+        # The masked inputs went through the copy: the same inputs through it give the same
+        # scores.
+        up = nn.functional.interpolate(masks.flatten(0, 1)[:, None], size=(8, 8), mode="bilinear")
+        inputs = (up.view(2, 12, 1, 8, 8) * x[:, None]).flatten(0, 1).to(torch.bfloat16)
+        with torch.no_grad():
+            direct = copied(inputs.contiguous(memory_format=torch.channels_last)).float()
+        index = torch.arange(2).repeat_interleave(12)
+        torch.testing.assert_close(fast.flatten(), _gather(targets)(direct, index))
+
+
+def test_scorecam_bf16_map_matches_exact_mode() -> None:
+    model = _model()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    exact = camkit.create("scorecam", model, "branch", progress=False)(x).maps
+    fast = camkit.create("scorecam", model, "branch", progress=False, precision="bf16")(x).maps
+    r = torch.corrcoef(torch.stack([exact.flatten(), fast.flatten()]))[0, 1]
+    assert float(r) > 0.99
