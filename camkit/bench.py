@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
+from camkit.engine.inference import inference_copy
 from camkit.engine.layers import resolve
 from camkit.engine.outputs import layer_tensor, scores_of, to_channels_first
 
@@ -480,8 +481,13 @@ def _bound(fn: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, x: Tenso
 
 
 def _bf16_forward(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.autocast(x.device.type, dtype=torch.bfloat16):
-        return bare_forward(model, x)
+    """A forward as ``precision="bf16"`` runs it: through the bfloat16 inference copy, or
+    under autocast for a model that cannot be copied."""
+    copied = inference_copy(model, torch.bfloat16)
+    if copied is None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return bare_forward(model, x)
+    return bare_forward(copied, x.to(torch.bfloat16))
 
 
 # -- memory probes (run in a fresh process) -------------------------------------------------

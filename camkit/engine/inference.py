@@ -8,6 +8,10 @@ fast path forwards the masked inputs through a copy of the model instead:
 - the copy is traced with :func:`torch.fx.symbolic_trace`, and every batch norm that reads a
   convolution's output alone (in eval mode, with running statistics) is folded into that
   convolution's weights, as inference compilers do;
+- on CPU, an activation (ReLU, hardswish, SiLU, ...) that reads a 2-D convolution's output
+  alone runs inside that convolution, as a oneDNN post-op, instead of as a second pass over
+  memory; the fused operator is checked against the unfused pair once per process, and
+  without it (another torch build) activations stay separate;
 - its parameters and buffers are converted to bfloat16 once, and to channels-last layout for
   models with 2-D convolutions;
 - it is built on first use and kept while the model lives and its parameters, buffers and
@@ -21,11 +25,13 @@ model is forwarded under autocast, as before. The user's model is never modified
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import weakref
 
 import torch
-from torch import fx, nn
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 _CONV_BN = (
@@ -35,9 +41,9 @@ _CONV_BN = (
 )
 
 _lock = threading.Lock()
+_Entry = tuple[tuple[object, ...], torch.dtype, nn.Module | None]
 # model -> (fingerprint, dtype, copy or None when the model cannot be copied this way)
-_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], torch.dtype, nn.Module | None]]
-_cache = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[nn.Module, _Entry] = weakref.WeakKeyDictionary()
 
 
 def inference_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module | None:
@@ -67,6 +73,10 @@ def _hooked(modules: list[nn.Module]) -> bool:
 
 def _fingerprint(model: nn.Module, modules: list[nn.Module]) -> tuple[object, ...]:
     tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_inference() for t in tensors):
+        # Inference tensors keep no version counter: an in-place change cannot be seen, so
+        # the copy is rebuilt for every call.
+        return (object(),)
     return (
         tuple(id(m) for m in modules),
         tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors),
@@ -82,9 +92,11 @@ def _build(model: nn.Module, modules: list[nn.Module], dtype: torch.dtype) -> nn
     except Exception:  # untraceable forward (control flow on tensors, unsupported calls)
         return None
     _fold_batch_norms(graph_module)
+    if params[0].device.type == "cpu" and _fused_activations_work():
+        _fuse_activations(graph_module)
     graph_module.to(dtype)
     if any(isinstance(m, nn.Conv2d) for m in modules):
-        graph_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        graph_module.to(memory_format=torch.channels_last)
     graph_module.eval()
     for p in graph_module.parameters():
         p.requires_grad_(False)
@@ -111,16 +123,142 @@ def _fold_batch_norms(graph_module: fx.GraphModule) -> None:
         conv, bn = named.get(str(source.target)), named.get(str(node.target))
         if not any(isinstance(conv, c) and isinstance(bn, b) for c, b in _CONV_BN):
             continue
-        assert isinstance(conv, nn.Module) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        assert isinstance(conv, nn.modules.conv._ConvNd)
+        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
         if not bn.track_running_stats or bn.running_mean is None:
             continue
-        fused = fuse_conv_bn_eval(conv, bn)  # type: ignore[arg-type]
+        fused = fuse_conv_bn_eval(conv, bn)
         _replace_module(graph_module, str(source.target), fused)
         named[str(source.target)] = fused
         node.replace_all_uses_with(source)
         graph.erase_node(node)
     graph.lint()
     graph_module.recompile()
+
+
+#: Activations oneDNN runs as a convolution's post-op, by the name its operator takes.
+_POST_OPS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.SiLU: "swish",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+}
+_POST_OP_FUNCTIONS: dict[object, str] = {
+    torch.relu: "relu",
+    F.relu: "relu",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    F.silu: "swish",
+    torch.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+}
+
+
+class ConvActivation(nn.Module):
+    """A 2-D convolution with its activation applied as a oneDNN post-op (CPU only)."""
+
+    def __init__(self, conv: nn.Conv2d, post_op: str) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.padding = [int(p) for p in conv.padding]
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        self.post_op = post_op
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            self.weight,
+            self.bias,
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+            self.post_op,
+            [],
+            "",
+        )
+
+
+def _fusable_conv(module: object) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _post_op(node: fx.Node, named: dict[str, nn.Module]) -> str | None:
+    """The post-op name of an activation node that takes one positional input, else None."""
+    if len(node.args) != 1:
+        return None
+    if node.op == "call_module":
+        module = named.get(str(node.target))
+        return _POST_OPS.get(type(module)) if module is not None else None
+    if node.op == "call_function" and not set(node.kwargs) - {"inplace"}:
+        try:
+            return _POST_OP_FUNCTIONS.get(node.target)
+        except TypeError:  # an unhashable target
+            return None
+    return None
+
+
+def _fuse_activations(graph_module: fx.GraphModule) -> None:
+    """Run each activation that alone reads a 2-D convolution's output as its post-op."""
+    named = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    for node in list(graph.nodes):
+        post_op = _post_op(node, named)
+        source = node.args[0] if node.args else None
+        if post_op is None or not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        conv = named.get(str(source.target))
+        if not _fusable_conv(conv) or len(source.users) != 1 or calls[str(source.target)] != 1:
+            continue
+        assert isinstance(conv, nn.Conv2d)
+        fused = ConvActivation(conv, post_op)
+        _replace_module(graph_module, str(source.target), fused)
+        named[str(source.target)] = fused
+        node.replace_all_uses_with(source)
+        graph.erase_node(node)
+    graph.lint()
+    graph_module.recompile()
+
+
+@functools.cache
+def _fused_activations_work() -> bool:
+    """Whether this torch build has oneDNN's fused convolution and it computes, in float32
+    and bfloat16, what the convolution followed by the activation computes."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+    try:
+        for groups in (1, 4):
+            conv = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=groups)
+            for kind, post_op in _POST_OPS.items():
+                with torch.no_grad():
+                    expected = kind()(conv(x))
+                    fused = ConvActivation(conv, post_op)(x)
+                    half = ConvActivation(conv.to(torch.bfloat16), post_op)(x.bfloat16())
+                conv.float()
+                if not torch.allclose(fused, expected, rtol=1e-4, atol=1e-5):
+                    return False
+                if half.dtype != torch.bfloat16 or not torch.allclose(
+                    half.float(), expected, rtol=0.05, atol=0.05
+                ):
+                    return False
+    except Exception:  # the operator is missing or has another signature in this build
+        return False
+    return True
 
 
 def _replace_module(root: nn.Module, target: str, module: nn.Module) -> None:

@@ -132,11 +132,9 @@ class Scorer:
         spatial = tuple(inputs.shape[2:])
         channels_last = self._use_channels_last()
         model, autocast = self.model, self.precision == "bf16"
-        dtype = inputs.dtype
-        if autocast:
-            copied = inference_copy(self.model, torch.bfloat16)
-            if copied is not None:
-                model, autocast, dtype = copied, False, torch.bfloat16
+        copied = inference_copy(self.model, torch.bfloat16) if autocast else None
+        if copied is not None:
+            model, autocast = copied, False
         size = min(self.batch_size, todo.numel())
         low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=flat.dtype)
         up = torch.empty((size, *spatial), device=inputs.device, dtype=inputs.dtype)
@@ -144,9 +142,12 @@ class Scorer:
         perturbed = torch.empty(
             (size, *inputs.shape[1:]),
             device=inputs.device,
-            dtype=dtype,
+            dtype=inputs.dtype,
             memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         )
+        # The bfloat16 copy's inputs: masking in float32 then one conversion is faster than
+        # a mixed-dtype product on CPU.
+        staged = None if copied is None else torch.empty_like(perturbed, dtype=torch.bfloat16)
         source = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
         image = todo // count
         # Chunks are split into runs of one image on the host, once, so filling a chunk
@@ -174,15 +175,17 @@ class Scorer:
                     rows = slice(offset, offset + run)
                     torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
                     offset += run
+                batch_in = perturbed[:n] if staged is None else staged[:n].copy_(perturbed[:n])
                 try:
-                    out = scores_of(model(perturbed[:n]))
+                    out = scores_of(model(batch_in))
                 except RuntimeError:
                     if not (channels_last and start == 0):
                         raise
                     # The model needs contiguous inputs (e.g. it calls .view on its features).
                     channels_last = False
                     perturbed = perturbed.contiguous()
-                    out = scores_of(model(perturbed[:n]))
+                    staged = None if staged is None else staged.contiguous()
+                    out = scores_of(model(batch_in.contiguous()))
                 if out.dtype in (torch.bfloat16, torch.float16):
                     out = out.float()  # scores (a softmax, say) are computed in float32
                 scores[start:stop] = self.score_rows(out, image[start:stop]).float()

@@ -31,8 +31,8 @@ class PerturbationConfig(MethodConfig):
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="precision of the masked forwards: 'fp32' (exact) or 'bf16' (bfloat16 "
-        "autocast for speed; activations, scores and maps stay float32)",
+        description="precision of the masked forwards: 'fp32' (exact) or 'bf16' (a bfloat16 "
+        "inference copy of the model, for speed; activations, scores and maps stay float32)",
     )
 
 

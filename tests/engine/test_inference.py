@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, fx, nn
 
 import camkit
-from camkit.engine.inference import inference_copy
+from camkit.engine import inference
+from camkit.engine.inference import ConvActivation, inference_copy
 from camkit.engine.scoring import Scorer
 
 
@@ -30,7 +31,9 @@ def _randomize_batch_norms(model: nn.Module) -> nn.Module:
 
 class Residual(nn.Module):
     """Folding cases: a conv + BN pair, a conv whose output is also read by the skip path
-    (not foldable), a conv without bias, a BN after a pooling (not foldable) and a linear."""
+    (not foldable), a conv without bias, a BN after a pooling (not foldable) and a linear.
+    Activation cases: a function after a folded pair, a module in a Sequential (grouped
+    conv, stride 2), an activation after a conv whose output is read twice (not fused)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,15 +41,19 @@ class Residual(nn.Module):
         self.stem_bn = nn.BatchNorm2d(8)
         self.branch = nn.Conv2d(8, 8, 3, padding=1, bias=False)
         self.branch_bn = nn.BatchNorm2d(8)
-        self.pool = nn.AvgPool2d(2)
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4, bias=False),
+            nn.BatchNorm2d(8),
+            nn.Hardswish(),
+        )
         self.pool_bn = nn.BatchNorm2d(8)
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(self.stem_bn(self.stem(x)))
         y = self.branch(x)
-        x = x + self.branch_bn(y) + 0.1 * y  # y is read twice: its BN stays
-        x = self.pool_bn(self.pool(x))
+        x = x + self.branch_bn(y) + torch.sigmoid(y)  # y is read twice: its BN stays
+        x = self.pool_bn(self.block(x))
         return self.head(x.mean((2, 3)))
 
 
@@ -91,16 +98,40 @@ def _batch_norms(module: nn.Module) -> list[str]:
     ]
 
 
+def _fused(module: nn.Module) -> dict[str, str]:
+    return {n: m.post_op for n, m in module.named_modules() if isinstance(m, ConvActivation)}
+
+
 def test_folding_in_float32_computes_what_the_model_computes() -> None:
     model = _model()
     x = torch.randn(3, 3, 8, 8)
     folded = inference_copy(model, torch.float32)
     assert folded is not None
-    # stem_bn folds; branch_bn (its conv's output is read twice) and pool_bn (after a
-    # pooling) stay.
+    # stem_bn and block's BN fold; branch_bn (its conv's output is read twice) and pool_bn
+    # (not after a convolution) stay.
     assert _batch_norms(folded) == ["branch_bn", "pool_bn"]
+    assert _fused(folded) == {"stem": "relu", "block.0": "hardswish"}
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_fused_operator_activations_stay_separate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inference, "_fused_activations_work", lambda: False)
+    model = _model()
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None and _fused(folded) == {}
+    assert _batch_norms(folded) == ["branch_bn", "pool_bn"]
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_operator_works_in_this_build() -> None:
+    # On the CPUs camkit is tested on, oneDNN is there; a build without it would fail here
+    # and show that bf16 runs slower than documented.
+    assert inference._fused_activations_work()
 
 
 def test_a_reused_convolution_is_not_folded() -> None:
@@ -121,6 +152,7 @@ def test_bf16_copy_is_close_and_the_model_is_left_alone() -> None:
     assert fast is not None
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in fast.parameters())
     assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert _fused(fast) == {"stem": "relu", "block.0": "hardswish"}
     with torch.no_grad():
         exact = model(x)
         out = fast(x.to(torch.bfloat16)).float()
@@ -156,7 +188,7 @@ def test_no_copy_when_it_could_differ_from_the_model() -> None:
     assert inference_copy(_model(Untraceable)) is None
     assert inference_copy(_model().train()) is None
     hooked = _model()
-    handle = hooked.pool.register_forward_hook(lambda m, i, o: o * 2)
+    handle = hooked.block[2].register_forward_hook(lambda m, i, o: o * 2)
     assert inference_copy(hooked) is None
     handle.remove()
     assert inference_copy(hooked) is not None
@@ -208,3 +240,10 @@ def test_scorecam_bf16_map_matches_exact_mode() -> None:
     fast = camkit.create("scorecam", model, "branch", progress=False, precision="bf16")(x).maps
     r = torch.corrcoef(torch.stack([exact.flatten(), fast.flatten()]))[0, 1]
     assert float(r) > 0.99
+
+
+def test_a_model_with_inference_tensors_gets_a_fresh_copy_each_time() -> None:
+    with torch.inference_mode():
+        model = _model()  # parameters created in inference mode keep no version counter
+    first = inference_copy(model)
+    assert first is not None and inference_copy(model) is not first
