@@ -332,23 +332,30 @@ def bench_latency(
     with_backward = [i >= len(sizes) - backwards for i in range(len(sizes))]
     noise = noise_draws(name, config, x)
 
-    def baseline() -> None:
-        for rows, backward in zip(inputs, with_backward):
-            if backward:
-                forward_backward(model, layer, rows)
-            else:
-                bare_forward(model, rows)
-        if noise is not None:
-            noise()
+    # The same passes with the input laid out as camkit's forward lays it out (channels-last
+    # where that is faster): camkit's own cost, apart from what the layout saves.
+    laid_out = list(inputs)
+    if laid_out and extractor._use_channels_last(laid_out[0]):
+        laid_out[0] = laid_out[0].contiguous(memory_format=torch.channels_last)
 
-    t = interleaved(
-        {"camkit": lambda: extractor(x), "model": baseline},
-        repeats,
-        warmup,
-        seconds=LATENCY_SECONDS,
-        most=MOST_REPEATS,
-    )
+    def passes(rows_list: list[Tensor]) -> Fn:
+        def run() -> None:
+            for rows, backward in zip(rows_list, with_backward):
+                if backward:
+                    forward_backward(model, layer, rows)
+                else:
+                    bare_forward(model, rows)
+            if noise is not None:
+                noise()
+
+        return run
+
+    fns = {"camkit": lambda: extractor(x), "model": passes(inputs)}
+    if laid_out and laid_out[0] is not inputs[0]:
+        fns["layout"] = passes(laid_out)
+    t = interleaved(fns, repeats, warmup, seconds=LATENCY_SECONDS, most=MOST_REPEATS)
     ms, base = t["camkit"].median * 1e3, t["model"].median * 1e3
+    same = t["layout"].median * 1e3 if "layout" in t else base
     return {
         "method": name,
         "kind": kind,
@@ -360,6 +367,9 @@ def bench_latency(
         "camkit_ms": ms,
         "model_ms": base,
         "ratio": ms / base,
+        "channels_last": "layout" in t,
+        "layout_model_ms": same,
+        "layout_ratio": ms / same,
         "cpu_ratio": t["camkit"].cpu_median / t["model"].cpu_median,
         "images_per_s": batch / t["camkit"].median,
         "model_images_per_s": batch / t["model"].median,
@@ -686,15 +696,21 @@ def markdown(report: dict[str, Any]) -> str:
             "bare model interleaved. The model's cost is its forward passes (activation "
             "methods) or forward + backward to the layer (gradient methods; a forward whose "
             "gradients the method never reads gets no backward), plus, for Smooth Grad-CAM++, "
-            "drawing its Gaussian noise.",
+            "drawing its Gaussian noise. camkit's forward gets a channels-last copy of the "
+            "input where torch's CPU convolutions run that faster (layout nhwc): "
+            "same-layout ratio is camkit against the model's passes with the input laid out "
+            "that way, i.e. camkit's own cost apart from what the layout saves.",
             "",
-            "| method | model | batch | camkit ms | model ms | ratio | CPU-time ratio | images/s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| method | model | batch | layout | camkit ms | model ms | ratio | CPU-time ratio "
+            "| same-layout ratio | images/s |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in report["latency"]:
+            layout = "nhwc" if r.get("channels_last") else "as given"
             lines.append(
-                f"| {r['method']} | {r['model']} | {r['batch']} | {r['camkit_ms']:.1f} "
-                f"| {r['model_ms']:.1f} | {r['ratio']:.3f} | {r['cpu_ratio']:.3f} "
+                f"| {r['method']} | {r['model']} | {r['batch']} | {layout} "
+                f"| {r['camkit_ms']:.1f} | {r['model_ms']:.1f} | {r['ratio']:.3f} "
+                f"| {r['cpu_ratio']:.3f} | {r.get('layout_ratio', r['ratio']):.3f} "
                 f"| {r['images_per_s']:.1f} |"
             )
         lines.append("")
@@ -705,13 +721,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"One call on a batch; median of {s['throughput_repeats']} runs after a warm-up "
             "run, interleaved with the bare model's passes.",
             "",
-            "| method | model | batch | camkit images/s | model images/s | ratio |",
-            "|---|---|---:|---:|---:|---:|",
+            "| method | model | batch | layout | camkit images/s | model images/s | ratio "
+            "| same-layout ratio |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
         ]
         for r in report["throughput"]:
+            layout = "nhwc" if r.get("channels_last") else "as given"
             lines.append(
-                f"| {r['method']} | {r['model']} | {r['batch']} | {r['images_per_s']:.1f} "
-                f"| {r['model_images_per_s']:.1f} | {r['ratio']:.3f} |"
+                f"| {r['method']} | {r['model']} | {r['batch']} | {layout} "
+                f"| {r['images_per_s']:.1f} | {r['model_images_per_s']:.1f} | {r['ratio']:.3f} "
+                f"| {r.get('layout_ratio', r['ratio']):.3f} |"
             )
         lines.append("")
     if report["score"]:

@@ -168,6 +168,12 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     assert all(
         r["ratio"] > 0 and r["forwards"] == 1 for r in report["latency"] + report["throughput"]
     )
+    # The tiny model has no grouped convolutions: channels-last from batch 2 on, and then a
+    # second baseline with the input laid out that way.
+    for r in report["latency"] + report["throughput"]:
+        assert r["channels_last"] == (r["batch"] > 1)
+        assert r["layout_ratio"] > 0
+        assert (r["layout_model_ms"] == r["model_ms"]) == (r["batch"] == 1)
     (score,) = report["score"]
     # relu2 of the tiny model has 16 channels; the bench sets num_samples (here 2), whose
     # identical copies of each mask the scorer forwards once.
@@ -180,6 +186,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     assert "| bench-scorelike | tiny | 16 x 2 |" in text
     assert "Forwarded below C x N" in text
     assert "## Activation and gradient methods" in text and "## Many images" in text
+    assert "| cam | tiny | 1 | as given |" in text and "| cam | tiny | 4 | nhwc |" in text
 
 
 @pytest.mark.slow

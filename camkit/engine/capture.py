@@ -57,6 +57,12 @@ class Capture:
         torch.set_grad_enabled(self._grad_mode)
         self._remove()
 
+    def restart(self) -> None:
+        """Forget a forward pass that failed part-way, before the model runs again."""
+        self.activations.clear()
+        if self.gradients:
+            torch.set_grad_enabled(False)  # until the first target layer starts
+
     def _remove(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -21,7 +21,7 @@ def normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
     lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
     # A constant map has m - lo == 0 exactly, so any positive span gives zeros.
     span = (hi - lo).clamp_min_(torch.finfo(flat.dtype).tiny)
-    return ((flat - lo) / span).view(maps.shape)
+    return (flat - lo).div_(span).view(maps.shape)
 
 
 def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -37,7 +37,9 @@ def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
     if len(size) == 2 and maps.dim() == 3 and maps.is_floating_point():
         rows = _interpolation_matrix(maps.shape[1], size[0], maps.dtype, maps.device)
         cols = _interpolation_matrix(maps.shape[2], size[1], maps.dtype, maps.device)
-        return rows @ maps @ cols.T
+        if maps.shape[0] == 1:  # plain matrix products: the fewest kernels for one map
+            return torch.mm(rows, torch.mm(maps[0], cols.T)).unsqueeze(0)
+        return rows @ (maps @ cols.T)
     mode = "bilinear" if len(size) == 2 else "trilinear"
     return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
 
@@ -63,7 +65,11 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     if weights.dim() == 2:
         # One batched product (B, 1, C) @ (B, C, h*w): no (B, C, h, w) temporary.
         flat = activations.flatten(2)
-        out = torch.bmm(weights.to(flat.dtype).unsqueeze(1), flat)
+        weights = weights.to(flat.dtype)
+        if flat.shape[0] == 1:
+            out = torch.mm(weights, flat[0])
+        else:
+            out = torch.bmm(weights.unsqueeze(1), flat)
         return out.view(activations.shape[0], *activations.shape[2:])
     return (weights * activations).sum(1)
 

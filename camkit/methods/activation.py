@@ -41,7 +41,7 @@ class CAM(Method):
         )
 
     def weights(self, ctx: Context) -> Tensor:
-        if int(ctx.targets.min()) < 0:
+        if min(ctx.targets.tolist()) < 0:
             raise TargetError("CAM needs class-index targets, not a callable")
         if ctx.prefix_tokens and self.config.fc_layer is None:
             raise LayerError(

@@ -1,0 +1,128 @@
+"""The layout of the extractor's forward pass: channels-last copies of the input where torch's
+CPU convolutions run them faster, the same maps as a forward of the input as given, and a
+model that rejects channels-last inputs explained all the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import camkit
+
+
+class Net(nn.Module):
+    """Records the layout of each input; ``groups`` > 1 makes the second conv grouped;
+    ``view`` flattens with ``.view``, which fails on channels-last features."""
+
+    def __init__(self, groups: int = 1, view: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+        self.fc = nn.Linear(8, 5)
+        self.view = view
+        self.layouts: list[str] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        self.layouts.append("nhwc" if channels_last and not x.is_contiguous() else "nchw")
+        f = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        if self.view:  # flattening (C, H, W) with .view needs NCHW-contiguous features
+            return self.fc(f.view(f.shape[0], -1).view(f.shape[0], 8, -1).mean(2))
+        return self.fc(f.mean((2, 3)))
+
+
+def _inputs(batch: int) -> Tensor:
+    return torch.randn(batch, 3, 6, 6, generator=torch.Generator().manual_seed(batch))
+
+
+@pytest.mark.parametrize(
+    ("groups", "batch", "layout"),
+    [(1, 1, "nchw"), (1, 3, "nhwc"), (4, 1, "nhwc"), (4, 3, "nhwc")],
+)
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_the_layout_each_forward_gets(groups: int, batch: int, layout: str, method: str) -> None:
+    torch.manual_seed(0)
+    model = Net(groups).eval()
+    x = _inputs(batch)
+    result = camkit.create(method, model, "conv2")(x)
+    assert model.layouts == [layout]
+    with torch.no_grad():
+        expected_scores = model(x)
+    torch.testing.assert_close(result.scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert x.is_contiguous()  # the caller's tensor is untouched
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "layercam", "scorecam"])
+def test_maps_equal_those_of_a_forward_as_given(method: str) -> None:
+    torch.manual_seed(0)
+    x = _inputs(3)
+    fast = camkit.create(method, Net(groups=4).eval(), "conv2")(x)
+    torch.manual_seed(0)
+    plain_model = Net(groups=4).eval()
+    plain = camkit.create(method, plain_model, "conv2")
+    plain._channels_last = None  # the forward as given, as before layouts were chosen
+    slow = plain(x)
+    assert plain_model.layouts[0] == "nchw"
+    torch.testing.assert_close(fast.maps, slow.maps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_methods_see_contiguous_activations_and_gradients() -> None:
+    seen: list[bool] = []
+
+    class Probe(camkit.Method):
+        name = "test-layout-probe"
+        needs_gradients = True
+
+        def weights(self, ctx: camkit.Context) -> Tensor:
+            assert ctx.gradients is not None
+            seen.extend([ctx.activations.is_contiguous(), ctx.gradients.is_contiguous()])
+            return ctx.gradients.mean((2, 3))
+
+    torch.manual_seed(0)
+    model = Net(groups=4).eval()
+    camkit.Extractor(Probe(), model, "conv2")(_inputs(2))
+    assert model.layouts == ["nhwc"] and seen == [True, True]
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_a_model_rejecting_channels_last_is_run_as_given(method: str) -> None:
+    torch.manual_seed(0)
+    model = Net(view=True).eval()
+    x = _inputs(3)
+    extractor = camkit.create(method, model, "conv2")
+    first = extractor(x)
+    assert model.layouts == ["nhwc", "nchw"]  # failed, then ran as given
+    second = extractor(x)
+    assert model.layouts == ["nhwc", "nchw", "nchw"]  # remembered
+    torch.testing.assert_close(first.maps, second.maps)
+    with torch.no_grad():
+        torch.testing.assert_close(first.scores, model(x), rtol=1e-5, atol=1e-5)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_a_model_that_fails_either_way_raises_its_own_error() -> None:
+    class Broken(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            super().forward(x)
+            raise RuntimeError("broken model")
+
+    model = Broken().eval()
+    extractor = camkit.create("cam", model, "conv2")
+    with pytest.raises(RuntimeError, match="broken model"):
+        extractor(_inputs(2))
+    assert model.layouts == ["nhwc", "nchw"]
+    assert extractor._channels_last  # not the layout's fault: still tried next time
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_no_channels_last_without_convolutions_or_off_the_cpu_path() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).eval()
+    extractor = camkit.create("gradcam", model, "1", layout="tokens", grid=(2, 2))
+    assert not extractor._use_channels_last(_inputs(3))
+    conv = camkit.create("gradcam", Net().eval(), "conv2")
+    assert conv._use_channels_last(_inputs(3))
+    assert not conv._use_channels_last(torch.randn(2, 3, 2, 6, 6))  # videos
+    assert not conv._use_channels_last(_inputs(3).contiguous(memory_format=torch.channels_last))
