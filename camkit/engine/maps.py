@@ -35,8 +35,8 @@ def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(maps.shape[1:]) == size:
         return maps
     if len(size) == 2 and maps.dim() == 3 and maps.is_floating_point():
-        rows = _interpolation_matrix(maps.shape[1], size[0], maps.dtype, maps.device)
-        cols = _interpolation_matrix(maps.shape[2], size[1], maps.dtype, maps.device)
+        rows = interpolation_matrix(maps.shape[1], size[0], maps.dtype, maps.device)
+        cols = interpolation_matrix(maps.shape[2], size[1], maps.dtype, maps.device)
         if maps.shape[0] == 1:  # plain matrix products: the fewest kernels for one map
             return torch.mm(rows, torch.mm(maps[0], cols.T)).unsqueeze(0)
         return rows @ (maps @ cols.T)
@@ -45,7 +45,7 @@ def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
 
 
 @lru_cache(maxsize=64)
-def _interpolation_matrix(
+def interpolation_matrix(
     size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """``(size_out, size_in)``: linear interpolation (``align_corners=False``) as a matrix.

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from camkit.engine.inference import inference_copy
+from camkit.engine.maps import interpolation_matrix
 from camkit.engine.outputs import scores_of
 from camkit.errors import ConfigError, PluginError
 
@@ -136,19 +137,29 @@ class Scorer:
         if copied is not None:
             model, autocast = copied, False
         size = min(self.batch_size, todo.numel())
-        low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=flat.dtype)
-        up = torch.empty((size, *spatial), device=inputs.device, dtype=inputs.dtype)
-        noise = torch.empty_like(up) if noise_std > 0 else None
+        # With the bfloat16 copy, masks are built in bfloat16 and NCHW layout (products
+        # vectorize along rows there), then one copy lays each chunk out channels-last.
+        work = torch.bfloat16 if copied is not None else inputs.dtype
+        mask_layout = channels_last and copied is None
+        flat = flat.to(work)
+        low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=work)
+        up = torch.empty((size, *spatial), device=inputs.device, dtype=work)
+        # Noise is drawn in float32 whatever the precision: the same draws as exact mode.
+        noise = torch.empty_like(up, dtype=inputs.dtype) if noise_std > 0 else None
         perturbed = torch.empty(
             (size, *inputs.shape[1:]),
             device=inputs.device,
-            dtype=inputs.dtype,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+            dtype=work,
+            memory_format=torch.channels_last if mask_layout else torch.contiguous_format,
         )
-        # The bfloat16 copy's inputs: masking in float32 then one conversion is faster than
-        # a mixed-dtype product on CPU.
-        staged = None if copied is None else torch.empty_like(perturbed, dtype=torch.bfloat16)
-        source = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+        staged = (
+            torch.empty_like(perturbed, memory_format=torch.channels_last)
+            if copied is not None and channels_last
+            else None
+        )
+        source = inputs.to(work)
+        if mask_layout:
+            source = source.contiguous(memory_format=torch.channels_last)
         image = todo // count
         # Chunks are split into runs of one image on the host, once, so filling a chunk
         # needs no gather of input copies and no device synchronization.
@@ -182,9 +193,8 @@ class Scorer:
                     if not (channels_last and start == 0):
                         raise
                     # The model needs contiguous inputs (e.g. it calls .view on its features).
-                    channels_last = False
+                    channels_last, staged = False, None
                     perturbed = perturbed.contiguous()
-                    staged = None if staged is None else staged.contiguous()
                     out = scores_of(model(batch_in.contiguous()))
                 if out.dtype in (torch.bfloat16, torch.float16):
                     out = out.float()  # scores (a softmax, say) are computed in float32
@@ -209,15 +219,19 @@ def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
 
 
 def _upsample(masks: Tensor, out: Tensor) -> None:
-    """Resize ``(n, *low)`` masks into ``out`` ``(n, *spatial)`` in place, without allocating:
-    torch's interpolation kernels, equal to :func:`camkit.engine.maps.resize` to float
-    rounding."""
+    """Resize ``(n, *low)`` masks into ``out`` ``(n, *spatial)`` in place, bilinearly (or
+    trilinearly for videos), equal to :func:`camkit.engine.maps.resize` to float rounding.
+
+    2-D masks are resized as ``Wy @ m @ Wx^T`` with the interpolation matrices ``resize``
+    uses (5x faster than the interpolation kernel for 7 x 7 -> 224 x 224 on a CPU).
+    """
     if masks.shape[1:] == out.shape[1:]:
         out.copy_(masks)
     elif masks.dim() == 3:
-        torch.ops.aten.upsample_bilinear2d.out(
-            masks.unsqueeze(1), list(out.shape[1:]), False, None, None, out=out.unsqueeze(1)
-        )
+        rows = interpolation_matrix(masks.shape[1], out.shape[1], masks.dtype, masks.device)
+        cols = interpolation_matrix(masks.shape[2], out.shape[2], masks.dtype, masks.device)
+        with torch.autocast(out.device.type, enabled=False):  # in the masks' own dtype
+            torch.matmul(rows, torch.matmul(masks, cols.T), out=out)
     else:
         torch.ops.aten.upsample_trilinear3d.out(
             masks.unsqueeze(1), list(out.shape[1:]), False, None, None, None, out=out.unsqueeze(1)

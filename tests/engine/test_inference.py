@@ -8,11 +8,17 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 import camkit
-from camkit.engine import inference
-from camkit.engine.inference import ConvActivation, inference_copy
+from camkit.engine import inference, scoring
+from camkit.engine.inference import (
+    ConvActivation,
+    GlobalAvgPool,
+    global_avg_pool,
+    inference_copy,
+)
 from camkit.engine.scoring import Scorer
 
 
@@ -47,6 +53,7 @@ class Residual(nn.Module):
             nn.Hardswish(),
         )
         self.pool_bn = nn.BatchNorm2d(8)
+        self.gap = nn.AdaptiveAvgPool2d((1, 1))
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,7 +61,8 @@ class Residual(nn.Module):
         y = self.branch(x)
         x = x + self.branch_bn(y) + torch.sigmoid(y)  # y is read twice: its BN stays
         x = self.pool_bn(self.block(x))
-        return self.head(x.mean((2, 3)))
+        pooled = self.gap(x) + F.adaptive_avg_pool2d(x, 1) + F.adaptive_avg_pool2d(x, 2).mean()
+        return self.head(pooled.flatten(1))
 
 
 class SharedConv(nn.Module):
@@ -111,6 +119,11 @@ def test_folding_in_float32_computes_what_the_model_computes() -> None:
     # (not after a convolution) stay.
     assert _batch_norms(folded) == ["branch_bn", "pool_bn"]
     assert _fused(folded) == {"stem": "relu", "block.0": "hardswish"}
+    # Global pools run as average pools over the whole map; a 2 x 2 adaptive pool stays.
+    assert isinstance(folded.gap, GlobalAvgPool)
+    functions = [n.target for n in folded.graph.nodes if n.op == "call_function"]
+    assert functions.count(global_avg_pool) == 1
+    assert functions.count(F.adaptive_avg_pool2d) == 1
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -208,29 +221,41 @@ def _gather(targets: Tensor):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("cls", [Residual, Untraceable])
-def test_scorer_bf16_uses_the_copy_or_autocast(cls: type[nn.Module]) -> None:
+def test_scorer_bf16_uses_the_copy_or_autocast(
+    cls: type[nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = _model(cls)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 8, 8, generator=gen)
     masks = torch.rand(2, 12, 4, 4, generator=gen)
     targets = torch.tensor([1, 2])
+    seen: list[tuple[torch.dtype, bool, int]] = []
+
+    def spy(model: nn.Module, dtype: torch.dtype) -> nn.Module | None:
+        copied = inference_copy(model, dtype)
+        if copied is None:
+            return None
+
+        def record(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            (z,) = args
+            seen.append((z.dtype, z.is_contiguous(memory_format=torch.channels_last), len(z)))
+
+        wrapper = nn.Sequential(copied)
+        wrapper.register_forward_pre_hook(record)
+        return wrapper
+
+    monkeypatch.setattr(scoring, "inference_copy", spy)
     exact = Scorer(model, x, _gather(targets), batch_size=5)(masks)
     fast = Scorer(model, x, _gather(targets), batch_size=5, precision="bf16")(masks)
     assert fast.dtype == torch.float32
     spread = float(exact.max() - exact.min())
     torch.testing.assert_close(fast, exact, rtol=0, atol=0.05 * spread)
     assert not torch.equal(fast, exact)
-    copied = inference_copy(model)
-    assert (copied is None) == (cls is Untraceable)
-    if copied is not None:
-        # The masked inputs went through the copy: the same inputs through it give the same
-        # scores.
-        up = nn.functional.interpolate(masks.flatten(0, 1)[:, None], size=(8, 8), mode="bilinear")
-        inputs = (up.view(2, 12, 1, 8, 8) * x[:, None]).flatten(0, 1).to(torch.bfloat16)
-        with torch.no_grad():
-            direct = copied(inputs.contiguous(memory_format=torch.channels_last)).float()
-        index = torch.arange(2).repeat_interleave(12)
-        torch.testing.assert_close(fast.flatten(), _gather(targets)(direct, index))
+    if cls is Untraceable:
+        assert seen == []  # forwarded under autocast
+    else:
+        # All 24 masked inputs went through the copy, in bfloat16 and channels-last.
+        assert seen == [(torch.bfloat16, True, 5)] * 4 + [(torch.bfloat16, True, 4)]
 
 
 def test_scorecam_bf16_map_matches_exact_mode() -> None:
