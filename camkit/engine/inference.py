@@ -172,30 +172,34 @@ def _replace_global_pools(graph_module: fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-#: Activations oneDNN runs as a convolution's post-op, by the name its operator takes.
-_POST_OPS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.Hardswish: "hardswish",
-    nn.Hardsigmoid: "hardsigmoid",
-    nn.SiLU: "swish",
-    nn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
+#: Activations oneDNN runs as a convolution's post-op: the operator's name for each, and
+#: its scalar arguments.
+PostOp = tuple[str, tuple[float, ...]]
+_POST_OPS: dict[type[nn.Module], PostOp] = {
+    nn.ReLU: ("relu", ()),
+    nn.ReLU6: ("hardtanh", (0.0, 6.0)),
+    nn.Hardswish: ("hardswish", ()),
+    nn.Hardsigmoid: ("hardsigmoid", ()),
+    nn.SiLU: ("swish", ()),
+    nn.Sigmoid: ("sigmoid", ()),
+    nn.Tanh: ("tanh", ()),
 }
-_POST_OP_FUNCTIONS: dict[object, str] = {
-    torch.relu: "relu",
-    F.relu: "relu",
-    F.hardswish: "hardswish",
-    F.hardsigmoid: "hardsigmoid",
-    F.silu: "swish",
-    torch.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
+_POST_OP_FUNCTIONS: dict[object, PostOp] = {
+    torch.relu: ("relu", ()),
+    F.relu: ("relu", ()),
+    F.relu6: ("hardtanh", (0.0, 6.0)),
+    F.hardswish: ("hardswish", ()),
+    F.hardsigmoid: ("hardsigmoid", ()),
+    F.silu: ("swish", ()),
+    torch.sigmoid: ("sigmoid", ()),
+    torch.tanh: ("tanh", ()),
 }
 
 
 class ConvActivation(nn.Module):
     """A 2-D convolution with its activation applied as a oneDNN post-op (CPU only)."""
 
-    def __init__(self, conv: nn.Conv2d, post_op: str) -> None:
+    def __init__(self, conv: nn.Conv2d, post_op: PostOp) -> None:
         super().__init__()
         self.weight = conv.weight
         self.bias = conv.bias
@@ -203,7 +207,7 @@ class ConvActivation(nn.Module):
         self.stride = list(conv.stride)
         self.dilation = list(conv.dilation)
         self.groups = conv.groups
-        self.post_op = post_op
+        self.post_op, self.scalars = post_op[0], list(post_op[1])
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
@@ -215,7 +219,7 @@ class ConvActivation(nn.Module):
             self.dilation,
             self.groups,
             self.post_op,
-            [],
+            self.scalars,
             "",
         )
 
@@ -228,12 +232,14 @@ def _fusable_conv(module: object) -> bool:
     )
 
 
-def _post_op(node: fx.Node, named: dict[str, nn.Module]) -> str | None:
-    """The post-op name of an activation node that takes one positional input, else None."""
+def _post_op(node: fx.Node, named: dict[str, nn.Module]) -> PostOp | None:
+    """The post-op of an activation node that takes one positional input, else None."""
     if len(node.args) != 1:
         return None
     if node.op == "call_module":
         module = named.get(str(node.target))
+        if type(module) is nn.Hardtanh:
+            return ("hardtanh", (float(module.min_val), float(module.max_val)))
         return _POST_OPS.get(type(module)) if module is not None else None
     if node.op == "call_function" and not set(node.kwargs) - {"inplace"}:
         try:
@@ -269,6 +275,11 @@ def _fuse_activations(graph_module: fx.GraphModule) -> None:
     graph_module.recompile()
 
 
+class _Clamp(nn.Hardtanh):
+    def __init__(self) -> None:
+        super().__init__(-0.5, 0.25)
+
+
 @functools.cache
 def _fused_activations_work() -> bool:
     """Whether this torch build has oneDNN's fused convolution and it computes, in float32
@@ -280,7 +291,9 @@ def _fused_activations_work() -> bool:
     try:
         for groups in (1, 4):
             conv = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=groups)
-            for kind, post_op in _POST_OPS.items():
+            cases: list[tuple[type[nn.Module], PostOp]] = [*_POST_OPS.items()]
+            cases.append((_Clamp, ("hardtanh", (-0.5, 0.25))))
+            for kind, post_op in cases:
                 with torch.no_grad():
                     expected = kind()(conv(x))
                     fused = ConvActivation(conv, post_op)(x)

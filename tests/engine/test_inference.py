@@ -128,6 +128,34 @@ def test_folding_in_float32_computes_what_the_model_computes() -> None:
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_clamping_activations_fuse_with_their_bounds() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU6(),
+        nn.Conv2d(4, 4, 1),
+        nn.Hardtanh(-0.2, 0.3),
+        nn.Conv2d(4, 4, 1),
+        nn.Hardtanh(-1.0, 1.0),
+    )
+    model = _randomize_batch_norms(model).eval()
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None
+    assert {
+        n: (m.post_op, m.scalars)
+        for n, m in folded.named_modules()
+        if isinstance(m, ConvActivation)
+    } == {
+        "0": ("hardtanh", [0.0, 6.0]),
+        "3": ("hardtanh", [-0.2, 0.3]),
+        "5": ("hardtanh", [-1.0, 1.0]),
+    }
+    x = torch.randn(2, 3, 6, 6) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_without_the_fused_operator_activations_stay_separate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

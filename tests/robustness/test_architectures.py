@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 import camkit
+from camkit.engine.inference import inference_copy
 from camkit.errors import LayerError
 
 from .reference import Reader, normalized_upsampled, reference_capture
@@ -237,3 +238,27 @@ def test_auto_location(arch: str) -> None:
     res = camkit.create("gradcam", _model(arch))(_inputs(arch, 1))
     assert res.layers == [AUTO_LOCATED[arch]]
     assert bool(torch.isfinite(res.maps).all())
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(a, marks=() if a in ("resnet18", "mobilenet_v3_small") else pytest.mark.slow)
+        for a in ARCHS
+    ],
+)
+def test_bf16_inference_copy_computes_what_the_model_computes(arch: str) -> None:
+    """precision="bf16" forwards a traced copy with batch norms folded, activations fused
+    and global pools rewritten: in float32 that copy must compute the model's scores."""
+    model = _model(arch)
+    x = _inputs(arch, 2)
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None, "every architecture of the matrix traces"
+    with torch.no_grad():
+        expected = model(x)
+        got = folded(x)
+        fast = inference_copy(model)(x.to(torch.bfloat16)).float()  # type: ignore[misc]
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    r = torch.corrcoef(torch.stack([fast.flatten(), expected.flatten()]))[0, 1]
+    assert float(r) > 0.999
