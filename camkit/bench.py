@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import importlib
 import json
 import math
@@ -251,7 +252,23 @@ def top_overlap(a: Tensor, b: Tensor, fraction: float = 0.2) -> float:
 
 def peak_rss_during(fn: Fn) -> tuple[float, str]:
     """Rise of the peak resident set size over the resident size before ``fn()``, in MiB,
-    and how it was measured."""
+    and how it was measured.
+
+    Garbage is collected before, and the collector paused during, ``fn()``: objects of
+    earlier work freed in the middle (cyclic ones, such as traced modules) would lower the
+    resident size under the measured call.
+    """
+    gc.collect()
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _peak_rss_rise(fn)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _peak_rss_rise(fn: Fn) -> tuple[float, str]:
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current resident size
