@@ -78,7 +78,10 @@ class Capture:
                 return None
             tensor = layer_tensor(output, name)
             if not self.gradients:
-                self.activations[name] = tensor.detach().clone()
+                # Contiguous whatever the forward's layout: methods get (B, C, h, w) as usual.
+                self.activations[name] = tensor.detach().clone(
+                    memory_format=torch.contiguous_format
+                )
                 return None
             # Without a graph up to here (frozen or detaching model), start one at this layer.
             act = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
