@@ -15,12 +15,15 @@ them. Its rules:
   CPU's convolution kernels run faster; the model itself is never converted (its weights
   stay as they are), and a model that rejects channels-last inputs (e.g. one that calls
   ``.view`` on its features) gets contiguous ones instead;
+- masks are upsampled as two small matrix products (``Wy @ m @ Wx^T``), the interpolation
+  matrices of :func:`camkit.engine.maps.resize`;
 - ``precision="bf16"`` forwards bfloat16 inputs through a bfloat16 inference copy of the
-  model with its batch norms folded into the convolutions
-  (:func:`camkit.engine.inference.inference_copy`), or, for a model that cannot be copied
-  faithfully (train mode, forward hooks, a forward that does not trace), under bfloat16
-  autocast (CPU or CUDA): faster where the hardware has bfloat16 units, at a small cost in
-  fidelity. Masks are built and the returned scores computed in float32.
+  model (:func:`camkit.engine.inference.inference_copy`: batch norms folded, activations
+  fused into the convolutions), with the masked inputs built in bfloat16; a model that
+  cannot be copied faithfully (train mode, forward hooks, a forward that does not trace) is
+  forwarded under bfloat16 autocast (CPU or CUDA) instead, with masks built in float32.
+  Faster where the hardware has bfloat16 units, at a small cost in fidelity. Noise is drawn
+  in float32 in both modes, and scores are computed in float32.
 """
 
 from __future__ import annotations
