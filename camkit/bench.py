@@ -789,7 +789,7 @@ def markdown(report: dict[str, Any]) -> str:
             "## Chunk size",
             "",
             "One forward of a channels-last chunk, per image: fp32 through the model as "
-            "given, bf16 through the bfloat16 inference copy `precision=\"bf16\"` uses.",
+            'given, bf16 through the bfloat16 inference copy `precision="bf16"` uses.',
             "",
             "| model | batch size | fp32 ms/image | bf16 ms/image |",
             "|---|---:|---:|---:|",

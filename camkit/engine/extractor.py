@@ -209,9 +209,13 @@ class Extractor:
             and not x.is_contiguous(memory_format=torch.channels_last)
         )
 
+    def _view(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
+        """``(B, C, h, w)`` view of a layer output (sharing its storage where one exists)."""
+        return to_channels_first(t, self.layout, self.grid, x.shape[2:], layer)
+
     def _features(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
         # Contiguous whatever layout the forward ran in (a no-op when it already is).
-        return to_channels_first(t, self.layout, self.grid, x.shape[2:], layer).contiguous()
+        return self._view(t, x, layer).contiguous()
 
     def _context(self, name: str, x: Tensor, call: _Call) -> Context:
         # The services are built on first use: most methods use none of them, and a call's
@@ -245,7 +249,7 @@ class Extractor:
                 x,
                 (name, module),
                 activations.shape[1],
-                lambda t: self._features(t, x, name),
+                lambda t: self._view(t, x, name),  # masked in place: a view, never a copy
                 chosen.score,
                 batch_size=batch_size,
                 progress=self.progress,

@@ -126,3 +126,44 @@ def test_no_channels_last_without_convolutions_or_off_the_cpu_path() -> None:
     assert conv._use_channels_last(_inputs(3))
     assert not conv._use_channels_last(torch.randn(2, 3, 2, 6, 6))  # videos
     assert not conv._use_channels_last(_inputs(3).contiguous(memory_format=torch.channels_last))
+
+
+class Permuted(nn.Module):
+    """Returns its input as a channels-first view of channels-last storage (as ConvNeXt's
+    stages do): not contiguous, but a view."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def test_score_layer_masks_a_strided_channels_first_view_in_place() -> None:
+    class ChannelDrop(camkit.Method):
+        """Weights: the score with each channel zeroed, one mask per channel."""
+
+        name = "test-layout-channel-drop"
+
+        def weights(self, ctx: camkit.Context) -> Tensor:
+            b, c = ctx.activations.shape[:2]
+            masks = 1 - torch.eye(c).expand(b, c, c)
+            return ctx.score_layer(masks)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        Permuted(),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    x = _inputs(2)
+    result = camkit.Extractor(ChannelDrop(), model, "1")(x)
+    with torch.no_grad():
+        out = model(x)
+        target = out.argmax(1)
+        expected = torch.empty(2, 4)
+        for k in range(4):
+            feats = torch.relu(model[0](x))
+            feats[:, k] = 0
+            expected[:, k] = model[5](feats.mean((2, 3))).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(result.weights["1"], expected, rtol=1e-5, atol=1e-5)
