@@ -64,6 +64,7 @@ def create(
     layout: Layout = "auto",
     grid: tuple[int, int] | None = None,
     progress: bool | None = None,
+    channels_last: bool | None = None,
     **config: Any,
 ) -> Extractor:
     """Create an extractor for method ``name`` on ``model``.
@@ -78,10 +79,21 @@ def create(
             ``"tokens"``.
         grid: ``(h, w)`` of a token grid when it is not square.
         progress: show progress bars for long scoring work (``None``: when on a terminal).
+        channels_last: the layout of the model's forward pass: ``None`` lets camkit forward a
+            channels-last copy of 4-D inputs where torch's CPU convolutions run it faster,
+            ``False`` always forwards the input as given (for models with operations that
+            ignore strides), ``True`` always forwards a channels-last copy.
         **config: the method's configuration, validated by its ``Config``.
     """
     info = registry.info(name)
     method = info.cls(make_config(info.name, **config))
     return Extractor(
-        method, model, layer, input_shape=input_shape, layout=layout, grid=grid, progress=progress
+        method,
+        model,
+        layer,
+        input_shape=input_shape,
+        layout=layout,
+        grid=grid,
+        progress=progress,
+        channels_last=channels_last,
     )

@@ -64,6 +64,7 @@ class Extractor:
         layout: Layout = "auto",
         grid: tuple[int, int] | None = None,
         progress: bool | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -79,9 +80,12 @@ class Extractor:
         self._modules = list(model.modules())
         # Only modules with buffers of their own can change state in train mode.
         self._buffered = [m for m in self._modules if m._buffers]
-        # Layout of the forward pass (see _channels_last); None once a model rejected it.
+        # Layout of the forward pass (see _use_channels_last); None once a model rejected it.
         convs = [m for m in self._modules if isinstance(m, nn.Conv2d)]
-        self._channels_last: bool | None = bool(convs)
+        self._always_channels_last = channels_last is True
+        self._channels_last: bool | None = (
+            (bool(convs) or channels_last is True) if channels_last is not False else None
+        )
         self._grouped = any(m.groups > 1 for m in convs)
         self._resolved: dict[str, nn.Module] = {}
         # The config is immutable; a missing attribute is slow to look up on pydantic models.
@@ -199,15 +203,16 @@ class Extractor:
         MobileNetV3-Small). ResNet-18 at batch 1 is a few percent slower, so a batch of one
         goes as given to models without grouped convolutions. Activations and gradients
         reach methods in the usual contiguous layout, and the maps are the same to float
-        rounding.
+        rounding. ``camkit.create(..., channels_last=False)`` turns this off, ``True`` on
+        for every 4-D input.
         """
-        return bool(
-            self._channels_last
-            and x.dim() == 4
-            and x.device.type == "cpu"
-            and (x.shape[0] > 1 or self._grouped)
-            and not x.is_contiguous(memory_format=torch.channels_last)
-        )
+        if not self._channels_last or x.dim() != 4:
+            return False
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return False  # already laid out so (or nothing to gain: one channel, 1 x 1)
+        if self._always_channels_last:
+            return True
+        return x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
     def _view(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
         """``(B, C, h, w)`` view of a layer output (sharing its storage where one exists)."""

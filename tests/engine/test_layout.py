@@ -167,3 +167,31 @@ def test_score_layer_masks_a_strided_channels_first_view_in_place() -> None:
             feats[:, k] = 0
             expected[:, k] = model[5](feats.mean((2, 3))).gather(1, target[:, None])[:, 0]
     torch.testing.assert_close(result.weights["1"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("option", "groups", "batch", "layout"),
+    [
+        (False, 4, 3, "nchw"),  # never, where it would be chosen
+        (False, 1, 3, "nchw"),
+        (True, 1, 1, "nhwc"),  # always, where it would not be
+        (True, 4, 3, "nhwc"),
+    ],
+)
+def test_the_channels_last_option(option: bool, groups: int, batch: int, layout: str) -> None:
+    torch.manual_seed(0)
+    model = Net(groups).eval()
+    x = _inputs(batch)
+    result = camkit.create("gradcam", model, "conv2", channels_last=option)(x)
+    assert model.layouts == [layout]
+    with torch.no_grad():
+        torch.testing.assert_close(result.scores, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_true_still_falls_back_for_a_model_that_rejects_it() -> None:
+    torch.manual_seed(0)
+    model = Net(view=True).eval()
+    extractor = camkit.create("cam", model, "conv2", channels_last=True)
+    extractor(_inputs(1))
+    extractor(_inputs(1))
+    assert model.layouts == ["nhwc", "nchw", "nchw"]
