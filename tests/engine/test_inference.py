@@ -5,6 +5,8 @@ forwarded as it is instead."""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -300,3 +302,13 @@ def test_a_model_with_inference_tensors_gets_a_fresh_copy_each_time() -> None:
         model = _model()  # parameters created in inference mode keep no version counter
     first = inference_copy(model)
     assert first is not None and inference_copy(model) is not first
+
+
+def test_the_copy_is_freed_with_the_model() -> None:
+    model = _model()
+    copied = inference_copy(model)
+    assert copied is not None
+    gone = weakref.ref(copied)
+    del model, copied
+    gc.collect()  # traced modules hold reference cycles
+    assert gone() is None
