@@ -79,10 +79,11 @@ def create(
             ``"tokens"``.
         grid: ``(h, w)`` of a token grid when it is not square.
         progress: show progress bars for long scoring work (``None``: when on a terminal).
-        channels_last: the layout of the model's forward pass: ``None`` lets camkit forward a
-            channels-last copy of 4-D inputs where torch's CPU convolutions run it faster,
-            ``False`` always forwards the input as given (for models with operations that
-            ignore strides), ``True`` always forwards a channels-last copy.
+        channels_last: the layout of the model's forward passes (the explained input and the
+            scoring service's masked inputs): ``None`` lets camkit forward channels-last
+            copies of 4-D inputs where torch's convolutions run them faster, ``False`` always
+            forwards them as given (for models with operations that ignore strides),
+            ``True`` always channels-last.
         **config: the method's configuration, validated by its ``Config``.
     """
     info = registry.info(name)

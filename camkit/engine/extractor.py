@@ -82,6 +82,7 @@ class Extractor:
         self._buffered = [m for m in self._modules if m._buffers]
         # Layout of the forward pass (see _use_channels_last); None once a model rejected it.
         convs = [m for m in self._modules if isinstance(m, nn.Conv2d)]
+        self._channels_last_option = channels_last  # also the scoring service's layout
         self._always_channels_last = channels_last is True
         self._channels_last: bool | None = (
             (bool(convs) or channels_last is True) if channels_last is not False else None
@@ -244,6 +245,7 @@ class Extractor:
                 progress=self.progress,
                 desc=desc,
                 precision=self._precision,
+                channels_last=self._channels_last_option,
             )
             return scorer(masks, noise_std=noise_std, generator=generator)
 

@@ -195,3 +195,15 @@ def test_channels_last_true_still_falls_back_for_a_model_that_rejects_it() -> No
     extractor(_inputs(1))
     extractor(_inputs(1))
     assert model.layouts == ["nhwc", "nchw", "nchw"]
+
+
+@pytest.mark.parametrize(
+    ("option", "layouts"), [(None, {"nchw", "nhwc"}), (False, {"nchw"}), (True, {"nhwc"})]
+)
+def test_the_option_applies_to_the_scoring_service(option: bool | None, layouts: set[str]) -> None:
+    torch.manual_seed(0)
+    model = Net().eval()
+    # Batch 1 without grouped convolutions: the explained input goes as given by default,
+    # the masked inputs channels-last.
+    camkit.create("scorecam", model, "conv2", channels_last=option, batch_size=4)(_inputs(1))
+    assert len(model.layouts) == 3 and set(model.layouts) == layouts
