@@ -365,9 +365,8 @@ class _Call:
     Whether scores, activations, gradients and maps are finite is checked once, at the end,
     through their sums (a sum is finite only when every term is; on a GPU the sums are
     stacked, one sync instead of one per tensor); only a failing total looks closer, to name
-    the first tensor at fault. Work that
-    costs more than the call itself (the scoring services, forwards of noisy copies) checks
-    its inputs before it starts.
+    the first tensor at fault. Work that costs more than the call itself (the scoring
+    services, forwards of noisy copies) checks its inputs before it starts.
     """
 
     def __init__(

@@ -30,6 +30,7 @@ import copy
 import functools
 import threading
 import weakref
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -111,33 +112,55 @@ def _fold_batch_norms(graph_module: fx.GraphModule) -> None:
     """Fold each eval-mode batch norm whose input is a convolution's output (and nothing else
     reads that output) into the convolution."""
     named = dict(graph_module.named_modules())
-    graph = graph_module.graph
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-    for node in list(graph.nodes):
+    once = _called_once(graph_module.graph)
+    for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
-        source = node.args[0]
-        if not isinstance(source, fx.Node) or source.op != "call_module":
+        source = _sole_reader_of(node, once)
+        if source is None:
             continue
-        if len(source.users) != 1 or calls[str(source.target)] != 1:
-            continue  # the convolution's output is read elsewhere, or the module is reused
         conv, bn = named.get(str(source.target)), named.get(str(node.target))
         if not any(isinstance(conv, c) and isinstance(bn, b) for c, b in _CONV_BN):
             continue
         assert isinstance(conv, nn.modules.conv._ConvNd)
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-        if not bn.track_running_stats or bn.running_mean is None:
-            continue
-        fused = fuse_conv_bn_eval(conv, bn)
-        _replace_module(graph_module, str(source.target), fused)
-        named[str(source.target)] = fused
-        node.replace_all_uses_with(source)
-        graph.erase_node(node)
-    graph.lint()
+        if bn.track_running_stats and bn.running_mean is not None:
+            _absorb(graph_module, named, node, source, fuse_conv_bn_eval(conv, bn))
+    graph_module.graph.lint()
     graph_module.recompile()
+
+
+def _called_once(graph: fx.Graph) -> set[str]:
+    """Targets of the modules ``graph`` calls exactly once (a reused module is never
+    rewritten: its other calls would change too)."""
+    counts = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    return {target for target, count in counts.items() if count == 1}
+
+
+def _sole_reader_of(node: fx.Node, once: set[str]) -> fx.Node | None:
+    """The module call whose output ``node`` reads first, when ``node`` is its only reader
+    and the module runs once; else None."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source.op != "call_module":
+        return None
+    if len(source.users) != 1 or str(source.target) not in once:
+        return None
+    return source
+
+
+def _absorb(
+    graph_module: fx.GraphModule,
+    named: dict[str, nn.Module],
+    node: fx.Node,
+    source: fx.Node,
+    fused: nn.Module,
+) -> None:
+    """Replace ``source``'s module by ``fused``, which also computes ``node``, and drop
+    ``node`` from the graph."""
+    _replace_module(graph_module, str(source.target), fused)
+    named[str(source.target)] = fused
+    node.replace_all_uses_with(source)
+    graph_module.graph.erase_node(node)
 
 
 def global_avg_pool(x: Tensor) -> Tensor:
@@ -252,26 +275,17 @@ def _post_op(node: fx.Node, named: dict[str, nn.Module]) -> PostOp | None:
 def _fuse_activations(graph_module: fx.GraphModule) -> None:
     """Run each activation that alone reads a 2-D convolution's output as its post-op."""
     named = dict(graph_module.named_modules())
-    graph = graph_module.graph
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-    for node in list(graph.nodes):
+    once = _called_once(graph_module.graph)
+    for node in list(graph_module.graph.nodes):
         post_op = _post_op(node, named)
-        source = node.args[0] if node.args else None
-        if post_op is None or not isinstance(source, fx.Node) or source.op != "call_module":
+        source = _sole_reader_of(node, once) if post_op is not None else None
+        if source is None:
             continue
         conv = named.get(str(source.target))
-        if not _fusable_conv(conv) or len(source.users) != 1 or calls[str(source.target)] != 1:
-            continue
-        assert isinstance(conv, nn.Conv2d)
-        fused = ConvActivation(conv, post_op)
-        _replace_module(graph_module, str(source.target), fused)
-        named[str(source.target)] = fused
-        node.replace_all_uses_with(source)
-        graph.erase_node(node)
-    graph.lint()
+        if post_op is not None and _fusable_conv(conv):
+            assert isinstance(conv, nn.Conv2d)
+            _absorb(graph_module, named, node, source, ConvActivation(conv, post_op))
+    graph_module.graph.lint()
     graph_module.recompile()
 
 
