@@ -196,26 +196,20 @@ def _replace_global_pools(graph_module: fx.GraphModule) -> None:
 
 
 #: Activations oneDNN runs as a convolution's post-op: the operator's name for each, and
-#: its scalar arguments.
+#: its scalar arguments, with the module and the functions that compute it.
 PostOp = tuple[str, tuple[float, ...]]
-_POST_OPS: dict[type[nn.Module], PostOp] = {
-    nn.ReLU: ("relu", ()),
-    nn.ReLU6: ("hardtanh", (0.0, 6.0)),
-    nn.Hardswish: ("hardswish", ()),
-    nn.Hardsigmoid: ("hardsigmoid", ()),
-    nn.SiLU: ("swish", ()),
-    nn.Sigmoid: ("sigmoid", ()),
-    nn.Tanh: ("tanh", ()),
-}
+_ACTIVATIONS: list[tuple[type[nn.Module], tuple[object, ...], PostOp]] = [
+    (nn.ReLU, (torch.relu, F.relu), ("relu", ())),
+    (nn.ReLU6, (F.relu6,), ("hardtanh", (0.0, 6.0))),
+    (nn.Hardswish, (F.hardswish,), ("hardswish", ())),
+    (nn.Hardsigmoid, (F.hardsigmoid,), ("hardsigmoid", ())),
+    (nn.SiLU, (F.silu,), ("swish", ())),
+    (nn.Sigmoid, (torch.sigmoid,), ("sigmoid", ())),
+    (nn.Tanh, (torch.tanh,), ("tanh", ())),
+]
+_POST_OPS: dict[type[nn.Module], PostOp] = {kind: op for kind, _, op in _ACTIVATIONS}
 _POST_OP_FUNCTIONS: dict[object, PostOp] = {
-    torch.relu: ("relu", ()),
-    F.relu: ("relu", ()),
-    F.relu6: ("hardtanh", (0.0, 6.0)),
-    F.hardswish: ("hardswish", ()),
-    F.hardsigmoid: ("hardsigmoid", ()),
-    F.silu: ("swish", ()),
-    torch.sigmoid: ("sigmoid", ()),
-    torch.tanh: ("tanh", ()),
+    fn: op for _, functions, op in _ACTIVATIONS for fn in functions
 }
 
 
