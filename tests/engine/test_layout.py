@@ -125,7 +125,9 @@ def test_no_channels_last_without_convolutions_or_off_the_cpu_path() -> None:
     conv = camkit.create("gradcam", Net().eval(), "conv2")
     assert conv._accel.explain_channels_last(_inputs(3))
     assert not conv._accel.explain_channels_last(torch.randn(2, 3, 2, 6, 6))  # videos
-    assert not conv._accel.explain_channels_last(_inputs(3).contiguous(memory_format=torch.channels_last))
+    assert not conv._accel.explain_channels_last(
+        _inputs(3).contiguous(memory_format=torch.channels_last)
+    )
 
 
 class Permuted(nn.Module):
