@@ -20,6 +20,7 @@ from camkit.api import (
     unregister_plugin,
 )
 from camkit.engine import CAMResult, Extractor, fuse, normalize
+from camkit.engine.options import RunOptions
 from camkit.method import Context, Field, Method, MethodConfig, hookimpl
 from camkit.registry import MethodInfo, PluginInfo
 from camkit.viz import overlay
@@ -33,6 +34,7 @@ __all__ = [
     "MethodConfig",
     "MethodInfo",
     "PluginInfo",
+    "RunOptions",
     "__version__",
     "create",
     "errors",

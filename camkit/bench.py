@@ -10,7 +10,7 @@ What a method is compared with (its *baseline*):
 
 - activation methods: the bare forward passes the call makes, under inference mode;
 - gradient methods: the same forward passes, each with a backward pass to the target layer;
-- the Score family (methods whose config has ``precision``): ``B x C x N`` bare forward
+- the Score family (methods with many forwards and no gradients): ``B x C x N`` bare forward
   passes in chunks of the method's ``batch_size``, for ``B`` images (1 by default), ``C``
   the layer's channels and ``N`` the method's ``num_samples`` (1 without one) — the
   physical limit of the exact method on the model as given. Also reported: the ``bf16``
@@ -296,9 +296,9 @@ def _status_kib(key: str) -> int:
 
 
 def method_kind(name: str) -> str:
-    """``"perturbation"`` (config has ``precision``), ``"gradient"`` or ``"activation"``."""
+    """``"perturbation"`` (many forwards, no gradients), ``"gradient"`` or ``"activation"``."""
     info = camkit.method_info(name)
-    if "precision" in info.config.model_fields:
+    if info.many_forwards and not info.needs_gradients:
         return "perturbation"
     return "gradient" if info.needs_gradients else "activation"
 
@@ -419,9 +419,8 @@ def bench_perturbation(
     config = method_config(name, model_name, args)
     exact = camkit.create(name, model, spec.layer, progress=False, **config, precision="fp32")
     fast = camkit.create(name, model, spec.layer, progress=False, **config, precision="bf16")
-    settings = exact.method.config
-    chunk = int(settings.batch_size)
-    samples = int(getattr(settings, "num_samples", 1))
+    chunk = exact.options.batch_size
+    samples = int(getattr(exact.method.config, "num_samples", 1))
     channels = layer_channels(model, resolve(model, spec.layer)[1], x)
     nominal = batch * channels * samples
     full = rows_of(x, chunk)

@@ -159,6 +159,11 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     needs_gradients: ClassVar[bool] = False
+    #: The method runs the model many times per image (:meth:`Context.score`,
+    #: :meth:`Context.score_layer`, :meth:`Context.gradients_at`). It declares only *that*;
+    #: how those forwards run (``batch_size``, ``precision``, layout) is the engine's run
+    #: options' business.
+    many_forwards: ClassVar[bool] = False
     relu: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig | None = None) -> None:

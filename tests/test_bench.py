@@ -18,22 +18,19 @@ import camkit
 from camkit import bench
 
 SCORE_PLUGIN = """
-from typing import Literal
-
 import torch
 
 import camkit
 
 
 class Config(camkit.MethodConfig):
-    batch_size: int = 4
-    precision: Literal["fp32", "bf16"] = "fp32"
     num_samples: int = 3
 
 
 class ScoreLike(camkit.Method):
     name = "bench-scorelike"
     Config = Config
+    many_forwards = True
 
     def weights(self, ctx):
         masks = camkit.normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)

@@ -15,6 +15,7 @@ from camkit.engine.capture import Capture, check_gradients, grad_enabled, preser
 from camkit.engine.layer_scoring import LayerScorer
 from camkit.engine.layers import LayerSpec, locate, resolve, resolve_all
 from camkit.engine.maps import fuse, weighted_sum
+from camkit.engine.options import RunOptions
 from camkit.engine.outputs import Layout, check_layout, scores_of, to_channels_first
 from camkit.engine.scoring import Scorer
 from camkit.engine.targets import ResolvedTargets, Targets, check_scores, resolve_targets
@@ -61,11 +62,10 @@ class Extractor:
         model: nn.Module,
         layer: LayerSpec = None,
         *,
+        options: RunOptions | None = None,
         input_shape: Sequence[int] | None = None,
         layout: Layout = "auto",
         grid: tuple[int, int] | None = None,
-        progress: bool | None = None,
-        channels_last: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -74,19 +74,21 @@ class Extractor:
         self.model = model
         self.layout: Layout = layout
         self.grid = grid
-        self.progress = progress
+        self.options = options = options if options is not None else RunOptions.model_validate({})
+        self.progress = options.progress
         self._lock = threading.Lock()
         # Listed once, like the layers: walking the module tree on every call costs more
         # than a small model's forward pass.
         self._modules = list(model.modules())
         # Only modules with buffers of their own can change state in train mode.
         self._buffered = [m for m in self._modules if m._buffers]
-        self._channels_last_option = channels_last  # also the scoring service's layout
+        self._channels_last_option = options.channels_last  # also the scoring service's layout
         self._resolved: dict[str, nn.Module] = {}
-        # The config is immutable; a missing attribute is slow to look up on pydantic models.
-        self._batch_size = int(getattr(method.config, "batch_size", 32) or 32)
-        self._precision = str(getattr(method.config, "precision", "fp32"))
-        self._accel = accelerator(model, precision=self._precision, channels_last=channels_last)
+        self._batch_size = options.batch_size
+        self._precision = options.precision
+        self._accel = accelerator(
+            model, precision=options.precision, channels_last=options.channels_last
+        )
         self._layers: list[tuple[str, nn.Module]] | None = None
         if layer is not None:
             self._layers = resolve_all(model, layer)

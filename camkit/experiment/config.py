@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from camkit.engine.options import RunOptions
 from camkit.errors import CamkitError, ConfigError
 from camkit.registry import registry
 
@@ -188,6 +189,10 @@ class ExperimentConfig(_Section):
     seed: int = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ... or 'auto'")
     batch_size: int = Field(16, ge=1, description="images per forward pass and per shard")
+    engine: RunOptions = Field(
+        default_factory=lambda: RunOptions.model_validate({}),
+        description="run options of every method (see camkit.create)",
+    )
 
     _source: Path | None = PrivateAttr(None)
 
@@ -328,8 +333,12 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
         info = registry.info(spec.name)
     except CamkitError as exc:
         raise ConfigError(f"{where}.name: {exc}") from None
+    # Run options given to one method override the [engine] table for it.
+    run = {k: v for k, v in spec.options.items() if k in RunOptions.model_fields}
+    own = {k: v for k, v in spec.options.items() if k not in run or k in info.config.model_fields}
     try:
-        method_config = info.config(**spec.options)
+        RunOptions(**run)
+        method_config = info.config(**own)
     except ValidationError as exc:
         raise ConfigError(
             _format_errors(where, exc, info.config, sep=".", also_allowed=_METHOD_KEYS)
@@ -346,7 +355,9 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
             "same method a distinct id"
         )
     seen.add(ident)
-    return MethodSpec(name=info.name, id=ident, layer=spec.layer, **method_config.model_dump())
+    return MethodSpec(
+        name=info.name, id=ident, layer=spec.layer, **run, **method_config.model_dump()
+    )
 
 
 def _complete(config: ExperimentConfig, where: str) -> None:

@@ -101,9 +101,6 @@ class SmoothGradCAMppConfig(MethodConfig):
     seed: int | None = Field(
         None, description="seed of the noise; the same seed gives the same map (None: random)"
     )
-    batch_size: int = Field(
-        32, gt=0, description="noisy copies forwarded and back-propagated at once"
-    )
 
 
 class SmoothGradCAMpp(GradCAMpp):
@@ -133,6 +130,7 @@ class SmoothGradCAMpp(GradCAMpp):
     )
     aliases = ("smooth-grad-cam++", "smoothgradcam++")
     Config = SmoothGradCAMppConfig
+    many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
         n, x = self.config.num_samples, ctx.inputs
