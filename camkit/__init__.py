@@ -7,9 +7,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from camkit import errors, targets
+from camkit._version import __version__
 from camkit.api import (
     create,
     list_methods,
@@ -19,9 +18,9 @@ from camkit.api import (
     register_plugin,
     unregister_plugin,
 )
-from camkit.engine import CAMResult, Extractor, fuse, normalize
-from camkit.engine.options import RunOptions
-from camkit.method import Context, Field, Method, MethodConfig, hookimpl
+from camkit.engine import CAMResult, Extractor, RunOptions, fuse
+from camkit.engine.layers import LayerSpec
+from camkit.method import Context, Field, Method, MethodConfig, hookimpl, minmax_normalize
 from camkit.registry import MethodInfo, PluginInfo
 from camkit.viz import overlay
 
@@ -30,6 +29,7 @@ __all__ = [
     "Context",
     "Extractor",
     "Field",
+    "LayerSpec",
     "Method",
     "MethodConfig",
     "MethodInfo",
@@ -44,7 +44,7 @@ __all__ = [
     "list_plugins",
     "make_config",
     "method_info",
-    "normalize",
+    "minmax_normalize",
     "overlay",
     "register_plugin",
     "targets",

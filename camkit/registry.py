@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from camkit import hookspecs
+from camkit._version import __version__
 from camkit.errors import MethodNotFoundError, PluginError, did_you_mean
 from camkit.method import Method, MethodConfig
 
@@ -80,7 +81,7 @@ class Registry:
                 self._load()
 
     def _load(self) -> None:
-        from camkit import __version__, methods
+        from camkit import methods
 
         pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         pm.add_hookspecs(hookspecs)

@@ -33,7 +33,7 @@ class ScoreLike(camkit.Method):
     many_forwards = True
 
     def weights(self, ctx):
-        masks = camkit.normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
+        masks = camkit.minmax_normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
         scores = ctx.score(masks).unflatten(1, (self.config.num_samples, -1)).mean(1)
         return torch.softmax(scores - ctx.baseline_scores[:, None], dim=1)
 

@@ -36,7 +36,6 @@ class PoweredGradCAM(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         return ctx.gradients.mean((2, 3)) ** self.config.power
 
 

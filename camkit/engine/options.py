@@ -1,4 +1,5 @@
-"""Run options: how the engine runs the model, whatever the method.
+"""Run options: how the engine runs the model, whatever the method; and the :class:`Setup`
+an extractor fixes for all its calls.
 
 A method's config holds its weight strategy's parameters (``num_samples``, ``std``, ...);
 :class:`RunOptions` holds everything that governs *how* the model's forward and backward
@@ -9,10 +10,14 @@ passes run. :func:`camkit.create` accepts both as keywords and splits them with
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
 
+from camkit.engine.accel import Accelerator, accelerator
+from camkit.engine.outputs import Layout
 from camkit.errors import ConfigError, did_you_mean
 
 Precision = Literal["fp32", "bf16", "auto"]
@@ -53,6 +58,40 @@ class RunOptions(BaseModel):
         strict=True,
         description="progress bars for long work (None: when stderr is a terminal)",
     )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What an extractor fixes for all its calls: the model, how to run it (run options and
+    the :class:`~camkit.engine.accel.Accelerator`), how to read layers, and the method."""
+
+    model: nn.Module
+    options: RunOptions
+    accel: Accelerator
+    layout: Layout = "auto"
+    grid: tuple[int, int] | None = None
+    method: str = ""
+    #: Modules resolved by name (``Services.module``), once per extractor.
+    resolved: dict[str, nn.Module] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        options: RunOptions | None = None,
+        *,
+        layout: Layout = "auto",
+        grid: tuple[int, int] | None = None,
+        method: str = "",
+    ) -> Setup:
+        """The setup for ``model`` under ``options`` (default run options when ``None``).
+
+        Example:
+            >>> Setup.of(model, RunOptions(precision="bf16"), method="scorecam")
+        """
+        options = options if options is not None else RunOptions.model_validate({})
+        accel = accelerator(model, precision=options.precision, channels_last=options.channels_last)
+        return cls(model, options, accel, layout, grid, method)
 
 
 def split_options(

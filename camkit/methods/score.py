@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camkit.engine import normalize
-from camkit.method import Context, Field, Method, MethodConfig
+from camkit.method import Context, Field, Method, MethodConfig, minmax_normalize
 
 
 class SSCAMConfig(MethodConfig):
@@ -77,7 +76,7 @@ class ScoreCAM(Method):
     many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
-        masks = normalize(ctx.activations, ctx.activations.dim() - 2)
+        masks = minmax_normalize(ctx.activations, ctx.activations.dim() - 2)
         return torch.softmax(self.gains(ctx, masks), dim=1)
 
     def gains(self, ctx: Context, masks: Tensor) -> Tensor:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from camkit.engine.outputs import scores_of
+from camkit.engine.batching import score_rows
 
 #: Anything that maps ``(N, C, H, W)`` images to scores (a model, or a model behind a
 #: normalization step).
@@ -27,14 +26,18 @@ def target_scores(
         batch_size: images per forward pass.
 
     Returns:
-        ``(N,)`` float32 scores, computed under ``torch.inference_mode()``.
+        ``(N,)`` float32 scores, computed under ``torch.inference_mode()`` through the engine's
+        chunked scoring.
+
+    Example:
+        >>> target_scores(model, images, torch.tensor([3, 7]))  # softmax probabilities, (2,)
     """
-    out = []
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            logits = scores_of(model(images[start : start + batch_size])).float()
-            if softmax:
-                logits = logits.softmax(1)
-            index = targets[start : start + batch_size].to(logits.device).long()
-            out.append(logits.gather(1, index[:, None])[:, 0].cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+
+    def score(logits: Tensor, rows: slice) -> Tensor:
+        logits = logits.float()
+        if softmax:
+            logits = logits.softmax(1)
+        index = targets[rows].to(logits.device).long()
+        return logits.gather(1, index[:, None])[:, 0].cpu()
+
+    return score_rows(model, images, score, batch_size=batch_size)

@@ -70,11 +70,15 @@ class Accelerator:
             return True
         return self._convs and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
-    def scoring(self, inputs: Tensor) -> ForwardPlan:
-        """How to forward batches of perturbed copies of ``inputs`` (under inference mode)."""
+    def scoring(self, inputs: Tensor, *, hooked: bool = False) -> ForwardPlan:
+        """How to forward batches of perturbed copies of ``inputs`` (under inference mode).
+
+        ``hooked``: the forwards need hooks on the model's own modules to run (e.g. to mask
+        a layer's output), so the plan never calls an inference copy.
+        """
         layout = inputs.dim() == 4 and self._layout_ok and (self.option is True or self._convs)
         if effective_precision(self.precision, inputs.device) == "bf16":
-            copied = inference_copy(self.model, torch.bfloat16)
+            copied = None if hooked else inference_copy(self.model, torch.bfloat16)
             if copied is not None:
                 return ForwardPlan(copied, torch.bfloat16, False, layout)
             return ForwardPlan(self.model, inputs.dtype, True, layout)
