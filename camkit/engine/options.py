@@ -26,6 +26,9 @@ Precision = Literal["fp32", "bf16", "auto"]
 class RunOptions(BaseModel):
     """How the engine runs the model for one extractor (validated once, immutable).
 
+    Whatever changes how the model is run for every method, not what a method computes,
+    belongs here (e.g. test-time augmentation smoothing), never in a method's config.
+
     Example:
         >>> camkit.RunOptions(batch_size=64, precision="bf16").batch_size
         64
