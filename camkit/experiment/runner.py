@@ -25,16 +25,16 @@ from tqdm import tqdm
 
 import camkit
 from camkit.errors import ConfigError, LayerError, TargetError
-from camkit.experiment import files
+from camkit.experiment import baselines, files, stats
 from camkit.experiment.config import ExperimentConfig, MethodSpec, MetricsSpec
 from camkit.experiment.data import Batch, Source, open_source
 from camkit.experiment.models import Normalize, build_model
 from camkit.experiment.world import World
 from camkit.metrics import (
+    auc,
     confidence_change,
-    deletion,
     energy_pointing_game,
-    insertion,
+    perturbation_curve,
     pointing_game,
     target_scores,
 )
@@ -43,7 +43,8 @@ RUN_FILE = "run.json"
 RESOLVED_FILE = "config.resolved.toml"
 #: Everything a run writes into its folder (and ``--overwrite`` removes).
 OUTPUTS = (
-    "maps", "overlays", "metrics.csv", "summary.json", "report.html", RESOLVED_FILE, RUN_FILE
+    "maps", "overlays", "metrics.csv", "summary.json", "report.html", RESOLVED_FILE, RUN_FILE,
+    "baselines", "report",
 )  # fmt: skip
 
 
@@ -133,6 +134,8 @@ def run(
                     _write_shard(folder, shard, spec, config, batch, arrays)
                     computed += 1
                     bar.update(len(shard))
+        if config.metrics.baselines:
+            baselines.compute(folder, mine, config, model, source, device)
         world.barrier()
         if world.rank == 0:
             merge(folder, config, source, shards, meta={"processes": world.size})
@@ -260,8 +263,11 @@ def explain(
         targets = batch.labels.to(device)
     elif isinstance(config.targets, int):
         targets = config.targets
+    started = time.perf_counter()
     result = extractor(model.normalize(images), targets=targets)
     maps = result.maps.detach().float()
+    stored = maps.cpu().numpy().astype(config.output.map_dtype)  # waits for the device
+    seconds = time.perf_counter() - started
     chosen = result.targets.to(device)
     confidence = target_scores(model, images, chosen, softmax=config.metrics.softmax)
     arrays: dict[str, np.ndarray] = {
@@ -272,10 +278,12 @@ def explain(
         "predicted": result.scores.argmax(1).cpu().numpy().astype(np.int64),
         "target": result.targets.cpu().numpy().astype(np.int64),
         "confidence": confidence.double().numpy(),
-        "maps": maps.cpu().numpy().astype(config.output.map_dtype),
+        "maps": stored,
+        "seconds": np.asarray([seconds]),
+        "layers": np.asarray(result.layers),
     }
     measured = measure(config.metrics, model, images, maps, chosen, batch.boxes, confidence)
-    arrays.update({f"metric_{k}": v for k, v in measured.items()})
+    arrays.update({k if k.startswith("curve_") else f"metric_{k}": v for k, v in measured.items()})
     return arrays
 
 
@@ -289,6 +297,8 @@ def measure(
     confidence: Tensor,
 ) -> dict[str, np.ndarray]:
     """Every metric of ``spec.compute`` per image; NaN where it does not apply (no boxes).
+    Deletion and insertion also give their ``(B, n + 1)`` confidence curves, as
+    ``curve_deletion`` and ``curve_insertion``.
 
     Args:
         images: ``(B, 3, H, W)`` in ``[0, 1]`` (``model_fn`` normalizes).
@@ -297,28 +307,29 @@ def measure(
     """
     assert spec.step is not None and spec.tolerance is not None
     out: dict[str, Tensor] = {}
+    curves: dict[str, Tensor] = {}
     wanted = set(spec.compute)
     if wanted & {"average_drop", "increase_in_confidence"}:
         drop, increase = confidence_change(
             model_fn, images, maps, targets, softmax=spec.softmax, scores=confidence
         )
         out["average_drop"], out["increase_in_confidence"] = drop, increase
-    if "deletion" in wanted:
-        out["deletion"] = deletion(
-            model_fn, images, maps, targets, step=spec.step, substrate=spec.deletion_substrate,
-            softmax=spec.softmax, blur_sigma=spec.blur_sigma,
-        )  # fmt: skip
-    if "insertion" in wanted:
-        out["insertion"] = insertion(
-            model_fn, images, maps, targets, step=spec.step, substrate=spec.insertion_substrate,
-            softmax=spec.softmax, blur_sigma=spec.blur_sigma,
-        )  # fmt: skip
+    for mode in ("deletion", "insertion"):
+        if mode in wanted:
+            substrate = spec.deletion_substrate if mode == "deletion" else spec.insertion_substrate
+            curves[mode] = perturbation_curve(
+                model_fn, images, maps, targets, mode=mode, step=spec.step, substrate=substrate,
+                softmax=spec.softmax, blur_sigma=spec.blur_sigma,
+            )  # fmt: skip
+            out[mode] = auc(curves[mode])
     nan = torch.full((images.shape[0],), math.nan)
     if "pointing_game" in wanted:
         out["pointing_game"] = nan if boxes is None else pointing_game(maps, boxes, spec.tolerance)
     if "energy_pointing_game" in wanted:
         out["energy_pointing_game"] = nan if boxes is None else energy_pointing_game(maps, boxes)
-    return {name: out[name].double().cpu().numpy() for name in spec.compute}
+    measured: dict[str, np.ndarray] = {n: out[n].double().cpu().numpy() for n in spec.compute}
+    measured.update({f"curve_{k}": v.float().cpu().numpy() for k, v in curves.items()})
+    return measured
 
 
 def _ints(values: Tensor | None, count: int, width: int = 0) -> np.ndarray:
@@ -384,6 +395,9 @@ def merge(
     results = {str(m.id): load_shards(folder, str(m.id), shards) for m in config.methods}
     files.write_text(folder / "metrics.csv", metrics_csv(config, results))
     summary = summarize(config, results)
+    chance = baselines.load(folder, config, shards) if config.metrics.baselines else {}
+    if chance:
+        summary.setdefault("baselines", {}).update(baselines.summarize(config, chance))
     summary["run"] = {
         "camkit": camkit.__version__,
         "torch": torch.__version__,
@@ -392,13 +406,8 @@ def merge(
         **(meta or {}),
     }
     files.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    shown = min(config.output.report_images, len(source))
-    first = [s for s in shards if s.start < shown]
-    maps = {
-        method: load_shards(folder, method, first, with_maps=True)["maps"][:shown]
-        for method in results
-    }
-    files.write_text(folder / "report.html", report.render(config, source, results, maps, summary))
+    map_files = {method: [s.file(folder, method) for s in shards] for method in results}
+    report.write(folder, config, source, results, chance, map_files, summary)
 
 
 def metrics_csv(config: ExperimentConfig, results: dict[str, dict[str, np.ndarray]]) -> str:
@@ -434,19 +443,26 @@ def _csv_text(text: str) -> str:
 def summarize(
     config: ExperimentConfig, results: dict[str, dict[str, np.ndarray]]
 ) -> dict[str, Any]:
-    """Per-method means (with counts) of every metric, and the centre baseline."""
+    """Per-method statistics (:func:`stats.describe`) of every metric, the best method per
+    metric, each method's layers and seconds, and the centre baseline."""
     from camkit.metrics import centre_map
 
     def stat(values: np.ndarray) -> dict[str, Any]:
-        kept = values[~np.isnan(values)]
-        return {"mean": float(kept.mean()) if kept.size else None, "count": int(kept.size)}
+        return stats.describe(values, seed=config.seed)
 
-    methods = {
+    methods: dict[str, dict[str, Any]] = {
         method: {name: stat(data[f"metric_{name}"]) for name in config.metrics.compute}
         for method, data in results.items()
     }
     first = next(iter(results.values()))
     summary: dict[str, Any] = {"images": len(first["index"]), "methods": methods}
+    summary["best"] = stats.best(methods)
+    summary["layers"] = {
+        m: stats.distinct(d["layers"]) for m, d in results.items() if "layers" in d
+    }
+    summary["seconds"] = {
+        m: float(d["seconds"].sum()) for m, d in results.items() if "seconds" in d
+    }
     labels = first["label"]
     if (labels >= 0).all():
         summary["model_accuracy"] = float((first["predicted"] == labels).mean())
