@@ -1,5 +1,7 @@
 (function () {
-  const D = JSON.parse(document.getElementById("data").textContent);
+  const holder = document.getElementById("data");
+  if (!holder) return; // output.report_images = 0: no image browser
+  const D = JSON.parse(holder.textContent);
   const grid = document.getElementById("grid");
   const sortSel = document.getElementById("sort");
   const rangeSel = document.getElementById("range-metric");

@@ -147,3 +147,11 @@ def test_without_overlay_files_the_report_writes_its_own(small_config, tmp_path)
     assert "Colormap cividis" in _page(result.folder)
     # no pointing games computed: no centre row; the random rows have deletion only
     assert "chance: centre" not in _page(result.folder)
+
+
+def test_no_images_no_browser(small_config):
+    result = run(load_config(small_config, overrides=["output.report_images=0"]), progress=False)
+    text = _page(result.folder)
+    assert "(no images: output.report_images is 0)" in text and 'id="data"' not in text
+    assert not (result.folder / "report").exists()
+    assert text.count("<polyline") == 2 * 4  # the curves still: 2 methods + 2 baselines, twice
