@@ -1,0 +1,143 @@
+"""Merging a run: ``metrics.csv``, ``summary.json`` and ``report.html`` from the shards alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import camkit
+from camkit.errors import ConfigError
+from camkit.experiment import files
+from camkit.experiment.config import ExperimentConfig, MetricsSpec
+from camkit.experiment.data import Source
+from camkit.experiment.plan import Shard
+from camkit.metrics import centre_map, energy_pointing_game, pointing_game
+
+
+def load_shards(
+    folder: Path, method: str, shards: list[Shard], with_maps: bool = False
+) -> dict[str, np.ndarray]:
+    """One method's shards concatenated in image order; the maps only when asked for, so
+    merging a large run stays small in memory."""
+    missing = [s.file(folder, method) for s in shards if not s.file(folder, method).exists()]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} shard(s) of method {method!r} are missing (first: {missing[0]}); "
+            "re-run the same config to compute them"
+        )
+    parts: dict[str, list[np.ndarray]] = {}
+    for shard in shards:
+        with np.load(shard.file(folder, method), allow_pickle=False) as data:
+            for key in data.files:
+                if with_maps or key != "maps":
+                    parts.setdefault(key, []).append(data[key])
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def merge(
+    folder: Path,
+    config: ExperimentConfig,
+    source: Source,
+    shards: list[Shard],
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write ``metrics.csv``, ``summary.json`` and ``report.html`` from the shards."""
+    from camkit.experiment import report
+
+    results = {str(m.id): load_shards(folder, str(m.id), shards) for m in config.methods}
+    files.write_text(folder / "metrics.csv", metrics_csv(config.metrics.compute, results))
+    assert config.data.image_size is not None and not isinstance(config.data.image_size, int)
+    summary = summarize(config.metrics, config.data.image_size, results)
+    summary["run"] = {
+        "camkit": camkit.__version__,
+        "torch": torch.__version__,
+        "device": config.device,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        **(meta or {}),
+    }
+    files.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    shown = min(config.output.report_images, len(source))
+    first = [s for s in shards if s.start < shown]
+    maps = {
+        method: load_shards(folder, method, first, with_maps=True)["maps"][:shown]
+        for method in results
+    }
+    files.write_text(folder / "report.html", report.render(config, source, results, maps, summary))
+
+
+def metrics_csv(names: Sequence[str], results: dict[str, dict[str, np.ndarray]]) -> str:
+    """One row per image and method with the metrics ``names``; floats at full precision,
+    empty where not applicable."""
+    header = ["index", "image", "method", "label", "predicted", "target", "confidence", *names]
+    lines = [",".join(header)]
+    for method, data in results.items():
+        for row in range(len(data["index"])):
+            label = int(data["label"][row])
+            cells = [
+                str(int(data["index"][row])),
+                _csv_text(str(data["id"][row])),
+                method,
+                "" if label < 0 else str(label),
+                str(int(data["predicted"][row])),
+                str(int(data["target"][row])),
+                _csv_float(data["confidence"][row]),
+                *(_csv_float(data[f"metric_{n}"][row]) for n in names),
+            ]
+            lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_float(value: float) -> str:
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def _csv_text(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def summarize(
+    metrics: MetricsSpec, image_size: tuple[int, int], results: dict[str, dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """Per-method means (with counts) of every metric, and the centre baseline.
+
+    Args:
+        metrics: which metrics were computed, and the pointing game's tolerance.
+        image_size: ``(H, W)`` of the maps.
+        results: per method, the shards' arrays (without maps).
+    """
+
+    def stat(values: np.ndarray) -> dict[str, Any]:
+        kept = values[~np.isnan(values)]
+        return {"mean": float(kept.mean()) if kept.size else None, "count": int(kept.size)}
+
+    methods = {
+        method: {name: stat(data[f"metric_{name}"]) for name in metrics.compute}
+        for method, data in results.items()
+    }
+    first = next(iter(results.values()))
+    summary: dict[str, Any] = {"images": len(first["index"]), "methods": methods}
+    labels = first["label"]
+    if (labels >= 0).all():
+        summary["model_accuracy"] = float((first["predicted"] == labels).mean())
+    boxes = first["box"]
+    pointing = [n for n in ("pointing_game", "energy_pointing_game") if n in metrics.compute]
+    if pointing and (boxes >= 0).all():
+        height, width = image_size
+        centre = centre_map(height, width).expand(len(boxes), height, width)
+        box_tensor = torch.from_numpy(boxes)
+        assert metrics.tolerance is not None
+        values = {
+            "pointing_game": pointing_game(centre, box_tensor, metrics.tolerance),
+            "energy_pointing_game": energy_pointing_game(centre, box_tensor),
+        }
+        summary["baselines"] = {
+            "centre": {name: stat(values[name].double().numpy()) for name in pointing}
+        }
+    return summary
