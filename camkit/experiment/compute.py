@@ -7,7 +7,7 @@ substrate is black whatever the normalization.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,13 @@ def explain(
         targets: ``"predicted"``, ``"label"`` (the batch's labels) or one class index.
         map_dtype: the numpy dtype the maps are stored in.
     """
+    skipped = {
+        "skipped_index": np.asarray([i for i, _, _ in batch.skipped], dtype=np.int64),
+        "skipped_id": np.asarray([name for _, name, _ in batch.skipped], dtype=str),
+        "skipped_reason": np.asarray([why for _, _, why in batch.skipped], dtype=str),
+    }
+    if not batch.indices:  # every image of the shard was skipped
+        return {**_no_images(metrics, batch.images.shape[2:], map_dtype), **skipped}
     images = batch.images.to(device)
     wanted: Any = None
     if targets == "label":
@@ -89,7 +96,18 @@ def explain(
     }
     measured = measure(metrics, model, images, maps, chosen, batch.boxes, confidence)
     arrays.update({f"metric_{k}": v for k, v in measured.items()})
-    return arrays
+    return {**arrays, **skipped}
+
+
+def _no_images(metrics: MetricsSpec, size: Sequence[int], map_dtype: str) -> dict[str, np.ndarray]:
+    """The arrays of a shard that holds no image."""
+    ints = np.zeros(0, dtype=np.int64)
+    return {
+        "index": ints, "id": np.zeros(0, dtype=str), "label": ints,
+        "box": np.zeros((0, 4), dtype=np.int64), "predicted": ints, "target": ints,
+        "confidence": np.zeros(0), "maps": np.zeros((0, *size), dtype=map_dtype),
+        **{f"metric_{name}": np.zeros(0) for name in metrics.compute},
+    }  # fmt: skip
 
 
 def measure(

@@ -88,8 +88,15 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     """``[data]``: the images."""
 
-    source: str = Field(
-        "camkit:shapes", description="'camkit:shapes', an image folder, or a glob pattern"
+    source: str | list[str] = Field(
+        "camkit:shapes",
+        description="'camkit:shapes', an image file, an image folder, a glob pattern, or a "
+        "list of files, folders and patterns",
+    )
+    on_error: Literal["stop", "skip"] = Field(
+        "stop",
+        description="an image file that cannot be decoded: stop the run naming it, or skip "
+        "it (summary.json and the report list it)",
     )
     count: int = Field(64, ge=1, description="camkit:shapes: how many images to generate")
     limit: int | None = Field(None, ge=1, description="use only the first `limit` images")
@@ -117,6 +124,16 @@ class DataSpec(_Section):
         if any(s < 8 for s in sides):
             raise ValueError("expected sides of at least 8 pixels")
         return size
+
+    @field_validator("source")
+    @classmethod
+    def _sources(cls, source: str | list[str]) -> str | list[str]:
+        if isinstance(source, list):
+            if not source:
+                raise ValueError("expected at least one file, folder or pattern")
+            if "camkit:shapes" in source:
+                raise ValueError("'camkit:shapes' cannot be combined with files")
+        return source
 
     @property
     def embedded(self) -> bool:

@@ -7,12 +7,14 @@ file: a path either holds its old content, its complete new content, or nothing.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -59,10 +61,49 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
+CHECKSUM_KEY = "sha256"
+
+
+def checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of every array's name, dtype, shape and bytes, in name order.
+
+    Example:
+        >>> len(checksum({"a": np.zeros(3)}))
+        64
+    """
+    digest = hashlib.sha256()
+    for key in sorted(k for k in arrays if k != CHECKSUM_KEY):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an uncompressed ``.npz`` archive atomically."""
-    named: dict[str, Any] = dict(arrays)
+    """Write ``arrays`` as an uncompressed ``.npz`` archive atomically, with their
+    :func:`checksum` under the key ``"sha256"`` (see :func:`read_npz`)."""
+    named: dict[str, Any] = {**arrays, CHECKSUM_KEY: np.asarray(checksum(arrays))}
     atomic_write(path, lambda f: np.savez(f, **named))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an archive :func:`write_npz` wrote, its checksum verified.
+
+    Raises:
+        ValueError: the file is truncated, not an archive, or its content does not match
+            its checksum; the message says which.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise ValueError("it carries no checksum")
+    if str(stored) != checksum(arrays):
+        raise ValueError("its content does not match its checksum")
+    return arrays
 
 
 def write_image(path: Path, image: Image.Image) -> None:
@@ -76,12 +117,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files a killed process left under ``folder``."""
-    for tmp in folder.rglob(f".*{TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
 
 
 # -- TOML -----------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 
 import camkit
-from camkit.errors import ConfigError
+from camkit.errors import OutputFolderError
 from camkit.experiment import files
 from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source
@@ -25,19 +28,25 @@ def load_shards(
     folder: Path, method: str, shards: list[Shard], with_maps: bool = False
 ) -> dict[str, np.ndarray]:
     """One method's shards concatenated in image order; the maps only when asked for, so
-    merging a large run stays small in memory."""
-    missing = [s.file(folder, method) for s in shards if not s.file(folder, method).exists()]
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} shard(s) of method {method!r} are missing (first: {missing[0]}); "
-            "re-run the same config to compute them"
-        )
+    merging a large run stays small in memory.
+
+    Raises:
+        OutputFolderError: a shard is missing or unreadable (a re-run computes it again).
+    """
     parts: dict[str, list[np.ndarray]] = {}
     for shard in shards:
-        with np.load(shard.file(folder, method), allow_pickle=False) as data:
-            for key in data.files:
-                if with_maps or key != "maps":
-                    parts.setdefault(key, []).append(data[key])
+        path = shard.file(folder, method)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for key in data.files:
+                    if key != files.CHECKSUM_KEY and (with_maps or key != "maps"):
+                        parts.setdefault(key, []).append(data[key])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            missing = isinstance(exc, FileNotFoundError)
+            raise OutputFolderError(
+                f"shard {path} of method {method!r} is {'missing' if missing else 'damaged'}; "
+                "run the same config again to compute it"
+            ) from None
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
@@ -74,24 +83,29 @@ def merge(
 
 def metrics_csv(names: Sequence[str], results: dict[str, dict[str, np.ndarray]]) -> str:
     """One row per image and method with the metrics ``names``; floats at full precision,
-    empty where not applicable."""
-    header = ["index", "image", "method", "label", "predicted", "target", "confidence", *names]
-    lines = [",".join(header)]
+    empty where not applicable. Written by :mod:`csv` (quotes, line breaks), with text
+    cells that a spreadsheet would run as a formula prefixed by ``'``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["index", "image", "method", "label", "predicted", "target", "confidence", *names]
+    )
     for method, data in results.items():
         for row in range(len(data["index"])):
             label = int(data["label"][row])
-            cells = [
-                str(int(data["index"][row])),
-                _csv_text(str(data["id"][row])),
-                method,
-                "" if label < 0 else str(label),
-                str(int(data["predicted"][row])),
-                str(int(data["target"][row])),
-                _csv_float(data["confidence"][row]),
-                *(_csv_float(data[f"metric_{n}"][row]) for n in names),
-            ]
-            lines.append(",".join(cells))
-    return "\n".join(lines) + "\n"
+            writer.writerow(
+                [
+                    str(int(data["index"][row])),
+                    _csv_text(str(data["id"][row])),
+                    _csv_text(method),
+                    "" if label < 0 else str(label),
+                    str(int(data["predicted"][row])),
+                    str(int(data["target"][row])),
+                    _csv_float(data["confidence"][row]),
+                    *(_csv_float(data[f"metric_{n}"][row]) for n in names),
+                ]
+            )
+    return buffer.getvalue()
 
 
 def _csv_float(value: float) -> str:
@@ -99,7 +113,8 @@ def _csv_float(value: float) -> str:
 
 
 def _csv_text(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    """``text``, prefixed by ``'`` when it starts like a spreadsheet formula."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def summarize(
@@ -123,6 +138,13 @@ def summarize(
     }
     first = next(iter(results.values()))
     summary: dict[str, Any] = {"images": len(first["index"]), "methods": methods}
+    if len(first.get("skipped_index", ())):
+        summary["skipped"] = [
+            {"index": int(i), "image": str(name), "reason": str(why)}
+            for i, name, why in zip(
+                first["skipped_index"], first["skipped_id"], first["skipped_reason"]
+            )
+        ]
     labels = first["label"]
     if (labels >= 0).all():
         summary["model_accuracy"] = float((first["predicted"] == labels).mean())

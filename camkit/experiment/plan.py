@@ -9,22 +9,27 @@ refused.
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import camkit
-from camkit.errors import ConfigError
+from camkit.errors import ConfigError, OutputFolderError
 from camkit.experiment import files
 from camkit.experiment.config import ExperimentConfig
+from camkit.experiment.folder import (
+    RESOLVED_FILE,
+    RUN_FILE,
+    check_no_links,
+    record_in_manifest,
+    remove_written,
+)
 
-RUN_FILE = "run.json"
-RESOLVED_FILE = "config.resolved.toml"
-#: Everything a run writes into its folder (and ``--overwrite`` removes).
-OUTPUTS = (
-    "maps", "overlays", "metrics.csv", "summary.json", "report.html", RESOLVED_FILE, RUN_FILE
-)  # fmt: skip
+#: The arrays of a shard with one row per explained image (besides ``metric_<name>``).
+PER_IMAGE = ("index", "id", "label", "box", "predicted", "target", "confidence", "maps")
+#: The arrays of a shard with one row per image skipped under ``data.on_error = "skip"``.
+SKIPPED = ("skipped_index", "skipped_id", "skipped_reason")
 
 
 @dataclass(frozen=True)
@@ -55,17 +60,25 @@ def plan_shards(count: int, size: int) -> list[Shard]:
     ]
 
 
-def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> None:
-    """Make ``folder`` ready for ``config``: new, resumable, or (``overwrite``) cleared.
+def prepare_folder(
+    folder: Path, config: ExperimentConfig, data: dict[str, Any], overwrite: bool
+) -> None:
+    """Make ``folder`` (claimed and locked by the caller) ready for ``config``: new,
+    resumable, or (``overwrite``) cleared of camkit's earlier results.
+
+    Args:
+        data: the fingerprint of the images (:meth:`~camkit.experiment.data.Source.fingerprint`).
 
     Raises:
-        ConfigError: the folder holds results of another config (or files camkit did not
-            write) and ``overwrite`` is false.
+        ConfigError: the folder holds results of another config, or of other data, and
+            ``overwrite`` is false.
+        OutputFolderError: ``run.json`` is damaged, or ``maps`` is a symbolic link.
     """
+    check_no_links(folder)
     record = folder / RUN_FILE
     fingerprint = config.fingerprint()
     if record.is_file() and not overwrite:
-        previous = json.loads(record.read_text(encoding="utf-8"))
+        previous = _read_record(record)
         if previous.get("fingerprint") != fingerprint:
             changes = differences(previous.get("config", {}), config.comparable())
             raise ConfigError(
@@ -73,20 +86,16 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
                 f"(changed: {'; '.join(changes[:5]) or 'unknown'}); pass --overwrite to replace "
                 "them, or choose another folder with --output"
             )
-    elif folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"output folder {folder} is not empty and holds no camkit run ({RUN_FILE} is "
-            "missing); pass --overwrite to write into it anyway, or choose another --output"
-        )
-    if overwrite:
-        for name in OUTPUTS:
-            path = folder / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    files.remove_stale_temporaries(folder)
+        before = previous.get("data")
+        if before is not None and before != data:
+            raise ConfigError(
+                f"output folder {folder} holds results of other data: the images changed since "
+                f"they were computed ({before.get('images')} images then, {data['images']} now, "
+                "or files were modified); pass --overwrite to recompute every image, or "
+                "choose another folder with --output"
+            )
+    remove_written(folder, temporaries_only=not overwrite)
+    record_in_manifest(folder, [str(m.id) for m in config.methods], list(config.output.formats))
     files.write_text(folder / RESOLVED_FILE, files.dumps_toml(config.resolved()))
     files.write_text(
         record,
@@ -95,10 +104,63 @@ def prepare_folder(folder: Path, config: ExperimentConfig, overwrite: bool) -> N
                 "fingerprint": fingerprint,
                 "camkit": camkit.__version__,
                 "config": config.comparable(),
+                "data": data,
             },
             indent=2,
         ),
     )
+
+
+def _read_record(record: Path) -> dict[str, Any]:
+    try:
+        previous = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputFolderError(
+            f"{record} is damaged ({str(exc)[:200]}); pass --overwrite to start the run afresh"
+        ) from None
+    if not isinstance(previous, dict):
+        raise OutputFolderError(f"{record} is damaged; pass --overwrite to start afresh")
+    return previous
+
+
+def pending(folder: Path, method: str, shards: list[Shard], metrics: list[str]) -> list[Shard]:
+    """The ``shards`` of ``method`` still to compute: missing, or damaged. A damaged shard
+    (unreadable, failing its checksum, or inconsistent) is deleted, with a note on stderr.
+    """
+    todo = []
+    for shard in shards:
+        path = shard.file(folder, method)
+        if not path.exists():
+            todo.append(shard)
+            continue
+        problem = shard_problem(path, shard, metrics)
+        if problem is not None:
+            print(
+                f"camkit: note: {path} is damaged ({problem}); computing it again",
+                file=sys.stderr,
+            )
+            path.unlink()
+            todo.append(shard)
+    return todo
+
+
+def shard_problem(path: Path, shard: Shard, metrics: list[str]) -> str | None:
+    """What is wrong with the stored ``shard`` at ``path``, or ``None`` when it is complete."""
+    try:
+        arrays = files.read_npz(path)
+    except ValueError as exc:
+        return str(exc)
+    keys = [*PER_IMAGE, *(f"metric_{name}" for name in metrics), *SKIPPED]
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    index = arrays["index"]
+    if any(len(arrays[key]) != len(index) for key in PER_IMAGE if key != "index"):
+        return "its arrays have different lengths"
+    covered = sorted([*index.tolist(), *arrays["skipped_index"].tolist()])
+    if covered != list(range(shard.start, shard.stop)):
+        return f"it does not hold images {shard.start}..{shard.stop - 1}"
+    return None
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[str]:

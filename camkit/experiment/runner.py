@@ -17,17 +17,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import camkit
-from camkit.errors import ConfigError, LayerError, TargetError
+from camkit.errors import (
+    CamkitError,
+    ConfigError,
+    DataError,
+    GradientError,
+    InputError,
+    LayerError,
+    TargetError,
+)
 from camkit.experiment.compute import NormalizingModel, explain, write_shard
 from camkit.experiment.config import ExperimentConfig
-from camkit.experiment.data import Source, open_source
+from camkit.experiment.data import Batch, Source, open_source
+from camkit.experiment.folder import FolderLock, claim
 from camkit.experiment.merging import merge
 from camkit.experiment.models import Normalize, build_model
-from camkit.experiment.plan import plan_shards, prepare_folder
+from camkit.experiment.plan import pending, plan_shards, prepare_folder
 from camkit.experiment.world import World
 
 __all__ = ["RunResult", "merge", "plan_shards", "run"]
@@ -51,11 +61,22 @@ def run(
 ) -> RunResult:
     """Run ``config``: compute the missing shards, then merge every output.
 
+    Everything that can fail on the config (the data source, the model, every method on
+    the first image) is checked before the output folder is touched. Rank 0 holds the
+    folder's lock from then until the merged outputs are written.
+
     Args:
         config: a validated experiment (see :func:`camkit.experiment.load_config`).
-        overwrite: replace the results of a different config in the output folder instead
-            of refusing.
+        overwrite: replace camkit's results of a different config (or data) in the output
+            folder instead of refusing.
         progress: show a progress bar per method (``None``: when on a terminal).
+
+    Raises:
+        ConfigError: a config value fails on the model or the data (the message names the
+            key), or the folder holds results of another config.
+        OutputFolderError: the folder cannot be used (see :mod:`camkit.experiment.folder`).
+        LockError: another run is using the folder.
+        DataError: an image cannot be decoded and ``data.on_error`` is ``"stop"``.
 
     Example:
         >>> from camkit.experiment import load_config
@@ -64,26 +85,29 @@ def run(
     """
     started = time.time()
     world = World.from_env(config.device)
+    folder = Path(config.output.folder)
+    lock = FolderLock(folder) if world.rank == 0 else None
     try:
         device = world.device(config.device)
-        folder = Path(config.output.folder)
-        # everything that can fail on the config happens before the folder is touched
         model, source, extractors = _load(config, device)
-        problem = None
-        if world.rank == 0:
+        _check_first_image(config, model, source, extractors, device)
+        problem: CamkitError | None = None
+        if lock is not None:
             try:
-                prepare_folder(folder, config, overwrite)
-            except ConfigError as exc:
-                problem = str(exc)
+                claim(folder, overwrite)
+                lock.acquire()
+                prepare_folder(folder, config, source.fingerprint(), overwrite)
+            except CamkitError as exc:
+                problem = exc
         problem = world.from_rank0(problem)
         if problem is not None:
-            raise ConfigError(problem)
+            raise problem
         shards = plan_shards(len(source), config.batch_size)
         mine = shards[world.rank :: world.size]
         computed = skipped = 0
-        for spec, extractor in zip(config.methods, extractors):
+        for i, (spec, extractor) in enumerate(zip(config.methods, extractors)):
             method = str(spec.id)
-            todo = [s for s in mine if not s.file(folder, method).exists()]
+            todo = pending(folder, method, mine, list(config.metrics.compute))
             skipped += len(mine) - len(todo)
             done = sum(len(s) for s in mine) - sum(len(s) for s in todo)
             label = method if world.size == 1 else f"{method} (rank 0 of {world.size})"
@@ -95,15 +119,7 @@ def run(
             ) as bar:  # fmt: skip
                 for shard in todo:
                     batch = source.batch(range(shard.start, shard.stop))
-                    try:
-                        arrays = explain(
-                            extractor, model, batch, targets=config.targets,
-                            metrics=config.metrics, map_dtype=config.output.map_dtype,
-                            device=device,
-                        )  # fmt: skip
-                    except TargetError as exc:
-                        where = config.source or "(config)"
-                        raise ConfigError(f"{where}: targets: {exc}") from None
+                    arrays = _explain(config, i, extractor, model, batch, device)
                     overlays = folder / "overlays" / method
                     write_shard(shard.file(folder, method), overlays, batch, arrays, config.output)
                     computed += 1
@@ -115,17 +131,22 @@ def run(
         seconds = time.time() - started
         return RunResult(folder, len(source), computed, skipped, seconds, world.rank, world.size)
     finally:
+        if lock is not None:
+            lock.release()
         world.close()
 
 
 def _load(
     config: ExperimentConfig, device: torch.device
 ) -> tuple[NormalizingModel, Source, list[camkit.Extractor]]:
-    """The model (behind its normalization), the images and one extractor per method."""
+    """The model (behind its normalization), the images and one extractor per method; the
+    data source is listed first, so a wrong path is reported before a model is built."""
     where = config.source or "(config)"
     try:
+        source = open_source(
+            config.data, config.base_dir, config.seed, exclude=Path(config.output.folder)
+        )
         model = build_model(config.model, config.base_dir).to(device)
-        source = open_source(config.data, config.base_dir, config.seed)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     extractors = []
@@ -139,3 +160,50 @@ def _load(
     mean, std = config.data.mean, config.data.std
     assert mean is not None and std is not None
     return NormalizingModel(model, Normalize(mean, std).to(device)), source, extractors
+
+
+def _check_first_image(
+    config: ExperimentConfig,
+    model: NormalizingModel,
+    source: Source,
+    extractors: list[camkit.Extractor],
+    device: torch.device,
+) -> None:
+    """Explain and measure the first readable image with every method, so that a config
+    that fails on the model (a layer, a target, the normalization) fails before any output
+    is written, with the key named."""
+    for index in range(len(source)):
+        batch = source.batch([index])
+        if batch.indices:
+            for i, extractor in enumerate(extractors):
+                _explain(config, i, extractor, model, batch, device)
+            return
+    raise DataError(
+        f"data.source: none of the {len(source)} images could be read (first: "
+        f"{source.batch([0]).skipped[0][1]}); see data.on_error"
+    )
+
+
+def _explain(
+    config: ExperimentConfig,
+    method: int,
+    extractor: camkit.Extractor,
+    model: NormalizingModel,
+    batch: Batch,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
+    """:func:`~camkit.experiment.compute.explain` with errors that name the config key."""
+    where = config.source or "(config)"
+    try:
+        return explain(
+            extractor, model, batch, targets=config.targets, metrics=config.metrics,
+            map_dtype=config.output.map_dtype, device=device,
+        )  # fmt: skip
+    except TargetError as exc:
+        raise ConfigError(f"{where}: targets: {exc}") from None
+    except LayerError as exc:
+        raise ConfigError(f"{where}: methods[{method}].layer: {exc}") from None
+    except InputError as exc:
+        raise ConfigError(f"{where}: data.mean / data.std: {exc}") from None
+    except GradientError as exc:
+        raise ConfigError(f"{where}: methods[{method}]: {exc}") from None
