@@ -225,9 +225,11 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json", exclude_none=False)
 
     def comparable(self) -> dict[str, Any]:
-        """:meth:`resolved` without ``output.folder``: the keys that change results."""
+        """:meth:`resolved` without ``output.folder`` and ``data.on_error``: the keys that
+        change results (skipping a broken file changes no other image's result)."""
         data = self.resolved()
         data["output"].pop("folder")
+        data["data"].pop("on_error")
         return data
 
     def fingerprint(self) -> str:

@@ -172,6 +172,23 @@ class Limited(Source):
         return self.inner.fingerprint(self.limit if count is None else min(count, self.limit))
 
 
+class Subset(Source):
+    """The images of another source at ``indices`` (those not skipped), renumbered from 0."""
+
+    def __init__(self, inner: Source, indices: Sequence[int]) -> None:
+        self.inner, self.indices = inner, list(indices)
+        self.classes = inner.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        return self.inner.batch([self.indices[i] for i in indices])
+
+    def fingerprint(self, count: int | None = None) -> dict[str, Any]:
+        return self.inner.fingerprint(count)
+
+
 def printable(name: str) -> str:
     """``name`` with the undecodable bytes of a non-UTF-8 file name as ``\\xNN``.
 

@@ -19,7 +19,7 @@ import camkit
 from camkit.errors import OutputFolderError
 from camkit.experiment import files
 from camkit.experiment.config import ExperimentConfig, MetricsSpec
-from camkit.experiment.data import Source
+from camkit.experiment.data import Source, Subset
 from camkit.experiment.plan import Shard
 from camkit.metrics import centre_map, energy_pointing_game, pointing_game
 
@@ -72,21 +72,26 @@ def merge(
         **(meta or {}),
     }
     files.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    shown = min(config.output.report_images, len(source))
-    first = [s for s in shards if s.start < shown]
+    # the report shows the first images that were not skipped
+    kept = next(iter(results.values()))["index"]
+    shown = min(config.output.report_images, len(kept))
+    last = int(kept[shown - 1]) if shown else -1
+    first = [s for s in shards if s.start <= last]
     maps = {
         method: load_shards(folder, method, first, with_maps=True)["maps"][:shown]
         for method in results
     }
+    source = Subset(source, kept.tolist())
     files.write_text(folder / "report.html", report.render(config, source, results, maps, summary))
 
 
 def metrics_csv(names: Sequence[str], results: dict[str, dict[str, np.ndarray]]) -> str:
     """One row per image and method with the metrics ``names``; floats at full precision,
-    empty where not applicable. Written by :mod:`csv` (quotes, line breaks), with text
-    cells that a spreadsheet would run as a formula prefixed by ``'``."""
+    empty where not applicable. Written by :mod:`csv` (RFC 4180: quotes, ``\r\n`` line
+    ends), with text cells that a spreadsheet would run as a formula prefixed by ``'``."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # the default "\r\n" line ends make the writer quote a "\r" inside a name too
+    writer = csv.writer(buffer)
     writer.writerow(
         ["index", "image", "method", "label", "predicted", "target", "confidence", *names]
     )
