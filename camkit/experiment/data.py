@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from camkit.errors import ConfigError, DataError
-from camkit.experiment.config import DataSpec
+from camkit.experiment.config import DataSpec, quote
 from camkit.zoo import shapes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -283,7 +283,7 @@ def _find_images(
             continue
         else:
             raise ConfigError(
-                f"data.source: {entry!r} is neither 'camkit:shapes', an image file, a folder "
+                f"data.source: {quote(entry)} is neither 'camkit:shapes', an image file, a folder "
                 f"nor a glob pattern (looked for {printable(str(path))})"
             )
         found += [p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]

@@ -17,7 +17,7 @@ from typing import Any
 import camkit
 from camkit.errors import ConfigError, OutputFolderError
 from camkit.experiment import files
-from camkit.experiment.config import ExperimentConfig
+from camkit.experiment.config import ExperimentConfig, quote
 from camkit.experiment.folder import (
     RESOLVED_FILE,
     RUN_FILE,
@@ -180,4 +180,4 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
         return [
             d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")
         ]
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+    return [] if old == new else [f"{path}: {quote(old)} -> {quote(new)}"]

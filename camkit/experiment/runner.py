@@ -13,6 +13,7 @@ resuming), :mod:`~camkit.experiment.compute` (one shard) and
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ def run(
     folder = Path(config.output.folder)
     lock = FolderLock(folder) if world.rank == 0 else None
     try:
-        device = world.device(config.device)
+        device = _device(config, world)
+        check_memory(config, device)
         model, source, extractors = _load(config, device)
         _check_first_image(config, model, source, extractors, device)
         problem: CamkitError | None = None
@@ -134,6 +136,61 @@ def run(
         if lock is not None:
             lock.release()
         world.close()
+
+
+def _device(config: ExperimentConfig, world: World) -> torch.device:
+    try:
+        return world.device(config.device)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source or '(config)'}: {exc}") from None
+
+
+def memory_estimate(config: ExperimentConfig) -> int:
+    """A lower bound of the bytes one shard needs: its images a few times over (input,
+    normalized copy, gradients, maps) and the perturbation metrics' batches of 128.
+
+    Example:
+        >>> from camkit.experiment import validate
+        >>> memory_estimate(validate({"methods": [{"name": "cam"}]})) // 2**20  # MiB
+        18
+    """
+    assert config.data.image_size is not None and not isinstance(config.data.image_size, int)
+    height, width = config.data.image_size
+    image = 3 * height * width * 4
+    perturbed = {"deletion", "insertion"} & set(config.metrics.compute)
+    return image * max(4 * config.batch_size, 3 * 128 if perturbed else 0)
+
+
+def check_memory(config: ExperimentConfig, device: torch.device) -> None:
+    """Refuse a config whose shards cannot fit in the memory free on ``device``."""
+    need = memory_estimate(config)
+    free = _free_memory(device)
+    if free is not None and need > free:
+        size = config.data.image_size
+        raise ConfigError(
+            f"{config.source or '(config)'}: data.image_size {size} "
+            f"with batch_size {config.batch_size} needs at least {need / 2**30:.1f} GiB per shard, "
+            f"but {device} has {free / 2**30:.1f} GiB free; lower data.image_size or batch_size"
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (``None`` when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _load(
