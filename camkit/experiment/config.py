@@ -320,9 +320,9 @@ class _StrictYamlLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.YAMLError(
-                f"aliases (*{event.anchor}) are not supported in experiment files, at "
-                f"{event.start_mark}".strip()
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases (*{event.anchor}) are not supported in experiment files",
+                problem_mark=event.start_mark,
             )
         return super().compose_node(parent, index)
 
@@ -331,7 +331,9 @@ class _StrictYamlLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.YAMLError(f"duplicate key {quote(key)} {key_node.start_mark}")
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {quote(key)}", problem_mark=key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -379,7 +381,7 @@ def read_file(path: Path) -> dict[str, Any]:
     try:
         data: Any = tomllib.loads(text) if suffix == ".toml" else parse_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        message = str(exc)[: QUOTE_CHARS * 2]
+        message = _one_line(exc)
         raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {message}") from None
     except RecursionError:
         raise ConfigError(f"{path}: tables or lists nest too deeply") from None
@@ -388,6 +390,16 @@ def read_file(path: Path) -> dict[str, Any]:
     if _depth(data) > MAX_DEPTH:
         raise ConfigError(f"{path}: tables or lists nest more than {MAX_DEPTH} levels deep")
     return data
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's error on one short line (YAML's own quotes the offending lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        text = f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = " ".join(str(exc).split())
+    return text[: QUOTE_CHARS * 2]
 
 
 def _depth(value: Any) -> int:

@@ -61,14 +61,15 @@ def claim(folder: Path, overwrite: bool) -> None:
 
     Raises:
         OutputFolderError: the path is a file, lies under a file, cannot be created or
-            written, or is a non-empty folder without camkit's marker (listing what a run
-            would touch there).
+            written, is a non-empty folder without camkit's marker (listing what a run
+            would touch there), or its ``maps`` or ``overlays`` is a symbolic link.
     """
     for parent in [folder, *folder.parents]:
         if parent.exists() and not parent.is_dir():
             raise OutputFolderError(
                 f"output folder {folder}: {parent} is a file, not a folder; choose another --output"
             )
+    check_no_links(folder)
     if folder.is_dir() and not owned(folder):
         entries = sorted(p.name for p in folder.iterdir())
         if entries:
