@@ -22,6 +22,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from camkit.errors import OutputFolderError
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -36,9 +38,17 @@ FILE_MODE = _umask_mode()
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``.
+
+    Raises:
+        OutputFolderError: the file cannot be written (a read-only folder, a full disk);
+            the message names the path and the reason, and ``path`` is unchanged.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -46,9 +56,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputFolderError):
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputFolderError:
+    reason = exc.strerror or str(exc)
+    return OutputFolderError(f"cannot write {path}: {reason}; results written so far are kept")
 
 
 def write_text(path: Path, text: str) -> None:

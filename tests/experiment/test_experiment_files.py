@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from camkit.errors import OutputFolderError
 from camkit.experiment import files
 
 if sys.version_info >= (3, 11):
@@ -93,3 +95,16 @@ def test_written_files_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
     target = tmp_path / "out.txt"
     files.write_text(target, "hello")
     assert target.stat().st_mode & 0o777 == files.FILE_MODE
+
+
+def test_a_full_disk_is_a_typed_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.csv"
+    files.write_text(path, "old")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputFolderError, match=r"cannot write .*metrics\.csv: No space left"):
+        files.atomic_write(path, full)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
