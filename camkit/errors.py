@@ -87,6 +87,11 @@ class LockError(OutputFolderError):
 
 
 class DataError(CamkitError, ValueError):
-    """An input data file cannot be read or decoded; the message names the file."""
+    """An input data file cannot be read or decoded; the message names the file, ``reason``
+    says why without it."""
 
     exit_code = 1
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message

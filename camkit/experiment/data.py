@@ -118,7 +118,7 @@ class FileSource(Source):
             except DataError as exc:
                 if self.on_error != "skip":
                     raise
-                skipped.append((i, self.image_id(i), str(exc.args[1])))
+                skipped.append((i, self.image_id(i), exc.reason))
                 continue
             kept.append(i)
         height, width = self.size
@@ -203,8 +203,7 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The file at ``path`` as ``(3, H, W)`` float32 RGB in ``[0, 1]``, resized to ``size``.
 
     Raises:
-        DataError: the file cannot be read or decoded; ``args`` are the message and the
-            bare reason.
+        DataError: the file cannot be read or decoded.
     """
     height, width = size
     try:

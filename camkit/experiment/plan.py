@@ -1,9 +1,10 @@
 """Planning a run: cutting the images into shards, and preparing (or resuming) the folder.
 
 A *shard* is ``batch_size`` consecutive images of one method, stored as one
-``maps/<method>/shard-NNNNN.npz`` file. ``run.json`` records the fingerprint of the config
-that wrote the folder, so a re-run of the same config resumes and a different config is
-refused.
+``maps/<method>/shard-NNNNN.npz`` file with a checksum. ``run.json`` records the
+fingerprints of the config and of the data that wrote the folder, so a re-run of the same
+config on the same images resumes, and anything else is refused. A stored shard counts as
+done only once verified (:func:`shard_problem`); a damaged one is computed again.
 """
 
 from __future__ import annotations

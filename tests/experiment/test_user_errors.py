@@ -165,6 +165,12 @@ CASES = [
     ),
     Case("data-source-missing", FILES, ConfigError, r"data\.source: 'data'"),
     Case(
+        "data-checked-before-the-model",
+        FILES.replace("[data]", '[model]\nsource = "python:no-such-file.py:build"\n[data]'),
+        ConfigError,
+        r"data\.source: 'data'",
+    ),
+    Case(
         "data-source-empty-list", BASE, ConfigError, r"data\.source: ", overrides=["data.source=[]"]
     ),
     Case(
