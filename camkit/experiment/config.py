@@ -215,7 +215,7 @@ class OutputSpec(_Section):
     map_dtype: Literal["float16", "float32"] = Field(
         "float16", description="precision of the stored maps"
     )
-    report_images: int = Field(16, ge=0, description="images shown in report.html")
+    report_images: int = Field(16, ge=0, le=1000, description="images shown in report.html")
 
 
 class ExperimentConfig(_Section):

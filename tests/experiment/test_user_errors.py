@@ -296,3 +296,15 @@ def test_a_byte_order_mark_and_an_unquoted_glob_in_set_are_fine(tmp_path, monkey
     assert config.data.source == "data/*.png"
     config = load_config(path, overrides=["data.source=*.png"])  # YAML would read an alias
     assert config.data.source == "*.png"
+
+
+def test_a_cuda_index_past_the_machines_gpus_names_what_there_is(monkeypatch):
+    import torch
+
+    from camkit.experiment.world import World
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"device: 'cuda:7': this machine has 2 cuda device"):
+        World().device("cuda:7")
+    assert World().device("cuda:1") == torch.device("cuda", 1)
