@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.experiment import files
-from camkit.experiment.config import MetricsSpec, OutputSpec, Targets
+from camkit.experiment.config import MetricsSpec, OutputSpec, TargetChoice
 from camkit.experiment.data import Batch
 from camkit.metrics import (
     confidence_change,
@@ -54,7 +54,7 @@ def explain(
     model: NormalizingModel,
     batch: Batch,
     *,
-    targets: Targets,
+    targets: TargetChoice,
     metrics: MetricsSpec,
     map_dtype: str,
     device: torch.device,

@@ -47,7 +47,7 @@ Metric = Literal[
 METRICS: tuple[Metric, ...] = get_args(Metric)
 ImageFormat = Literal["png", "jpg"]
 #: ``targets``: the predicted class, the ground-truth label, or one class index.
-Targets = Literal["predicted", "label"] | int
+TargetChoice = Literal["predicted", "label"] | int
 MODEL_KINDS = ("camkit", "torchvision", "python")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -224,7 +224,7 @@ class ExperimentConfig(_Section):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec.model_validate({}))
     data: DataSpec = Field(default_factory=lambda: DataSpec.model_validate({}))
     methods: list[MethodSpec] = Field(min_length=1)
-    targets: Targets = Field(
+    targets: TargetChoice = Field(
         "predicted", description="'predicted', 'label' (ground truth) or a class index"
     )
     metrics: MetricsSpec = Field(default_factory=lambda: MetricsSpec.model_validate({}))

@@ -204,6 +204,10 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
     Raises:
         DataError: the file cannot be read or decoded.
+
+    Example:
+        >>> read_image(Path("photo.png"), (224, 224)).shape
+        (3, 224, 224)
     """
     height, width = size
     try:

@@ -109,6 +109,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     Raises:
         ValueError: the file is truncated, not an archive, or its content does not match
             its checksum; the message says which.
+
+    Example:
+        >>> write_npz(Path("a.npz"), {"x": np.arange(3)})
+        >>> read_npz(Path("a.npz"))["x"]
+        array([0, 1, 2])
     """
     try:
         with np.load(path, allow_pickle=False) as data:

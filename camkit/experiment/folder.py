@@ -46,7 +46,12 @@ def _temporary_of(name: str) -> re.Pattern[str]:
 
 
 def owned(folder: Path) -> bool:
-    """Whether ``folder`` carries camkit's marker (or the ``run.json`` of an older camkit)."""
+    """Whether ``folder`` carries camkit's marker (or the ``run.json`` of an older camkit).
+
+    Example:
+        >>> owned(Path("runs/quickstart"))  # after `camkit run examples/quickstart.toml`
+        True
+    """
     if (folder / MARKER).is_file():
         return True
     try:
@@ -63,6 +68,9 @@ def claim(folder: Path, overwrite: bool) -> None:
         OutputFolderError: the path is a file, lies under a file, cannot be created or
             written, is a non-empty folder without camkit's marker (listing what a run
             would touch there), or its ``maps`` or ``overlays`` is a symbolic link.
+
+    Example:
+        >>> claim(Path("runs/new"), overwrite=False)  # creates it, with .camkit/owner.json
     """
     for parent in [folder, *folder.parents]:
         if parent.exists() and not parent.is_dir():
@@ -98,7 +106,12 @@ def claim(folder: Path, overwrite: bool) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, list[str]]:
-    """The methods and overlay formats recorded for ``folder`` (empty lists when none)."""
+    """The methods and overlay formats recorded for ``folder`` (empty lists when none).
+
+    Example:
+        >>> read_manifest(Path("runs/quickstart"))
+        {'methods': ['gradcam', ...], 'formats': ['png']}
+    """
     manifest: dict[str, list[str]] = {"methods": [], "formats": []}
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -121,7 +134,11 @@ def read_manifest(folder: Path) -> dict[str, list[str]]:
 
 
 def record_in_manifest(folder: Path, methods: list[str], formats: list[str]) -> None:
-    """Add ``methods`` and ``formats`` to the manifest before any of their files is written."""
+    """Add ``methods`` and ``formats`` to the manifest before any of their files is written.
+
+    Example:
+        >>> record_in_manifest(Path("runs/new"), ["gradcam"], ["png"])
+    """
     manifest = read_manifest(folder)
     updated = {
         "methods": list(dict.fromkeys([*manifest["methods"], *methods])),
@@ -135,6 +152,10 @@ def written_files(folder: Path, temporaries_only: bool = False) -> Iterator[Path
     overlays of the manifest's methods, and temporary files of interrupted writes of those.
 
     Symbolic links are neither followed nor listed.
+
+    Example:
+        >>> sorted(p.name for p in written_files(Path("runs/quickstart")))[:2]
+        ['000000.png', '000001.png']
     """
     manifest = read_manifest(folder)
     overlay = re.compile(rf"^\d{{6}}\.({'|'.join(map(re.escape, manifest['formats'])) or '-'})$")
@@ -161,7 +182,11 @@ def written_files(folder: Path, temporaries_only: bool = False) -> Iterator[Path
 
 
 def remove_written(folder: Path, temporaries_only: bool = False) -> None:
-    """Delete what :func:`written_files` lists, then the method folders left empty."""
+    """Delete what :func:`written_files` lists, then the method folders left empty.
+
+    Example:
+        >>> remove_written(Path("runs/quickstart"), temporaries_only=True)  # after a crash
+    """
     check_no_links(folder)
     for path in list(written_files(folder, temporaries_only)):
         path.unlink(missing_ok=True)
@@ -173,7 +198,11 @@ def remove_written(folder: Path, temporaries_only: bool = False) -> None:
 
 def check_no_links(folder: Path) -> None:
     """Refuse a folder whose ``maps`` or ``overlays`` is a symbolic link: camkit would write
-    (and delete) through it, outside the folder."""
+    (and delete) through it, outside the folder.
+
+    Example:
+        >>> check_no_links(Path("runs/quickstart"))  # raises OutputFolderError for a link
+    """
     for name in ("maps", "overlays"):
         if (folder / name).is_symlink():
             raise OutputFolderError(

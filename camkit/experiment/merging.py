@@ -88,7 +88,15 @@ def merge(
 def metrics_csv(names: Sequence[str], results: dict[str, dict[str, np.ndarray]]) -> str:
     """One row per image and method with the metrics ``names``; floats at full precision,
     empty where not applicable. Written by :mod:`csv` (RFC 4180: quotes, ``\r\n`` line
-    ends), with text cells that a spreadsheet would run as a formula prefixed by ``'``."""
+    ends), with text cells that a spreadsheet would run as a formula prefixed by ``'``.
+
+    Example:
+        >>> row = {"index": np.array([0]), "id": np.array(["=x.png"]), "label": np.array([-1]),
+        ...        "predicted": np.array([1]), "target": np.array([1]),
+        ...        "confidence": np.array([0.5])}
+        >>> metrics_csv([], {"cam": row}).splitlines()[1]
+        "0,'=x.png,cam,,1,1,0.5"
+    """
     buffer = io.StringIO()
     # the default "\r\n" line ends make the writer quote a "\r" inside a name too
     writer = csv.writer(buffer)

@@ -127,6 +127,10 @@ def _read_record(record: Path) -> dict[str, Any]:
 def pending(folder: Path, method: str, shards: list[Shard], metrics: list[str]) -> list[Shard]:
     """The ``shards`` of ``method`` still to compute: missing, or damaged. A damaged shard
     (unreadable, failing its checksum, or inconsistent) is deleted, with a note on stderr.
+
+    Example:
+        >>> [s.index for s in pending(Path("runs/new"), "gradcam", plan_shards(8, 4), [])]
+        [0, 1]
     """
     todo = []
     for shard in shards:
@@ -146,7 +150,12 @@ def pending(folder: Path, method: str, shards: list[Shard], metrics: list[str]) 
 
 
 def shard_problem(path: Path, shard: Shard, metrics: list[str]) -> str | None:
-    """What is wrong with the stored ``shard`` at ``path``, or ``None`` when it is complete."""
+    """What is wrong with the stored ``shard`` at ``path``, or ``None`` when it is complete.
+
+    Example:
+        >>> shard = plan_shards(8, 4)[0]
+        >>> shard_problem(shard.file(Path("runs/quickstart"), "gradcam"), shard, ["deletion"])
+    """
     try:
         arrays = files.read_npz(path)
     except ValueError as exc:

@@ -88,7 +88,11 @@ class World:
 
 def check_device(device: torch.device, requested: str) -> None:
     """Raise :class:`~camkit.errors.ConfigError` (naming the ``device`` key) when this
-    machine has no ``device``."""
+    machine has no ``device``.
+
+    Example:
+        >>> check_device(torch.device("cpu"), "cpu")  # always there
+    """
     if device.type == "cpu":
         return
     # torch.cuda, torch.xpu, ...; MPS says whether it is there in torch.backends
