@@ -84,6 +84,12 @@ def _with_bad_file(content: bytes) -> Callable[[Path], None]:
     return setup
 
 
+def _all_bad(tmp: Path) -> None:
+    _images(tmp)
+    for path in (tmp / "data").iterdir():
+        path.write_bytes(b"not an image")
+
+
 def _truncated(tmp: Path) -> None:
     _images(tmp)
     path = tmp / "data" / "img1.png"
@@ -182,6 +188,15 @@ CASES = [
         setup=_with_bad_file(b"\x89PNG\r\n\x1a\nbroken"),
     ),
     Case("image-not-an-image", FILES, DataError, r"img0\.png", 1, setup=_with_bad_file(b"hello")),
+    Case(
+        "images-none-readable",
+        FILES,
+        DataError,
+        r"none of the 2 images could be read \(first: img0\.png\)",
+        1,
+        overrides=["data.on_error=skip"],
+        setup=_all_bad,
+    ),
     Case(
         "image-truncated",
         FILES,
