@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit.engine.inference import inference_copy
+from camkit.engine.accel import inference_copy
 from camkit.engine.layers import resolve
 from camkit.engine.outputs import layer_tensor, scores_of, to_channels_first
 
@@ -352,7 +352,7 @@ def bench_latency(
     # The same passes with the input laid out as camkit's forward lays it out (channels-last
     # where that is faster): camkit's own cost, apart from what the layout saves.
     laid_out = list(inputs)
-    if laid_out and extractor._use_channels_last(laid_out[0]):
+    if laid_out and extractor._accel.explain_channels_last(laid_out[0]):
         laid_out[0] = laid_out[0].contiguous(memory_format=torch.channels_last)
 
     def passes(rows_list: list[Tensor]) -> Fn:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from camkit.engine.accel import accelerator
 from camkit.engine.capture import Capture, check_gradients, grad_enabled, preserved_buffers
 from camkit.engine.layer_scoring import LayerScorer
 from camkit.engine.layers import LayerSpec, locate, resolve, resolve_all
@@ -80,18 +81,12 @@ class Extractor:
         self._modules = list(model.modules())
         # Only modules with buffers of their own can change state in train mode.
         self._buffered = [m for m in self._modules if m._buffers]
-        # Layout of the forward pass (see _use_channels_last); None once a model rejected it.
-        convs = [m for m in self._modules if isinstance(m, nn.Conv2d)]
         self._channels_last_option = channels_last  # also the scoring service's layout
-        self._always_channels_last = channels_last is True
-        self._channels_last: bool | None = (
-            (bool(convs) or channels_last is True) if channels_last is not False else None
-        )
-        self._grouped = any(m.groups > 1 for m in convs)
         self._resolved: dict[str, nn.Module] = {}
         # The config is immutable; a missing attribute is slow to look up on pydantic models.
         self._batch_size = int(getattr(method.config, "batch_size", 32) or 32)
         self._precision = str(getattr(method.config, "precision", "fp32"))
+        self._accel = accelerator(model, precision=self._precision, channels_last=channels_last)
         self._layers: list[tuple[str, nn.Module]] | None = None
         if layer is not None:
             self._layers = resolve_all(model, layer)
@@ -171,7 +166,7 @@ class Extractor:
         return self._layers
 
     def _forward(self, x: Tensor, capture: Capture) -> object:
-        if not self._use_channels_last(x):
+        if not self._accel.explain_channels_last(x):
             return self._checked_forward(x, x)
         try:
             return self._checked_forward(x.contiguous(memory_format=torch.channels_last), x)
@@ -182,7 +177,7 @@ class Extractor:
             # it as given, and keep to that once that works.
             capture.restart()
             out = self._checked_forward(x, x)
-            self._channels_last = None
+            self._accel.rejected_channels_last()
             return out
 
     def _checked_forward(self, x_in: Tensor, x: Tensor) -> object:
@@ -194,26 +189,6 @@ class Extractor:
             if not _all_finite(x):  # a model may fail on NaN: say so
                 raise InputError(NON_FINITE_INPUT) from exc
             raise
-
-    def _use_channels_last(self, x: Tensor) -> bool:
-        """Whether the forward pass gets a channels-last copy of ``x``.
-
-        On CPU, torch's convolutions run faster on channels-last inputs in most cases: from
-        batch 2 on (1.3x for ResNet-18 at batch 16), and at batch 1 for models with grouped
-        (depthwise) convolutions, whose NCHW kernels are torch's slow path (1.2x for
-        MobileNetV3-Small). ResNet-18 at batch 1 is a few percent slower, so a batch of one
-        goes as given to models without grouped convolutions. Activations and gradients
-        reach methods in the usual contiguous layout, and the maps are the same to float
-        rounding. ``camkit.create(..., channels_last=False)`` turns this off, ``True`` on
-        for every 4-D input.
-        """
-        if not self._channels_last or x.dim() != 4:
-            return False
-        if x.is_contiguous(memory_format=torch.channels_last):
-            return False  # already laid out so (or nothing to gain: one channel, 1 x 1)
-        if self._always_channels_last:
-            return True
-        return x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
     def _view(self, t: Tensor, x: Tensor, layer: str) -> Tensor:
         """``(B, C, h, w)`` view of a layer output (sharing its storage where one exists)."""

@@ -18,7 +18,7 @@ them. Its rules:
 - masks are upsampled as two small matrix products (``Wy @ m @ Wx^T``), the interpolation
   matrices of :func:`camkit.engine.maps.resize`;
 - ``precision="bf16"`` forwards bfloat16 inputs through a bfloat16 inference copy of the
-  model (:func:`camkit.engine.inference.inference_copy`: batch norms folded, activations
+  model (:func:`camkit.engine.accel.inference.inference_copy`: batch norms folded, activations
   fused into the convolutions), with the masked inputs built in bfloat16; a model that
   cannot be copied faithfully (train mode, forward hooks, a forward that does not trace) is
   forwarded under bfloat16 autocast (CPU or CUDA) instead, with masks built in float32.
@@ -31,13 +31,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit.engine.inference import inference_copy
+from camkit.engine.accel import accelerator
 from camkit.engine.maps import interpolation_matrix
 from camkit.engine.outputs import scores_of
 from camkit.errors import ConfigError, PluginError
@@ -45,8 +44,7 @@ from camkit.errors import ConfigError, PluginError
 #: Chunks of work after which a progress bar is worth showing (when ``progress=None``).
 PROGRESS_AFTER = 8
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 
 
 class Scorer:
@@ -61,7 +59,8 @@ class Scorer:
         progress: show a progress bar (``None``: when the work is long and stderr is a
             terminal).
         desc: the progress bar's label.
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (bfloat16 forwards).
+        precision: ``"fp32"`` (exact), ``"bf16"`` (bfloat16 forwards) or ``"auto"``
+            (bfloat16 where the hardware runs it natively, else exact).
         channels_last: forward channels-last inputs (``None``: for 4-D inputs of models
             with 2-D convolutions).
     """
@@ -88,8 +87,7 @@ class Scorer:
         self.batch_size = batch_size
         self.progress = progress
         self.desc = desc
-        self.precision = precision
-        self.channels_last = channels_last
+        self.accel = accelerator(model, precision=precision, channels_last=channels_last)
 
     def __call__(
         self, masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
@@ -134,16 +132,14 @@ class Scorer:
         """Fill ``scores[i]`` with the score of mask ``flat[todo[i]]``, chunk by chunk."""
         inputs = self.inputs
         spatial = tuple(inputs.shape[2:])
-        channels_last = self._use_channels_last()
-        model, autocast = self.model, self.precision == "bf16"
-        copied = inference_copy(self.model, torch.bfloat16) if autocast else None
-        if copied is not None:
-            model, autocast = copied, False
+        plan = self.accel.scoring(inputs)
+        channels_last, model, autocast = plan.channels_last, plan.model, plan.autocast
+        copied = plan.dtype != inputs.dtype
         size = min(self.batch_size, todo.numel())
         # With the bfloat16 copy, masks are built in bfloat16 and NCHW layout (products
         # vectorize along rows there), then one copy lays each chunk out channels-last.
-        work = torch.bfloat16 if copied is not None else inputs.dtype
-        mask_layout = channels_last and copied is None
+        work = plan.dtype
+        mask_layout = channels_last and not copied
         flat = flat.to(work)
         low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=work)
         up = torch.empty((size, *spatial), device=inputs.device, dtype=work)
@@ -159,7 +155,7 @@ class Scorer:
         )
         staged = (
             torch.empty_like(perturbed, memory_format=torch.channels_last)
-            if copied is not None and channels_last
+            if copied and channels_last
             else None
         )
         source = inputs.to(work)
@@ -200,18 +196,12 @@ class Scorer:
                         raise
                     # The model needs contiguous inputs (e.g. it calls .view on its features).
                     channels_last, staged = False, None
+                    self.accel.rejected_channels_last()
                     perturbed = perturbed.contiguous()
                     out = scores_of(model(batch_in.contiguous()))
                 if out.dtype in (torch.bfloat16, torch.float16):
                     out = out.float()  # scores (a softmax, say) are computed in float32
                 scores[start:stop] = self.score_rows(out, image[start:stop]).float()
-
-    def _use_channels_last(self) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last and self.inputs.dim() == 4
-        return self.inputs.dim() == 4 and any(
-            isinstance(m, nn.Conv2d) for m in self.model.modules()
-        )
 
 
 @contextmanager

@@ -70,7 +70,7 @@
     for (const img of list) {
       const tr = document.createElement("tr");
       const th = document.createElement("td"); th.className = "image";
-      th.appendChild(thumb(D.assets + "/input/" + pad(img.i), "image " + img.id, img, null));
+      th.appendChild(thumb(D.assets + "/_input/" + pad(img.i), "image " + img.id, img, null));
       const cap = document.createElement("div");
       let text = img.id;
       if (img.label !== null) text += " · label " + img.label;
@@ -110,7 +110,7 @@
       const f = document.createElement("figure"), el = document.createElement("img"), c = document.createElement("figcaption");
       el.src = src; el.alt = text; c.textContent = text; f.append(c, el); body.appendChild(f);
     }
-    fig(D.assets + "/input/" + pad(img.i), "image");
+    fig(D.assets + "/_input/" + pad(img.i), "image");
     for (const m of methods) {
       fig(D.assets + "/" + m + "/map-" + pad(img.i), m + ": map");
       fig(D.overlays + "/" + m + "/" + pad(img.i), m + ": overlay");

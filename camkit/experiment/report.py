@@ -4,8 +4,8 @@ What it shows: the metric table (mean, 95% bootstrap interval, the best method p
 marked, chance levels beside it, each method's layers and time), the deletion and insertion
 curves (mean and interquartile band over the images, inline SVG), each metric's distribution
 per method, a colour bar with the normalization stated, the settings that change the
-numbers, and a browser over every image (sortable, filterable, worst cases, click to
-enlarge).
+numbers, the images that could not be read (``data.on_error = "skip"``), and a browser over
+every image (sortable, filterable, worst cases, click to enlarge).
 
 The page's style, script and plots are inline: it needs no network and no server. Pictures
 are files beside it in ``report/`` (the input image and the colour-mapped map of every image
@@ -27,10 +27,11 @@ import numpy as np
 from camkit.experiment import files
 from camkit.experiment.config import ExperimentConfig
 from camkit.experiment.data import Source
+from camkit.experiment.folder import REPORT, REPORT_INPUT
 from camkit.experiment.stats import LOWER_IS_BETTER, RESAMPLES
 from camkit.viz import colormap, overlay, to_pil
 
-ASSETS = "report"
+ASSETS = REPORT
 _HERE = Path(__file__).parent
 #: Method colours (Okabe & Ito's palette, told apart with colour-blindness); baselines grey.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -58,6 +59,8 @@ def write(
     """Write ``report.html`` and its pictures into ``folder``.
 
     Args:
+        source: the images that were explained (those skipped left out), in ``results``'
+            order.
         results: per method, the shards' arrays (without maps), in image order.
         chance: per baseline, its shards' arrays (``{}`` without baselines).
         map_files: per method, its shard files, from which the maps are read one at a time.
@@ -66,7 +69,8 @@ def write(
     count = len(source)
     if config.output.report_images is not None:
         count = min(count, config.output.report_images)
-    overlays = _write_pictures(folder, config, source, map_files, count)
+    kept = next(iter(results.values()))["index"][:count]
+    overlays = _write_pictures(folder, config, source, map_files, kept.tolist())
     page = render(config, source, results, chance, summary, count, overlays)
     files.write_text(folder / "report.html", page)
 
@@ -76,28 +80,33 @@ def _write_pictures(
     config: ExperimentConfig,
     source: Source,
     map_files: dict[str, list[Path]],
-    count: int,
+    shown: list[int],
 ) -> str:
-    """Input, map and overlay pictures of the first ``count`` images; returns the overlays'
-    folder relative to the report (``overlays`` or ``report``).
+    """Input, map and overlay pictures of the images ``shown`` (their indices in the data,
+    the first of ``source``); returns the overlays' folder relative to the report
+    (``overlays`` or ``report``).
 
     Pictures that exist are kept: they follow from the shards, which never change once
     written, so a resumed run only adds the new ones.
     """
     linked = config.output.overlays and "png" in config.output.formats
+    position = {index: row for row, index in enumerate(shown)}
     for method, paths in map_files.items():
         for path in paths:
             with np.load(path, allow_pickle=False) as data:
                 indices, maps = data["index"], data["maps"]
-            wanted = [(i, int(k)) for i, k in enumerate(indices) if k < count]
+            wanted = [(i, int(k)) for i, k in enumerate(indices) if int(k) in position]
             if not wanted:
                 continue
-            batch = source.batch([k for _, k in wanted])
-            for row, (i, index) in enumerate(wanted):
+            batch = source.batch([position[k] for _, k in wanted])
+            images = dict(zip(batch.indices, batch.images))
+            for i, index in wanted:
+                if index not in images:  # unreadable since the run: the page shows no picture
+                    continue
                 name = f"{index:06d}.png"
-                image = batch.images[row]
+                image = images[index]
                 targets = [
-                    folder / ASSETS / "input" / name,
+                    folder / ASSETS / REPORT_INPUT / name,
                     folder / ASSETS / method / f"map-{name}",
                 ]
                 if not linked:
@@ -158,6 +167,7 @@ def render(
         _distributions(config, results, chance, colours),
         "</section>",
         '<section id="images"><h2>Images</h2>',
+        _skipped(summary),
         _colour_bar(config),
         _browser(config, source, results, count, overlays, pixelated=height <= 128),
         "</section>",
@@ -182,7 +192,8 @@ def _arrow(name: str) -> str:
 
 def _headline(config: ExperimentConfig, summary: dict[str, Any]) -> str:
     bits = [
-        f"{summary['images']} images of {_e(config.data.source)}",
+        f"{summary['images']} images of {_e(config.data.source)}"
+        + (f" ({len(summary['skipped'])} unreadable, left out)" if summary.get("skipped") else ""),
         f"model {_e(config.model.source)}",
         f"{len(config.methods)} methods",
         f"targets: {_e(config.targets)}",
@@ -513,6 +524,23 @@ _CORRECTNESS = (
 def _finite(value: Any) -> float | None:
     value = float(value)
     return None if np.isnan(value) else round(value, 5)
+
+
+def _skipped(summary: dict[str, Any]) -> str:
+    """The images left out because they could not be read, with the reasons."""
+    skipped = summary.get("skipped", [])
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li><code>{_e(s['image'])}</code> (image {s['index']}): {_e(s['reason'])}</li>"
+        for s in skipped
+    )
+    return (
+        f'<details class="note" id="skipped"><summary>{len(skipped)} image'
+        f"{'s' if len(skipped) != 1 else ''} could not be read and "
+        f'{"were" if len(skipped) != 1 else "was"} left out (data.on_error = "skip")</summary>'
+        f"<ul>{items}</ul></details>"
+    )
 
 
 def _class(classes: tuple[str, ...] | None, index: int) -> str:

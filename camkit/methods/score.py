@@ -29,10 +29,11 @@ class PerturbationConfig(MethodConfig):
     batch_size: int = Field(
         32, gt=0, description="masked inputs forwarded at once; memory is bounded by this many"
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
-        description="precision of the masked forwards: 'fp32' (exact) or 'bf16' (a bfloat16 "
-        "inference copy of the model, for speed; activations, scores and maps stay float32)",
+        description="precision of the masked forwards: 'fp32' (exact), 'bf16' (a bfloat16 "
+        "inference copy of the model, for speed; activations, scores and maps stay float32) "
+        "or 'auto' (bf16 where the hardware runs bfloat16 natively, else fp32)",
     )
 
 

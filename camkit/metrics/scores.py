@@ -8,6 +8,12 @@ import torch
 from torch import Tensor
 
 from camkit.engine.outputs import scores_of
+from camkit.metrics.checks import (
+    check_classes,
+    check_images,
+    check_positive_int,
+    check_targets,
+)
 
 #: Anything that maps ``(N, C, H, W)`` images to scores (a model, or a model behind a
 #: normalization step).
@@ -28,13 +34,26 @@ def target_scores(
 
     Returns:
         ``(N,)`` float32 scores, computed under ``torch.inference_mode()``.
+
+    Raises:
+        InputError, TargetError, ModelOutputError: see :mod:`camkit.metrics.checks`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> target_scores(model, torch.rand(2, 3, 2, 2), torch.tensor([0, 2])).shape
+        torch.Size([2])
     """
+    check_images(images)
+    check_targets(targets, images.shape[0])
+    check_positive_int(batch_size, "batch_size")
     out = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            logits = scores_of(model(images[start : start + batch_size])).float()
+            chunk = images[start : start + batch_size]
+            logits = scores_of(model(chunk)).float()
+            index = targets[start : start + batch_size].to(logits.device).long()
+            check_classes(index, logits, chunk.shape[0])
             if softmax:
                 logits = logits.softmax(1)
-            index = targets[start : start + batch_size].to(logits.device).long()
             out.append(logits.gather(1, index[:, None])[:, 0].cpu())
     return torch.cat(out) if out else torch.zeros(0)

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 import camkit
-from camkit.engine import inference, scoring
-from camkit.engine.inference import (
+from camkit.engine import accel
+from camkit.engine.accel import inference
+from camkit.engine.accel.inference import (
     ConvActivation,
     GlobalAvgPool,
     global_avg_pool,
@@ -274,7 +275,7 @@ def test_scorer_bf16_uses_the_copy_or_autocast(
         wrapper.register_forward_pre_hook(record)
         return wrapper
 
-    monkeypatch.setattr(scoring, "inference_copy", spy)
+    monkeypatch.setattr(accel, "inference_copy", spy)
     exact = Scorer(model, x, _gather(targets), batch_size=5)(masks)
     fast = Scorer(model, x, _gather(targets), batch_size=5, precision="bf16")(masks)
     assert fast.dtype == torch.float32

@@ -61,7 +61,7 @@ def test_maps_equal_those_of_a_forward_as_given(method: str) -> None:
     torch.manual_seed(0)
     plain_model = Net(groups=4).eval()
     plain = camkit.create(method, plain_model, "conv2")
-    plain._channels_last = None  # the forward as given, as before layouts were chosen
+    plain._accel.rejected_channels_last()  # the forward as given, as before layouts were chosen
     slow = plain(x)
     assert plain_model.layouts[0] == "nchw"
     torch.testing.assert_close(fast.maps, slow.maps, rtol=1e-5, atol=1e-5)
@@ -114,18 +114,20 @@ def test_a_model_that_fails_either_way_raises_its_own_error() -> None:
     with pytest.raises(RuntimeError, match="broken model"):
         extractor(_inputs(2))
     assert model.layouts == ["nhwc", "nchw"]
-    assert extractor._channels_last  # not the layout's fault: still tried next time
+    assert extractor._accel.explain_channels_last(_inputs(2))  # still tried next time
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_no_channels_last_without_convolutions_or_off_the_cpu_path() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).eval()
     extractor = camkit.create("gradcam", model, "1", layout="tokens", grid=(2, 2))
-    assert not extractor._use_channels_last(_inputs(3))
+    assert not extractor._accel.explain_channels_last(_inputs(3))
     conv = camkit.create("gradcam", Net().eval(), "conv2")
-    assert conv._use_channels_last(_inputs(3))
-    assert not conv._use_channels_last(torch.randn(2, 3, 2, 6, 6))  # videos
-    assert not conv._use_channels_last(_inputs(3).contiguous(memory_format=torch.channels_last))
+    assert conv._accel.explain_channels_last(_inputs(3))
+    assert not conv._accel.explain_channels_last(torch.randn(2, 3, 2, 6, 6))  # videos
+    assert not conv._accel.explain_channels_last(
+        _inputs(3).contiguous(memory_format=torch.channels_last)
+    )
 
 
 class Permuted(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,24 @@ def test_baselines_resume_and_can_be_turned_off(small_config, tmp_path, monkeypa
     summary = json.loads((tmp_path / "out-off" / "summary.json").read_text())
     assert list(summary["baselines"]) == ["centre"]
     assert not (tmp_path / "out-off" / "baselines").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "changed"])
+def test_a_damaged_baseline_shard_is_computed_again(finished, small_config, damage, capsys):
+    _, complete = finished
+    config = load_config(small_config)
+    run(config, progress=False)
+    shard = Path(config.output.folder) / "baselines" / "random" / "shard-00001.npz"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    else:  # content altered, checksum kept
+        with np.load(shard) as data:
+            arrays = {key: data[key] for key in data.files}
+        arrays["metric_deletion"] = arrays["metric_deletion"] + 0.5
+        np.savez(shard, **arrays)
+    capsys.readouterr()
+    run(config, progress=False)
+    assert f"{shard} is damaged" in capsys.readouterr().err
+    summary = json.loads((Path(config.output.folder) / "summary.json").read_text())
+    expected = json.loads((complete.folder / "summary.json").read_text())
+    assert summary["baselines"] == expected["baselines"]

@@ -16,7 +16,7 @@ from PIL import Image
 import camkit
 from camkit import zoo
 from camkit.cli import main
-from camkit.errors import ConfigError
+from camkit.errors import ConfigError, OutputFolderError
 from camkit.experiment import load_config, run
 from camkit.methods.gradient import GradCAM
 
@@ -118,7 +118,7 @@ def test_report_is_self_contained(finished):
     )
     names = [f"{i:06d}.png" for i in range(3)]
     expected = [f"{m}/map-{n}" for m in ("cam", "gradcam") for n in names]
-    assert pictures == sorted(expected + [f"input/{n}" for n in names])
+    assert pictures == sorted(expected + [f"_input/{n}" for n in names])
 
 
 def test_interrupted_run_resumes_to_identical_metrics(finished, small_config, monkeypatch):
@@ -129,7 +129,7 @@ def test_interrupted_run_resumes_to_identical_metrics(finished, small_config, mo
 
     def flaky(self, ctx):
         calls["n"] += 1
-        if calls["n"] > 1:
+        if calls["n"] > 2:  # the first-image check, then shard 0
             raise KeyboardInterrupt
         return original(self, ctx)
 
@@ -165,11 +165,15 @@ def test_a_changed_config_is_refused_unless_overwrite(small_config):
     assert 'layer = "block"' in resolved
 
 
-def test_a_foreign_folder_is_refused(small_config, tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="holds no camkit run"):
-        run(load_config(small_config), progress=False)
+def test_a_foreign_folder_is_refused_even_with_overwrite(small_config, tmp_path):
+    out = tmp_path / "out"
+    (out / "maps").mkdir(parents=True)
+    (out / "maps" / "mine.npz").write_text("mine")
+    (out / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutputFolderError, match=r"not created by camkit.*touch: maps/"):
+            run(load_config(small_config), overwrite=overwrite, progress=False)
+    assert sorted(p.name for p in out.rglob("*")) == ["maps", "mine.npz", "notes.txt"]
 
 
 def test_cli_run(small_config, tmp_path, capsys):

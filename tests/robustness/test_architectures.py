@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 import camkit
-from camkit.engine.inference import inference_copy
+from camkit.engine.accel import inference_copy
 from camkit.errors import LayerError
 
 from .reference import Reader, normalized_upsampled, reference_capture

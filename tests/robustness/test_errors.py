@@ -9,6 +9,7 @@ of :mod:`camkit.errors` is documented nowhere.
 from __future__ import annotations
 
 import re
+import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -219,7 +220,28 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     # map helpers
     "fuse-empty": lambda mp: camkit.fuse([]),
     "fuse-mismatch": lambda mp: camkit.fuse([torch.zeros(2, 3, 3), torch.zeros(1, 3, 3)]),
+    # experiments (tests/experiment/test_user_errors.py has every case)
+    "experiment-output-is-a-file": lambda mp: _in_experiment_folder(mp, "output-file"),
+    "experiment-folder-locked": lambda mp: _in_experiment_folder(mp, "locked"),
+    "experiment-image-unreadable": lambda mp: _in_experiment_folder(mp, "image"),
 }
+
+
+def _in_experiment_folder(mp: pytest.MonkeyPatch, case: str) -> None:
+    from camkit.experiment.data import read_image
+    from camkit.experiment.folder import FolderLock, claim
+
+    mp.chdir(tempfile.mkdtemp())
+    if case == "output-file":
+        Path("f").write_text("mine")
+        claim(Path("f"), overwrite=False)
+    elif case == "locked":
+        claim(Path("out"), overwrite=False)
+        with FolderLock(Path("out")), FolderLock(Path("out")):
+            pass
+    else:
+        Path("bad.png").write_text("not an image")
+        read_image(Path("bad.png"), (8, 8))
 
 
 # -- the doc ---------------------------------------------------------------------------------
