@@ -61,3 +61,29 @@ def contrib(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "plugins/camkit-contrib/tests", *session.posargs, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """The quickstart's report.html in headless Chromium (tests/browser): fails on console
+    errors, failed or external requests, broken images, sideways scrolling at 390 px or a
+    missing plot; screenshots in build/report-check/screenshots."""
+    import shutil
+
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        session.skip(
+            f"{' and '.join(missing)} not found: the report's browser test needs Node.js 18+ "
+            "(it installs headless Chromium from npm); install Node.js to run it"
+        )
+    session.install("-e", ".")
+    root = os.path.abspath("build/report-check")
+    folder = os.path.join(root, "run")
+    session.run(
+        "python", "-m", "camkit", "run", "examples/quickstart.toml", "--output", folder,
+        "--overwrite", "--quiet", env=TEST_ENV,
+    )  # fmt: skip
+    with session.chdir("tests/browser"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+        screenshots = os.path.join(root, "screenshots")
+        session.run("node", "check_report.mjs", folder, screenshots, external=True)

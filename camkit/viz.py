@@ -17,6 +17,13 @@ _VIRIDIS = [
     "440154", "482475", "414487", "355f8d", "2a788e", "21918c",
     "22a884", "44bf70", "7ad151", "bddf26", "fde725",
 ]  # fmt: skip
+# Cividis (Nuñez et al., PLOS ONE 2018): readable with red-green colour blindness, and its
+# lightness rises evenly, so it reads right in greyscale too.
+_CIVIDIS = [
+    "00224e", "083370", "35456c", "4f576c", "666970", "7d7c78",
+    "948e77", "aea371", "c8b866", "e5cf52", "fee838",
+]  # fmt: skip
+_ANCHORED = {"viridis": _VIRIDIS, "cividis": _CIVIDIS}
 
 
 def colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
@@ -24,14 +31,15 @@ def colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
     v = np.clip(np.nan_to_num(values.astype(np.float32)), 0.0, 1.0)
     if name == "jet":
         rgb = np.stack([np.clip(1.5 - np.abs(4 * v - k), 0, 1) for k in (3, 2, 1)], axis=-1)
-    elif name == "viridis":
-        anchors = np.array([[int(c[i : i + 2], 16) for i in (0, 2, 4)] for c in _VIRIDIS]) / 255
+    elif name in _ANCHORED:
+        anchors = np.array([[int(c[i : i + 2], 16) for i in (0, 2, 4)] for c in _ANCHORED[name]])
+        anchors = anchors / 255
         grid = np.linspace(0, 1, len(anchors))
         rgb = np.stack([np.interp(v, grid, anchors[:, i]) for i in range(3)], axis=-1)
     elif name == "gray":
         rgb = np.repeat(v[..., None], 3, axis=-1)
     else:
-        raise InputError(f"unknown colormap {name!r}; choose 'jet', 'viridis' or 'gray'")
+        raise InputError(f"unknown colormap {name!r}; choose 'jet', 'viridis', 'cividis' or 'gray'")
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
@@ -71,7 +79,7 @@ def overlay(
         image: PIL image, ``(C, H, W)`` tensor or ``(H, W, C)`` array (floats in ``[0, 1]``).
         cam: ``(h, w)`` map in ``[0, 1]``; resized (bilinear) to the image.
         alpha: weight of the heatmap in the blend.
-        cmap: ``"jet"``, ``"viridis"`` or ``"gray"``.
+        cmap: ``"jet"``, ``"viridis"``, ``"cividis"`` or ``"gray"``.
     """
     base = to_pil(image)
     values = torch.as_tensor(np.asarray(cam) if not isinstance(cam, Tensor) else cam)

@@ -72,3 +72,10 @@ def test_overlay_of_an_extractor_result(tiny, x32):
 def test_overlay_rejects_a_batch_of_maps():
     with pytest.raises(InputError, match=r"one \(h, w\) map, got shape \(2, 4, 4\)"):
         camkit.overlay(np.zeros((4, 4, 3), dtype=np.uint8), torch.zeros(2, 4, 4))
+
+
+def test_cividis_interpolates_its_anchor_colours():
+    # anchors at 0, 0.1, ..., 1; 0.05 is halfway between #00224e and #083370
+    got = colormap(np.array([[0.0, 0.05, 0.5, 1.0]]), "cividis")[0].tolist()
+    halfway = [round((a + b) / 2 + 1e-9) for a, b in zip((0x00, 0x22, 0x4E), (0x08, 0x33, 0x70))]
+    assert got == [[0x00, 0x22, 0x4E], halfway, [0x7D, 0x7C, 0x78], [0xFE, 0xE8, 0x38]]

@@ -198,6 +198,7 @@ class MetricsSpec(_Section):
     tolerance: float | None = Field(
         None, ge=0, description="pointing-game tolerance in pixels; default 15 per 224 pixels"
     )
+    baselines: bool = Field(True, description="measure random-map chance levels of every metric")
 
 
 class OutputSpec(_Section):
@@ -210,12 +211,14 @@ class OutputSpec(_Section):
         min_length=1,
         description="overlay file formats",
     )
-    colormap: Literal["jet", "viridis", "gray"] = "jet"
+    colormap: Literal["jet", "viridis", "cividis", "gray"] = "jet"
     alpha: float = Field(0.5, ge=0, le=1, description="heatmap weight in overlays")
     map_dtype: Literal["float16", "float32"] = Field(
         "float16", description="precision of the stored maps"
     )
-    report_images: int = Field(16, ge=0, le=1000, description="images shown in report.html")
+    report_images: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="images in report.html's browser (default: all)"
+    )
 
 
 class ExperimentConfig(_Section):

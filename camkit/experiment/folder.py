@@ -1,8 +1,9 @@
 """The output folder: who owns it, what camkit wrote into it, and who is running in it.
 
 camkit writes only into a folder it created or one that carries its marker
-(``.camkit/owner.json``); ``.camkit/manifest.json`` lists the methods and overlay formats of
-every run that used the folder, so camkit knows exactly which files it wrote (see
+(``.camkit/owner.json``); ``.camkit/manifest.json`` lists the methods, overlay formats and
+random baselines of every run that used the folder, so camkit knows exactly which files it
+wrote (see
 :func:`written_files`) and deletes only those, with or without ``--overwrite``. A user's
 own files in the folder are never touched.
 
@@ -19,7 +20,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,9 +36,19 @@ RUN_FILE = "run.json"
 RESOLVED_FILE = "config.resolved.toml"
 #: The merged outputs and records at the top of the folder.
 TOP_FILES = ("metrics.csv", "summary.json", "report.html", RESOLVED_FILE, RUN_FILE)
+#: The folders of the random baselines' shards and of the report's pictures.
+BASELINES = "baselines"
+REPORT = "report"
+#: The report's input pictures, in ``report/``: a method id cannot start with ``_``.
+REPORT_INPUT = "_input"
+#: Folders camkit writes into, per method (``<folder>/<method>/``).
+_PER_METHOD = ("maps", "overlays", REPORT)
 #: Top-level names camkit writes (and ``--overwrite`` would touch).
-TOP_NAMES = (*TOP_FILES, "maps", "overlays", STATE_DIR)
+TOP_NAMES = (*TOP_FILES, "maps", "overlays", BASELINES, REPORT, STATE_DIR)
 _SHARD = re.compile(r"^shard-\d{5}\.npz$")
+_INPUT_PICTURE = re.compile(r"^\d{6}\.png$")
+_REPORT_PICTURE = re.compile(r"^(map-)?\d{6}\.png$")
+_KEYS = ("methods", "formats", "baselines")
 
 
 def _temporary_of(name: str) -> re.Pattern[str]:
@@ -106,13 +117,14 @@ def claim(folder: Path, overwrite: bool) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, list[str]]:
-    """The methods and overlay formats recorded for ``folder`` (empty lists when none).
+    """The methods, overlay formats and baselines recorded for ``folder`` (empty lists when
+    none).
 
     Example:
         >>> read_manifest(Path("runs/quickstart"))
-        {'methods': ['gradcam', ...], 'formats': ['png']}
+        {'methods': ['gradcam', ...], 'formats': ['png'], 'baselines': ['random', ...]}
     """
-    manifest: dict[str, list[str]] = {"methods": [], "formats": []}
+    manifest: dict[str, list[str]] = {key: [] for key in _KEYS}
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -133,23 +145,25 @@ def read_manifest(folder: Path) -> dict[str, list[str]]:
     return manifest
 
 
-def record_in_manifest(folder: Path, methods: list[str], formats: list[str]) -> None:
-    """Add ``methods`` and ``formats`` to the manifest before any of their files is written.
+def record_in_manifest(
+    folder: Path, methods: list[str], formats: list[str], baselines: Sequence[str] = ()
+) -> None:
+    """Add ``methods``, ``formats`` and ``baselines`` to the manifest before any of their
+    files is written.
 
     Example:
-        >>> record_in_manifest(Path("runs/new"), ["gradcam"], ["png"])
+        >>> record_in_manifest(Path("runs/new"), ["gradcam"], ["png"], ["random"])
     """
     manifest = read_manifest(folder)
-    updated = {
-        "methods": list(dict.fromkeys([*manifest["methods"], *methods])),
-        "formats": list(dict.fromkeys([*manifest["formats"], *formats])),
-    }
+    new = {"methods": methods, "formats": formats, "baselines": list(baselines)}
+    updated = {key: list(dict.fromkeys([*manifest[key], *new[key]])) for key in _KEYS}
     files.write_text(folder / MANIFEST, json.dumps(updated, indent=2) + "\n")
 
 
 def written_files(folder: Path, temporaries_only: bool = False) -> Iterator[Path]:
-    """The files camkit wrote in ``folder`` that exist now: merged outputs, shards and
-    overlays of the manifest's methods, and temporary files of interrupted writes of those.
+    """The files camkit wrote in ``folder`` that exist now: merged outputs, shards, overlays
+    and report pictures of the manifest's methods, the report's input pictures, shards of the
+    manifest's baselines, and temporary files of interrupted writes of those.
 
     Symbolic links are neither followed nor listed.
 
@@ -159,9 +173,17 @@ def written_files(folder: Path, temporaries_only: bool = False) -> Iterator[Path
     """
     manifest = read_manifest(folder)
     overlay = re.compile(rf"^\d{{6}}\.({'|'.join(map(re.escape, manifest['formats'])) or '-'})$")
-    places: list[tuple[Path, re.Pattern[str] | tuple[str, ...]]] = [(folder, TOP_FILES)]
+    places: list[tuple[Path, re.Pattern[str] | tuple[str, ...]]] = [
+        (folder, TOP_FILES),
+        (folder / REPORT / REPORT_INPUT, _INPUT_PICTURE),
+    ]
     for method in manifest["methods"]:
-        places += [(folder / "maps" / method, _SHARD), (folder / "overlays" / method, overlay)]
+        places += [
+            (folder / "maps" / method, _SHARD),
+            (folder / "overlays" / method, overlay),
+            (folder / REPORT / method, _REPORT_PICTURE),
+        ]
+    places += [(folder / BASELINES / name, _SHARD) for name in manifest["baselines"]]
     for place, names in places:
         if place.is_symlink() or not place.is_dir():
             continue
@@ -190,20 +212,24 @@ def remove_written(folder: Path, temporaries_only: bool = False) -> None:
     check_no_links(folder)
     for path in list(written_files(folder, temporaries_only)):
         path.unlink(missing_ok=True)
-    for kind in ("maps", "overlays"):
-        for method in read_manifest(folder)["methods"]:
-            _remove_if_empty(folder / kind / method)
+    manifest = read_manifest(folder)
+    _remove_if_empty(folder / REPORT / REPORT_INPUT)
+    owners = {kind: manifest["methods"] for kind in _PER_METHOD}
+    owners[BASELINES] = manifest["baselines"]
+    for kind, names in owners.items():
+        for name in names:
+            _remove_if_empty(folder / kind / name)
         _remove_if_empty(folder / kind)
 
 
 def check_no_links(folder: Path) -> None:
-    """Refuse a folder whose ``maps`` or ``overlays`` is a symbolic link: camkit would write
-    (and delete) through it, outside the folder.
+    """Refuse a folder whose ``maps``, ``overlays``, ``baselines`` or ``report`` is a
+    symbolic link: camkit would write (and delete) through it, outside the folder.
 
     Example:
         >>> check_no_links(Path("runs/quickstart"))  # raises OutputFolderError for a link
     """
-    for name in ("maps", "overlays"):
+    for name in ("maps", "overlays", BASELINES, REPORT):
         if (folder / name).is_symlink():
             raise OutputFolderError(
                 f"output folder {folder}: {name} is a symbolic link; camkit does not write or "

@@ -1,4 +1,5 @@
-"""Merging a run: ``metrics.csv``, ``summary.json`` and ``report.html`` from the shards alone."""
+"""Merging a run: ``metrics.csv``, ``summary.json`` and ``report.html`` (with its pictures)
+from the shards alone."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import io
 import json
 import math
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,38 +16,21 @@ import numpy as np
 import torch
 
 import camkit
-from camkit.errors import OutputFolderError
-from camkit.experiment import files
+from camkit.experiment import baselines, files, stats
 from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source, Subset
-from camkit.experiment.plan import Shard
+from camkit.experiment.plan import Shard, concatenate_shards
 from camkit.metrics import centre_map, energy_pointing_game, pointing_game
 
 
-def load_shards(
-    folder: Path, method: str, shards: list[Shard], with_maps: bool = False
-) -> dict[str, np.ndarray]:
-    """One method's shards concatenated in image order; the maps only when asked for, so
-    merging a large run stays small in memory.
+def load_shards(folder: Path, method: str, shards: list[Shard]) -> dict[str, np.ndarray]:
+    """One method's shards concatenated in image order, without the maps.
 
     Raises:
         OutputFolderError: a shard is missing or unreadable (a re-run computes it again).
     """
-    parts: dict[str, list[np.ndarray]] = {}
-    for shard in shards:
-        path = shard.file(folder, method)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                for key in data.files:
-                    if key != files.CHECKSUM_KEY and (with_maps or key != "maps"):
-                        parts.setdefault(key, []).append(data[key])
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            missing = isinstance(exc, FileNotFoundError)
-            raise OutputFolderError(
-                f"shard {path} of method {method!r} is {'missing' if missing else 'damaged'}; "
-                "run the same config again to compute it"
-            ) from None
-    return {key: np.concatenate(values) for key, values in parts.items()}
+    paths = [shard.file(folder, method) for shard in shards]
+    return concatenate_shards(paths, f"method {method!r}")
 
 
 def merge(
@@ -57,13 +40,18 @@ def merge(
     shards: list[Shard],
     meta: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``metrics.csv``, ``summary.json`` and ``report.html`` from the shards."""
+    """Write ``metrics.csv``, ``summary.json`` and ``report.html`` (and its pictures) from
+    the shards of the methods and of the random baselines."""
     from camkit.experiment import report
 
     results = {str(m.id): load_shards(folder, str(m.id), shards) for m in config.methods}
     files.write_text(folder / "metrics.csv", metrics_csv(config.metrics.compute, results))
     assert config.data.image_size is not None and not isinstance(config.data.image_size, int)
-    summary = summarize(config.metrics, config.data.image_size, results)
+    summary = summarize(config.metrics, config.data.image_size, results, seed=config.seed)
+    chance = baselines.load(folder, shards) if config.metrics.baselines else {}
+    if chance:
+        found = baselines.summarize(config.metrics.compute, config.seed, chance)
+        summary.setdefault("baselines", {}).update(found)
     summary["run"] = {
         "camkit": camkit.__version__,
         "torch": torch.__version__,
@@ -72,17 +60,10 @@ def merge(
         **(meta or {}),
     }
     files.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    # the report shows the first images that were not skipped
+    # the report shows the images that were not skipped
     kept = next(iter(results.values()))["index"]
-    shown = min(config.output.report_images, len(kept))
-    last = int(kept[shown - 1]) if shown else -1
-    first = [s for s in shards if s.start <= last]
-    maps = {
-        method: load_shards(folder, method, first, with_maps=True)["maps"][:shown]
-        for method in results
-    }
-    source = Subset(source, kept.tolist())
-    files.write_text(folder / "report.html", report.render(config, source, results, maps, summary))
+    map_files = {method: [s.file(folder, method) for s in shards] for method in results}
+    report.write(folder, config, Subset(source, kept.tolist()), results, chance, map_files, summary)
 
 
 def metrics_csv(names: Sequence[str], results: dict[str, dict[str, np.ndarray]]) -> str:
@@ -131,26 +112,38 @@ def _csv_text(text: str) -> str:
 
 
 def summarize(
-    metrics: MetricsSpec, image_size: tuple[int, int], results: dict[str, dict[str, np.ndarray]]
+    metrics: MetricsSpec,
+    image_size: tuple[int, int],
+    results: dict[str, dict[str, np.ndarray]],
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Per-method means (with counts) of every metric, and the centre baseline.
+    """Per-method statistics (:func:`~camkit.experiment.stats.describe`: mean, count, 95%
+    bootstrap interval) of every metric, the best method per metric, each method's layers
+    and seconds, the skipped images, and the centre baseline.
 
     Args:
         metrics: which metrics were computed, and the pointing game's tolerance.
         image_size: ``(H, W)`` of the maps.
         results: per method, the shards' arrays (without maps).
+        seed: seeds the bootstrap's resampling.
     """
 
     def stat(values: np.ndarray) -> dict[str, Any]:
-        kept = values[~np.isnan(values)]
-        return {"mean": float(kept.mean()) if kept.size else None, "count": int(kept.size)}
+        return stats.describe(values, seed=seed)
 
-    methods = {
+    methods: dict[str, dict[str, Any]] = {
         method: {name: stat(data[f"metric_{name}"]) for name in metrics.compute}
         for method, data in results.items()
     }
     first = next(iter(results.values()))
     summary: dict[str, Any] = {"images": len(first["index"]), "methods": methods}
+    summary["best"] = stats.best(methods)
+    summary["layers"] = {
+        m: stats.distinct(d["layers"]) for m, d in results.items() if "layers" in d
+    }
+    summary["seconds"] = {
+        m: float(d["seconds"].sum()) for m, d in results.items() if "seconds" in d
+    }
     if len(first.get("skipped_index", ())):
         summary["skipped"] = [
             {"index": int(i), "image": str(name), "reason": str(why)}

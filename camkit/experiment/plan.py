@@ -1,7 +1,8 @@
 """Planning a run: cutting the images into shards, and preparing (or resuming) the folder.
 
-A *shard* is ``batch_size`` consecutive images of one method, stored as one
-``maps/<method>/shard-NNNNN.npz`` file with a checksum. ``run.json`` records the
+A *shard* is ``batch_size`` consecutive images of one method (or one random baseline),
+stored as one ``maps/<method>/shard-NNNNN.npz`` (``baselines/<name>/shard-NNNNN.npz``) file
+with a checksum. ``run.json`` records the
 fingerprints of the config and of the data that wrote the folder, so a re-run of the same
 config on the same images resumes, and anything else is refused. A stored shard counts as
 done only once verified (:func:`shard_problem`); a damaged one is computed again.
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import camkit
 from camkit.errors import ConfigError, OutputFolderError
@@ -31,6 +36,10 @@ from camkit.experiment.folder import (
 PER_IMAGE = ("index", "id", "label", "box", "predicted", "target", "confidence", "maps")
 #: The arrays of a shard with one row per image skipped under ``data.on_error = "skip"``.
 SKIPPED = ("skipped_index", "skipped_id", "skipped_reason")
+#: The arrays of a method's shard that are not per image: the method's time and layers.
+PER_SHARD = ("seconds", "layers")
+#: The metrics that also store their per-image curve, ``curve_<name>``.
+CURVED = ("deletion", "insertion")
 
 
 @dataclass(frozen=True)
@@ -62,13 +71,18 @@ def plan_shards(count: int, size: int) -> list[Shard]:
 
 
 def prepare_folder(
-    folder: Path, config: ExperimentConfig, data: dict[str, Any], overwrite: bool
+    folder: Path,
+    config: ExperimentConfig,
+    data: dict[str, Any],
+    overwrite: bool,
+    baselines: Sequence[str] = (),
 ) -> None:
     """Make ``folder`` (claimed and locked by the caller) ready for ``config``: new,
     resumable, or (``overwrite``) cleared of camkit's earlier results.
 
     Args:
         data: the fingerprint of the images (:meth:`~camkit.experiment.data.Source.fingerprint`).
+        baselines: the random baselines the run will write (recorded in the manifest).
 
     Raises:
         ConfigError: the folder holds results of another config, or of other data, and
@@ -96,7 +110,9 @@ def prepare_folder(
                 "choose another folder with --output"
             )
     remove_written(folder, temporaries_only=not overwrite)
-    record_in_manifest(folder, [str(m.id) for m in config.methods], list(config.output.formats))
+    record_in_manifest(
+        folder, [str(m.id) for m in config.methods], list(config.output.formats), baselines
+    )
     files.write_text(folder / RESOLVED_FILE, files.dumps_toml(config.resolved()))
     files.write_text(
         record,
@@ -132,13 +148,32 @@ def pending(folder: Path, method: str, shards: list[Shard], metrics: list[str]) 
         >>> [s.index for s in pending(Path("runs/new"), "gradcam", plan_shards(8, 4), [])]
         [0, 1]
     """
+    return pending_files(
+        shards, lambda s: s.file(folder, method), lambda p, s: shard_problem(p, s, metrics)
+    )
+
+
+def pending_files(
+    shards: list[Shard],
+    where: Callable[[Shard], Path],
+    problem_of: Callable[[Path, Shard], str | None],
+) -> list[Shard]:
+    """The ``shards`` whose file (at ``where(shard)``) is missing or has a problem
+    (``problem_of(path, shard)``, see :func:`shard_problem`); a damaged file is deleted, with
+    a note on stderr.
+
+    Example:
+        >>> where = lambda s: s.file(Path("runs/new"), "cam")
+        >>> [s.index for s in pending_files(plan_shards(8, 4), where, lambda p, s: None)]
+        [0, 1]
+    """
     todo = []
     for shard in shards:
-        path = shard.file(folder, method)
+        path = where(shard)
         if not path.exists():
             todo.append(shard)
             continue
-        problem = shard_problem(path, shard, metrics)
+        problem = problem_of(path, shard)
         if problem is not None:
             print(
                 f"camkit: note: {path} is damaged ({problem}); computing it again",
@@ -149,8 +184,17 @@ def pending(folder: Path, method: str, shards: list[Shard], metrics: list[str]) 
     return todo
 
 
-def shard_problem(path: Path, shard: Shard, metrics: list[str]) -> str | None:
-    """What is wrong with the stored ``shard`` at ``path``, or ``None`` when it is complete.
+def shard_problem(
+    path: Path,
+    shard: Shard,
+    metrics: Sequence[str],
+    per_image: Sequence[str] = PER_IMAGE,
+    others: Sequence[str] = (*SKIPPED, *PER_SHARD),
+) -> str | None:
+    """What is wrong with the stored ``shard`` at ``path``, or ``None`` when it is complete:
+    its checksum verified, the arrays ``per_image``, ``metric_<name>`` and ``curve_<name>``
+    of ``metrics`` present with one row per image, ``others`` present, and together with
+    ``skipped_index`` covering exactly the shard's images.
 
     Example:
         >>> shard = plan_shards(8, 4)[0]
@@ -160,17 +204,52 @@ def shard_problem(path: Path, shard: Shard, metrics: list[str]) -> str | None:
         arrays = files.read_npz(path)
     except ValueError as exc:
         return str(exc)
-    keys = [*PER_IMAGE, *(f"metric_{name}" for name in metrics), *SKIPPED]
-    missing = [key for key in keys if key not in arrays]
+    rows = [
+        *per_image,
+        *(f"metric_{name}" for name in metrics),
+        *(f"curve_{name}" for name in CURVED if name in metrics),
+    ]
+    missing = [key for key in [*rows, *others] if key not in arrays]
     if missing:
         return f"missing {', '.join(missing)}"
     index = arrays["index"]
-    if any(len(arrays[key]) != len(index) for key in PER_IMAGE if key != "index"):
+    if any(len(arrays[key]) != len(index) for key in rows):
         return "its arrays have different lengths"
     covered = sorted([*index.tolist(), *arrays["skipped_index"].tolist()])
     if covered != list(range(shard.start, shard.stop)):
         return f"it does not hold images {shard.start}..{shard.stop - 1}"
     return None
+
+
+def concatenate_shards(paths: Sequence[Path], owner: str) -> dict[str, np.ndarray]:
+    """The arrays of the shard files ``paths`` concatenated in order, without the maps (so
+    merging a large run stays small in memory) and without the checksums.
+
+    Args:
+        owner: whose shards they are, for the message (``"method 'cam'"``).
+
+    Raises:
+        OutputFolderError: a shard is missing or unreadable (a re-run computes it again).
+
+    Example:
+        >>> paths = [s.file(Path("runs/quickstart"), "cam") for s in plan_shards(8, 4)]
+        >>> concatenate_shards(paths, "method 'cam'")["index"]
+        array([0, 1, 2, 3, 4, 5, 6, 7])
+    """
+    parts: dict[str, list[np.ndarray]] = {}
+    for path in paths:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for key in data.files:
+                    if key not in (files.CHECKSUM_KEY, "maps"):
+                        parts.setdefault(key, []).append(data[key])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            missing = isinstance(exc, FileNotFoundError)
+            raise OutputFolderError(
+                f"shard {path} of {owner} is {'missing' if missing else 'damaged'}; "
+                "run the same config again to compute it"
+            ) from None
+    return {key: np.concatenate(values) for key, values in parts.items()}
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[str]:

@@ -4,7 +4,8 @@ Work is cut into *shards* of ``batch_size`` consecutive images; a shard of one m
 ``maps/<method>/shard-NNNNN.npz`` file holding its maps, predictions and per-image metrics,
 written atomically once complete. A re-run skips the shards that exist, so an interrupted
 run loses at most the shards in flight, and the merged outputs (``metrics.csv``,
-``summary.json``, ``report.html``) are rebuilt from the shards alone.
+``summary.json``, ``report.html``) are rebuilt from the shards alone. The random baselines'
+shards (:mod:`~camkit.experiment.baselines`) follow the methods' the same way.
 
 The jobs live in their own modules: :mod:`~camkit.experiment.plan` (shards, the folder,
 resuming), :mod:`~camkit.experiment.compute` (one shard) and
@@ -32,6 +33,7 @@ from camkit.errors import (
     LayerError,
     TargetError,
 )
+from camkit.experiment import baselines
 from camkit.experiment.compute import NormalizingModel, explain, write_shard
 from camkit.experiment.config import ExperimentConfig
 from camkit.experiment.data import Batch, Source, open_source
@@ -98,7 +100,8 @@ def run(
             try:
                 claim(folder, overwrite)
                 lock.acquire()
-                prepare_folder(folder, config, source.fingerprint(), overwrite)
+                chance = baselines.NAMES if config.metrics.baselines else ()
+                prepare_folder(folder, config, source.fingerprint(), overwrite, chance)
             except CamkitError as exc:
                 problem = exc
         problem = world.from_rank0(problem)
@@ -126,6 +129,14 @@ def run(
                     write_shard(shard.file(folder, method), overlays, batch, arrays, config.output)
                     computed += 1
                     bar.update(len(shard))
+        if config.metrics.baselines:
+            assert config.data.image_size is not None
+            assert not isinstance(config.data.image_size, int)
+            baselines.compute(
+                folder, mine, first=str(config.methods[0].id), metrics_spec=config.metrics,
+                image_size=config.data.image_size, seed=config.seed, model=model,
+                source=source, device=device,
+            )  # fmt: skip
         world.barrier()
         if world.rank == 0:
             merge(folder, config, source, shards, meta={"processes": world.size})

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,9 @@ def test_a_users_files_survive_runs_and_overwrite(small_config, tmp_path):
         out / "maps" / "cam" / "notes.txt",
         out / "overlays" / "cam" / "000000.png.bak",
         out / ".other.tmp",
+        out / "report" / "notes.png",
+        out / "report" / "gradcam" / "mine.png",
+        out / "baselines" / "random" / "notes.txt",
     ]
     for path in mine:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,12 +86,20 @@ def test_a_users_files_survive_runs_and_overwrite(small_config, tmp_path):
     stale.write_bytes(b"half")
     run(load_config(small_config), progress=False)
     assert not stale.exists()
-    changed = load_config(small_config, overrides=["methods[1].id=second"])
+    assert (out / "report" / "gradcam" / "map-000000.png").is_file()
+    changed = load_config(
+        small_config, overrides=["methods[1].id=second", "metrics.baselines=false"]
+    )
     run(changed, overwrite=True, progress=False)
     assert all(path.read_text() == "mine" for path in mine)
     # the old method's results are gone, except the user's files among them
     assert sorted(p.name for p in (out / "maps" / "gradcam").glob("*")) == []
     assert not (out / "overlays" / "gradcam").exists()
+    assert [p.name for p in (out / "report" / "gradcam").iterdir()] == ["mine.png"]
+    assert (out / "report" / "second" / "map-000000.png").is_file()
+    # so are the baselines of the earlier run, which this one does not compute
+    assert [p.name for p in (out / "baselines" / "random").iterdir()] == ["notes.txt"]
+    assert not (out / "baselines" / "blurred_random").exists()
     assert (out / "maps" / "second" / "shard-00001.npz").is_file()
     assert sorted(p.name for p in (out / "maps" / "cam").iterdir()) == [
         ".mine.tmp", "notes.txt", "shard-00000.npz", "shard-00001.npz",
@@ -231,6 +243,18 @@ def test_a_bad_file_stops_the_run_naming_it_or_is_skipped_and_listed(tmp_path):
     assert summary["images"] == 2
     assert [(s["index"], s["image"]) for s in summary["skipped"]] == [(1, "img1.png")]
     assert "UnidentifiedImageError" in summary["skipped"][0]["reason"]
+    # the report lists it too, and shows the other images under their own numbers
+    text = (result.folder / "report.html").read_text()
+    assert re.search(r"1 image could not be read.*img1\.png.*UnidentifiedImageError", text, re.S)
+    data = json.loads(
+        re.search(r'<script type="application/json" id="data">(.*?)</script>', text)[1]
+    )
+    assert [(i["i"], i["id"]) for i in data["images"]] == [(0, "img0.png"), (2, "img2.png")]
+    inputs = sorted(p.name for p in (result.folder / "report" / "_input").iterdir())
+    assert inputs == ["000000.png", "000002.png"]
+    expected = read_image(tmp_path / "data" / "img2.png", (32, 32)).transpose(1, 2, 0) * 255
+    shown = np.asarray(Image.open(result.folder / "report" / "_input" / "000002.png"))
+    assert np.abs(shown - expected).max() <= 1
 
 
 def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
