@@ -1,7 +1,8 @@
 """camkit-contrib: more CAM methods for camkit, installed as a plugin distribution.
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
-``eigengradcam``, ``ablationcam`` and ``randomcam`` to ``camkit.list_methods()``; camkit
+``eigengradcam``, ``ablationcam``, ``randomcam``,
+``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
 camkit's public plugin contract.
 """
@@ -12,7 +13,10 @@ import camkit
 from camkit_contrib.ablation import AblationCAM
 from camkit_contrib.baseline import RandomCAM
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
+from camkit_contrib.fem import FEM
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
+from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.seg_eigen import SegEigenCAM
 
 __version__ = "0.1.0"
 
@@ -23,9 +27,14 @@ METHODS: list[type[camkit.Method]] = [
     EigenGradCAM,
     AblationCAM,
     RandomCAM,
+    KPCACAM,
+    FEM,
+    SegEigenCAM,
 ]
 
 __all__ = [
+    "FEM",
+    "KPCACAM",
     "METHODS",
     "AblationCAM",
     "EigenCAM",
@@ -33,6 +42,7 @@ __all__ = [
     "GradCAMElementWise",
     "HiResCAM",
     "RandomCAM",
+    "SegEigenCAM",
     "camkit_methods",
 ]
 
