@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 import camkit
-from camkit.errors import ConfigError
+from camkit.errors import ConfigError, LayerError
 from camkit.testing import tiny_inputs, tiny_model
 
 LAYER = "features"
@@ -153,6 +153,16 @@ def test_fem_weights_are_the_share_above_k_sigma(model, x, k):
     np.testing.assert_allclose(res.layer_maps[LAYER].double().numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [2.0, 1.75])
+def test_fem_refuses_a_grid_where_nothing_can_exceed_k_sigma(k):
+    # a 2x2 grid (4 values) allows at most sqrt(3) = 1.73 standard deviations above the mean
+    model = tiny_model(seed=3, num_classes=5, channels=6)
+    x = tiny_inputs(1, 4, seed=4)
+    with pytest.raises(LayerError, match=r"sqrt\(4 - 1\) = 1.73"):
+        camkit.create("fem", model, LAYER, k=k)(x)
+    assert camkit.create("fem", model, LAYER, k=1.7)(x).maps.shape == (1, 4, 4)
+
+
 def test_fem_ignores_the_target(model, x):
     np.testing.assert_array_equal(
         layer_map("fem", model, x, [0, 1]), layer_map("fem", model, x, [4, 4])
@@ -172,3 +182,20 @@ def test_segeigencam_corrects_the_sign_by_the_extremes(model, x, targets):
         np.testing.assert_allclose(
             cam[b], np.maximum(p, 0).reshape(A.shape[2:]), rtol=1e-4, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly"])
+def test_kpca_keeps_the_variation_of_tiny_activations(kernel):
+    # Untrained layers can output values near 1e-8. The kernel then varies by ~1e-17 around
+    # its constant part (tanh(1), 1, 1), below float64's resolution of that constant; to first
+    # order it is an affine function of the linear kernel (of the squared distances for rbf,
+    # which double centring turns into the linear Gram matrix), so the map must be the linear
+    # kernel's, not zeros or rounding noise.
+    from camkit_contrib.kpca import kernel_first_component
+
+    feats = 1e-8 * torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(0)).double()
+    tiny = kernel_first_component(feats, kernel, 0.2).flatten(1)
+    linear = kernel_first_component(feats, "linear").flatten(1)
+    assert bool((tiny.abs().amax(1) > 0).all())
+    for ours, expected in zip(tiny, linear):
+        assert abs(np.corrcoef(ours.numpy(), expected.numpy())[0, 1]) > 0.9999

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 import camkit
+from camkit.errors import LayerError
 
 
 class FEMConfig(camkit.MethodConfig):
@@ -42,6 +45,16 @@ class FEM(camkit.Method):
     Config = FEMConfig
 
     def weights(self, ctx: camkit.Context) -> Tensor:
+        grid = tuple(ctx.activations.shape[2:])
+        locations = math.prod(grid)
+        if self.config.k >= 0 and self.config.k**2 >= locations - 1:
+            raise LayerError(
+                f"fem with k={self.config.k} can mark no location of layer {ctx.layer!r}: its "
+                f"{grid} grid has {locations} values per channel, and none of {locations} "
+                f"values lies more than sqrt({locations} - 1) = {math.sqrt(locations - 1):.2f} "
+                f"standard deviations above their mean; use k < {math.sqrt(locations - 1):.2f} "
+                "or an earlier layer with a larger grid"
+            )
         spatial = tuple(range(2, ctx.activations.dim()))
         acts = ctx.activations.float()
         mean = acts.mean(spatial, keepdim=True)

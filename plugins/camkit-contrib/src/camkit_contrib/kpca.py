@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -16,11 +17,16 @@ Kernel = Literal["linear", "poly", "rbf", "sigmoid", "cosine"]
 def kernel_matrix(
     rows: Tensor, kernel: Kernel, gamma: float, *, degree: int = 3, coef0: float = 1.0
 ) -> Tensor:
-    r"""The ``(B, N, N)`` Gram matrices of ``(B, N, C)`` rows under ``kernel``.
+    r"""The ``(B, N, N)`` Gram matrices of ``(B, N, C)`` rows under ``kernel``, less a constant.
 
     ``linear``: :math:`x^T y`; ``poly``: :math:`(\gamma x^T y + c_0)^d`; ``rbf``:
     :math:`\exp(-\gamma \lVert x - y \rVert^2)`; ``sigmoid``: :math:`\tanh(\gamma x^T y + c_0)`;
     ``cosine``: :math:`x^T y / (\lVert x \rVert \lVert y \rVert)` (0 for a zero row).
+    Each is returned minus its value for orthogonal (``poly``, ``sigmoid``) or equal
+    (``rbf``) rows, :math:`c_0^d`, :math:`\tanh c_0` or 1, computed without subtracting:
+    a kernel PCA double-centres the matrix, which removes any constant, and for the small
+    activations of untrained layers the variation would otherwise vanish below the
+    constant's rounding.
 
     Example:
         >>> kernel_matrix(torch.randn(1, 5, 3), "rbf", 0.5).shape
@@ -30,11 +36,15 @@ def kernel_matrix(
     if kernel == "linear":
         return dot
     if kernel == "poly":
-        return (gamma * dot + coef0) ** degree
+        # a^d - c^d = (a - c) * sum_i a^i c^(d-1-i), with a - c = gamma * dot exactly
+        shifted = gamma * dot + coef0
+        return gamma * dot * sum(shifted**i * coef0 ** (degree - 1 - i) for i in range(degree))
     if kernel == "sigmoid":
-        return torch.tanh(gamma * dot + coef0)
+        # tanh(x + c) - tanh(c) = sinh(x) / (cosh(x + c) cosh(c))
+        x = gamma * dot
+        return torch.sinh(x) / (torch.cosh(x + coef0) * math.cosh(coef0))
     if kernel == "rbf":
-        return torch.exp(-gamma * torch.cdist(rows, rows).square())
+        return torch.expm1(-gamma * torch.cdist(rows, rows).square())
     norms = rows.norm(dim=-1, keepdim=True)
     unit = rows / torch.where(norms == 0, torch.ones_like(norms), norms)
     return unit @ unit.transpose(1, 2)
