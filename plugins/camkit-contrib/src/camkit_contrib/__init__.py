@@ -4,7 +4,8 @@
 ``eigengradcam``, ``ablationcam``, ``randomcam``,
 ``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
-camkit's public plugin contract.
+camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
+target for any gradient method, not a method.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from camkit_contrib.ablation import AblationCAM
 from camkit_contrib.baseline import RandomCAM
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
 from camkit_contrib.fem import FEM
+from camkit_contrib.finer import FinerTarget
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.kpca import KPCACAM
 from camkit_contrib.seg_eigen import SegEigenCAM
@@ -39,6 +41,7 @@ __all__ = [
     "AblationCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerTarget",
     "GradCAMElementWise",
     "HiResCAM",
     "RandomCAM",
