@@ -5,7 +5,8 @@
 ``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
 camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
-target for any gradient method, not a method.
+target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
+extractor's maps by their product; neither is a method.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from camkit_contrib.fem import FEM
 from camkit_contrib.finer import FinerTarget
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "RandomCAM",
     "SegEigenCAM",
     "camkit_methods",
+    "refine",
 ]
 
 
