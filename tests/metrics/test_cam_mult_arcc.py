@@ -105,6 +105,12 @@ def test_cam_mult_matches_grad_cam(model, x, maps, softmax):
     )
     ours = cam_mult_confidence_change(model, x, maps, TARGETS, softmax=softmax)
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-6)
+    # the peer's drop and increase are the documented functions of the change
+    peer_targets = [cls(int(t)) for t in TARGETS]
+    drop = metrics.DropInConfidence()(x, maps.numpy(), peer_targets, model)
+    np.testing.assert_allclose((-ours).clamp(min=0).numpy(), drop, atol=1e-6)
+    increase = metrics.IncreaseInConfidence()(x, maps.numpy(), peer_targets, model)
+    np.testing.assert_array_equal((ours > 0).float().numpy(), increase)
 
 
 @pytest.mark.slow
