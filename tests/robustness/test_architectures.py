@@ -105,7 +105,7 @@ ARCHS: dict[str, Arch] = {
 
 #: Small configs keep the matrix within minutes; applied to every method whose Config has the
 #: field, so methods added later get them too.
-SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0}
+SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0, "k": 1.0}
 
 
 def _config(method: str) -> dict[str, Any]:
