@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,18 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="camkit", description="Class activation maps for PyTorch image models."
     )
     parser.add_argument("--version", action="version", version=f"camkit {camkit.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Accepted after the command too; SUPPRESS keeps a command's default from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    methods = sub.add_parser("methods", help="list CAM methods, or describe one")
+    methods = sub.add_parser("methods", help="list CAM methods, or describe one", parents=[common])
     methods.add_argument("pattern", nargs="?", help="a method name, or an fnmatch pattern")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.set_defaults(func=_methods)
 
-    plugins = sub.add_parser("plugins", help="list plugin distributions and their status")
+    plugins = sub.add_parser(
+        "plugins", help="list plugin distributions and their status", parents=[common]
+    )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
 
-    run = sub.add_parser("run", help="run an experiment described in a TOML or YAML file")
+    run = sub.add_parser(
+        "run", help="run an experiment described in a TOML or YAML file", parents=[common]
+    )
     run.add_argument("config", help="the experiment file (.toml, .yaml or .yml)")
     run.add_argument("--output", "-o", help="output folder (replaces output.folder)")
     run.add_argument(
@@ -251,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``camkit`` command; returns the exit status.
+
+    Errors end in one line on stderr, ``camkit: error: ...``: exit status 2 for a usage or
+    configuration mistake, 1 for the environment (files, disk, network), 130 on Ctrl-C.
+    ``--debug`` prints the traceback as well.
+
+    Example:
+        >>> main(["--version"])  # doctest: +SKIP
+        camkit 0.1.0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -259,11 +280,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CamkitError as exc:
-        print(f"camkit: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), getattr(exc, "exit_code", 2), args.debug)
+    except OSError as exc:
+        return _fail(_os_error_text(exc), 1, args.debug)
     except KeyboardInterrupt:
-        print("camkit: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130, args.debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    # Continuation lines (e.g. one per invalid config key) are indented under the first.
+    print(f"camkit: error: {message}".replace("\n", "\n  "), file=sys.stderr)
+    return code
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``No space left on device: 'out/maps/x.png'`` rather than ``[Errno 28] ...``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    target = f" -> {exc.filename2!r}" if exc.filename2 is not None else ""
+    return f"{reason}: {str(exc.filename)!r}{target}"
 
 
 if __name__ == "__main__":
