@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         unregister_plugin,
     )
     from camkit.engine import CAMResult, Extractor, fuse, normalize
+    from camkit.explainer import explain
     from camkit.method import Context, Field, Method, MethodConfig, hookimpl
     from camkit.registry import MethodInfo, PluginInfo
     from camkit.viz import overlay
@@ -46,6 +47,7 @@ _LAZY = {
     "Extractor": "camkit.engine",
     "fuse": "camkit.engine",
     "normalize": "camkit.engine",
+    "explain": "camkit.explainer",
     "Context": "camkit.method",
     "Field": "camkit.method",
     "Method": "camkit.method",
@@ -68,6 +70,7 @@ __all__ = [
     "__version__",
     "create",
     "errors",
+    "explain",
     "fuse",
     "hookimpl",
     "list_methods",

@@ -1,4 +1,7 @@
-"""The ``camkit`` command line: ``camkit run``, ``camkit methods``, ``camkit plugins``."""
+"""The ``camkit`` command line: ``explain``, ``run``, ``methods``, ``plugins``.
+
+Imports stay inside the commands, so ``--version`` and ``--help`` answer without torch.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import camkit
-from camkit.errors import CamkitError
+from camkit.errors import CamkitError, ConfigError, InputError
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -216,6 +220,55 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from camkit.experiment.models import load_model
+    from camkit.explainer import explain
+    from camkit.viz import check_colormap
+
+    # Everything that can be checked cheaply is checked before the model loads.
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha: expected a number in [0, 1], got {args.alpha}")
+    check_colormap(args.colormap)
+    for method in args.method:
+        camkit.method_info(method)
+    missing = [image for image in args.images if not Path(image).is_file()]
+    if missing:
+        raise InputError(f"no image file at {', '.join(missing)}")
+    loaded = load_model(args.model, args.weights)
+    print(f"model: {loaded.source} (weights: {loaded.weights})")
+    layer = None if args.layer in (None, "auto") else args.layer.split(",")
+    output = Path(args.output)
+    stems: dict[str, int] = {}
+    for image in args.images:
+        stem = Path(image).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"
+        result = explain(
+            image, loaded, args.method, layer=layer, target=args.target, top=args.top, name=name
+        )
+        result.save(output, alpha=args.alpha, colormap=args.colormap)
+        _print_explanation(image, result)
+    return 0
+
+
+def _print_explanation(image: str, result: Any) -> None:
+    print(
+        f"{image} ({result.image.width}x{result.image.height}, model input "
+        f"{result.input_size[1]}x{result.input_size[0]})"
+    )
+    for rank, prediction in enumerate(result.predictions, 1):
+        print(f"  {rank}. {prediction}")
+    explained = ", ".join(
+        f"{result.label(i)} ({i})" if result.classes else str(i) for i in result.targets
+    )
+    print(f"  explained: {explained}")
+    per_method = len(result.targets)
+    for k, method in enumerate(result.maps):
+        files = result.files[k * per_method : (k + 1) * per_method]
+        layers = ", ".join(result.layers[method])
+        print(f"  {method} at {layers}: {', '.join(str(f) for f in files)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camkit", description="Class activation maps for PyTorch image models."
@@ -239,6 +292,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
+
+    explain = sub.add_parser(
+        "explain",
+        help="explain images with a model: one overlay per image and method, in seconds",
+        parents=[common],
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument(
+        "--model",
+        "-m",
+        default="torchvision:resnet50",
+        help="torchvision:NAME, timm:NAME, python:FILE.py:FACTORY, camkit:shapes-cnn, or a "
+        "model saved with torch.save(model) (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (pretrained, downloaded once), none (random), or a checkpoint file "
+        "(default: %(default)s)",
+    )
+    explain.add_argument(
+        "--method",
+        nargs="+",
+        default=["gradcam"],
+        help="one or more CAM methods, see `camkit methods` (default: gradcam)",
+    )
+    explain.add_argument(
+        "--layer",
+        default="auto",
+        help="auto, or layer name(s) separated by commas (default: auto, printed)",
+    )
+    explain.add_argument(
+        "--target",
+        default="top1",
+        help="top1, topK (the K most probable classes), a class name or a class index "
+        "(default: top1)",
+    )
+    explain.add_argument("--top", type=int, default=5, help="predictions to print (default: 5)")
+    explain.add_argument(
+        "--output",
+        "-o",
+        default="explanations",
+        help="folder for the overlays (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--alpha", type=float, default=0.5, help="heatmap weight in [0, 1] (default: 0.5)"
+    )
+    explain.add_argument("--colormap", default="jet", help="jet, viridis or gray (default: jet)")
+    explain.set_defaults(func=_explain)
 
     run = sub.add_parser(
         "run", help="run an experiment described in a TOML or YAML file", parents=[common]
