@@ -219,7 +219,28 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     # map helpers
     "fuse-empty": lambda mp: camkit.fuse([]),
     "fuse-mismatch": lambda mp: camkit.fuse([torch.zeros(2, 3, 3), torch.zeros(1, 3, 3)]),
+    "weights-missing-file": lambda mp: _load("torchvision:resnet18", "/nonexistent/resnet.pt"),
+    "weights-offline": lambda mp: _offline(mp),
 }
+
+
+def _load(source: str, weights: str) -> object:
+    from camkit.experiment.models import load_model
+
+    return load_model(source, weights)
+
+
+def _offline(mp: pytest.MonkeyPatch) -> object:
+    """Pretrained weights asked for with an empty torch cache and no network."""
+    import tempfile
+    import urllib.error
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    mp.setenv("TORCH_HOME", tempfile.mkdtemp())
+    mp.setattr(torch.hub, "download_url_to_file", no_network)
+    return _load("torchvision:resnet18", "DEFAULT")
 
 
 # -- the doc ---------------------------------------------------------------------------------
