@@ -343,13 +343,17 @@ def _load_weights(
 def _checkpoint(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"model.weights: no checkpoint file at {path}")
+    if not _looks_saved_by_torch(path):
+        raise WeightsError(
+            f"model.weights: {path} is not a PyTorch checkpoint (neither the zip archive nor the "
+            "pickle that torch.save writes)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise WeightsError(
             f"model.weights: {path} holds more than tensors (a whole model saved with "
-            "torch.save(model)?): pass it as the model itself, or save model.state_dict(); "
-            f"torch.load said: {_first_line(exc)}"
+            "torch.save(model)?): pass it as the model itself, or save model.state_dict()"
         ) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
         raise WeightsError(
@@ -367,6 +371,14 @@ def _checkpoint(path: Path) -> dict[str, Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def _looks_saved_by_torch(path: Path) -> bool:
+    """Whether ``path`` starts like what ``torch.save`` writes: a zip archive, or (the legacy
+    format) a pickle."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _check_fits(model: nn.Module, state: Mapping[str, Tensor], path: Path, source: str) -> None:
