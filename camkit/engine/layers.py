@@ -82,7 +82,7 @@ def resolve_all(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Module]
 
 
 def locate(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
-    """The layer to explain when none is named, found by running ``x`` once.
+    """The layer to explain when none is named, found by running (two images of) ``x`` once.
 
     Candidates are the modules whose output reads as a feature map of more than one position:
     ``(B, C, h, w)``, channels-last ``(B, h, w, C)``, or ``(B, N, D)`` tokens whose patch grid
@@ -133,9 +133,10 @@ def locate(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
                 handles.append(module.register_forward_pre_hook(attention_starts))
             if name not in excluded:
                 handles.append(module.register_forward_hook(record(name, module)))
-        # Gradients pick the layer: they flow from the input, so frozen models work too.
+        # Gradients pick the layer: they flow from the input, so frozen models work too. Two
+        # images tell as much as the batch (and keep train-mode batch norms working).
         with torch.inference_mode(False), torch.enable_grad():
-            x_in = x.detach().clone().requires_grad_(x.is_floating_point())
+            x_in = x[:2].detach().clone().requires_grad_(x.is_floating_point())
             out = model(x_in)
     finally:
         for handle in handles:
