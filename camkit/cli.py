@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         "-m",
         default="torchvision:resnet50",
-        help="torchvision:NAME, timm:NAME, python:FILE.py:FACTORY, camkit:shapes-cnn, or a "
+        help="torchvision:NAME, timm:NAME, python:FILE.py:FACTORY (or python:pkg.module:FACTORY), "
+        "camkit:shapes-cnn, or a "
         "model saved with torch.save(model) (default: %(default)s)",
     )
     explain.add_argument(

@@ -1,7 +1,8 @@
 """Loading models as people load them, with the preprocessing their weights expect.
 
 Sources: ``camkit:shapes-cnn`` (embedded), ``torchvision:<name>``, ``timm:<name>`` (needs
-``pip install camkit[timm]``), ``python:<file.py>:<factory>``, or a whole model saved with
+``pip install camkit[timm]``), ``python:<file.py>:<factory>`` (or an importable module,
+``python:pkg.module:factory``), or a whole model saved with
 ``torch.save(model)`` (``path/to/model.pt``). Weights: ``"DEFAULT"`` (the source's pretrained
 weights), ``"none"`` (random), a weights name (torchvision enums, e.g. ``"IMAGENET1K_V1"``), or
 a checkpoint file holding a ``state_dict``.
@@ -13,6 +14,7 @@ import importlib.util
 import inspect
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from camkit.experiment.config import ModelSpec
 Triple = tuple[float, float, float]
 IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
 IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+#: ``python:pkg.module:factory``: an importable module instead of a file.
+_MODULE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 #: The side of the images camkit:shapes-cnn was trained on.
 SHAPES_SIZE = 64
 #: Examples of a key list in an error message; the rest is counted, not listed.
@@ -263,20 +267,30 @@ def _python(target: str, weights: str | None, kwargs: dict[str, Any], base: Path
     if not file:
         raise ConfigError("model.source: expected 'python:path/to/file.py:factory'")
     path = _path(file, base)
-    if not path.is_file():
+    if path.is_file():
+        module_spec = importlib.util.spec_from_file_location(f"camkit_user_model_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        where = str(path)
+    elif _MODULE_NAME.fullmatch(file) and not file.endswith(".py"):
+        try:
+            module = importlib.import_module(file)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"model.source: no Python file at {path} and no importable module {file!r} ({exc})"
+            ) from None
+        where = file
+    else:
         raise ConfigError(f"model.source: no Python file at {path}")
-    module_spec = importlib.util.spec_from_file_location(f"camkit_user_model_{path.stem}", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     fn = getattr(module, factory, None)
     if not callable(fn):
-        raise ConfigError(f"model.source: {path} defines no callable {factory!r}")
+        raise ConfigError(f"model.source: {where} defines no callable {factory!r}")
     _check_kwargs(fn, kwargs, f"python:{target}")
     model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(
-            f"model.source: {path}:{factory} returned {type(model).__name__}, not an nn.Module"
+            f"model.source: {where}:{factory} returned {type(model).__name__}, not an nn.Module"
         )
     if weights is not None and weights.upper() == "DEFAULT":
         weights = None  # the factory's own weights

@@ -200,3 +200,10 @@ def test_unknown_model_names_suggest_close_ones():
         ConfigError, match="no weights 'IMAGENET'; expected one of DEFAULT, IMAGENET1K_V1"
     ):
         load_model("torchvision:resnet18", "IMAGENET")
+
+
+def test_python_source_from_an_importable_module():
+    loaded = load_model("python:camkit.zoo.model:ShapesCNN", kwargs={"num_classes": 3})
+    assert isinstance(loaded.model, ShapesCNN) and loaded.model.fc.out_features == 3
+    with pytest.raises(ConfigError, match="no importable module 'camkit.nomodule'"):
+        load_model("python:camkit.nomodule:build")
