@@ -229,7 +229,10 @@ def _explain(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha: expected a number in [0, 1], got {args.alpha}")
     check_colormap(args.colormap)
-    for method in args.method:
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"--method: expected method names, got {args.method!r}")
+    for method in methods:
         camkit.method_info(method)
     missing = [image for image in args.images if not Path(image).is_file()]
     if missing:
@@ -244,7 +247,7 @@ def _explain(args: argparse.Namespace) -> int:
         stems[stem] = stems.get(stem, 0) + 1
         name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"
         result = explain(
-            image, loaded, args.method, layer=layer, target=args.target, top=args.top, name=name
+            image, loaded, methods, layer=layer, target=args.target, top=args.top, name=name
         )
         result.save(output, alpha=args.alpha, colormap=args.colormap)
         _print_explanation(image, result)
@@ -315,9 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--method",
-        nargs="+",
-        default=["gradcam"],
-        help="one or more CAM methods, see `camkit methods` (default: gradcam)",
+        default="gradcam",
+        help="CAM method(s), comma-separated, see `camkit methods` (default: gradcam)",
     )
     explain.add_argument(
         "--layer",

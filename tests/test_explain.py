@@ -123,7 +123,7 @@ def test_cli_explain(photo, tmp_path, capsys):
     code = main(
         [
             *("explain", str(photo), "--model", "camkit:shapes-cnn", "--weights", "none"),
-            *("-o", str(out), "--method", "gradcam", "xgradcam"),
+            *("-o", str(out), "--method", "gradcam,xgradcam"),
             *("--alpha", "0.6", "--colormap", "viridis"),
         ]
     )
