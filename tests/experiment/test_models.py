@@ -205,5 +205,5 @@ def test_unknown_model_names_suggest_close_ones():
 def test_python_source_from_an_importable_module():
     loaded = load_model("python:camkit.zoo.model:ShapesCNN", kwargs={"num_classes": 3})
     assert isinstance(loaded.model, ShapesCNN) and loaded.model.fc.out_features == 3
-    with pytest.raises(ConfigError, match="no importable module 'camkit.nomodule'"):
+    with pytest.raises(ConfigError, match=r"no importable module 'camkit\.nomodule'"):
         load_model("python:camkit.nomodule:build")
