@@ -11,10 +11,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import camkit
 from camkit.errors import CamkitError, ConfigError, InputError
+
+if TYPE_CHECKING:
+    from camkit.explainer import Explanation
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -254,7 +257,7 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_explanation(image: str, result: Any) -> None:
+def _print_explanation(image: str, result: Explanation) -> None:
     print(
         f"{image} ({result.image.width}x{result.image.height}, model input "
         f"{result.input_size[1]}x{result.input_size[0]})"

@@ -27,11 +27,11 @@ from torch import Tensor, nn
 
 from camkit import zoo
 from camkit.errors import CamkitError, ConfigError, WeightsDownloadError, WeightsError
-from camkit.experiment.config import ModelSpec
+from camkit.experiment.config import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 Triple = tuple[float, float, float]
-IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
-IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+#: Interpolation modes of F.interpolate that preprocessing metadata may name.
+_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact")
 #: ``python:pkg.module:factory``: an importable module instead of a file.
 _MODULE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 #: The side of the images camkit:shapes-cnn was trained on.
@@ -74,11 +74,13 @@ class Preprocessing:
         """``(B, 3, H, W)`` images in ``[0, 1]`` -> resized and normalized model inputs."""
         size = self.input_size(images.shape[-2], images.shape[-1])
         if tuple(images.shape[-2:]) != size:
-            smooth = self.interpolation != "nearest"
+            # Other modes of the metadata (e.g. "random" for training) read as bilinear.
+            mode = self.interpolation if self.interpolation in _MODES else "bilinear"
+            smooth = mode in ("bilinear", "bicubic")
             images = F.interpolate(
                 images,
                 size=size,
-                mode=self.interpolation,
+                mode=mode,
                 align_corners=False if smooth else None,
                 antialias=smooth,
             ).clamp(0, 1)
@@ -86,12 +88,10 @@ class Preprocessing:
 
     def normalize(self, images: Tensor) -> Tensor:
         """``(x - mean) / std`` per channel of ``(B, 3, H, W)`` images."""
-        mean, std = (torch.tensor(v, dtype=images.dtype).reshape(3, 1, 1) for v in self.stats)
+        mean, std = (
+            torch.tensor(v, dtype=images.dtype).reshape(3, 1, 1) for v in (self.mean, self.std)
+        )
         return (images - mean.to(images.device)) / std.to(images.device)
-
-    @property
-    def stats(self) -> tuple[Triple, Triple]:
-        return self.mean, self.std
 
 
 @dataclass
