@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 from camkit.api import create
@@ -208,7 +208,7 @@ def _loaded(model: str | nn.Module | LoadedModel, weights: str | None) -> Loaded
 def _read(image: ImageInput) -> tuple[Image.Image, str]:
     """The image as RGB, and a stem for its files."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB"), "image"
+        return _rgb(image), "image"
     if isinstance(image, np.ndarray):
         return to_pil(image), "image"
     if not isinstance(image, (str, os.PathLike)):
@@ -221,9 +221,23 @@ def _read(image: ImageInput) -> tuple[Image.Image, str]:
         raise InputError(f"no image file at {path}")
     try:
         with Image.open(path) as opened:
-            return opened.convert("RGB"), path.stem
+            # Phones store pictures sideways and say so in EXIF; show them as viewers do.
+            return _rgb(ImageOps.exif_transpose(opened)), path.stem
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot read {path} as an image: {exc}") from None
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit and 32-bit integer pictures are scaled from 0-65535 (PIL's own
+    conversion clips them to 0-255, turning most of them white), float ones from [0, 1]."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float32) / 65535
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+    else:
+        return image.convert("RGB")
+    gray = (np.clip(np.nan_to_num(values), 0, 1) * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
 
 
 def _targets(

@@ -182,3 +182,17 @@ def test_cli_explain_class_names_from_weights_metadata(photo, tmp_path, capsys):
         any(f". {name} ({i}): " in line for i, name in enumerate(CLASSES)) for line in ranked
     )
     assert out.count(".gradcam.") == 2
+
+
+def test_sixteen_bit_and_rotated_pictures(tmp_path):
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((30, 40), 1000, np.uint16)).save(deep)
+    result = camkit.explain(deep, "camkit:shapes-cnn")
+    assert result.image.getpixel((0, 0)) == (4, 4, 4)  # 1000 / 65535 of white, not clipped
+
+    sideways = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(sideways, exif=exif)
+    result = camkit.explain(sideways, "camkit:shapes-cnn")
+    assert result.image.size == (30, 40) and result.maps["gradcam"].shape == (1, 40, 30)
