@@ -20,15 +20,16 @@ TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The fast test suite (the heavy architecture matrix is `nox -s matrix`)."""
-    session.install("-e", ".[test]")
+    """The fast test suite (the heavy architecture matrix is `nox -s matrix`); with timm, so
+    its model sources and auto layers are tested."""
+    session.install("-e", ".[test,timm]")
     session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)
 def matrix(session: nox.Session) -> None:
     """Every method on every architecture of the matrix (slow), contrib's methods included."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,timm]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "slow", *session.posargs, env=TEST_ENV)
 

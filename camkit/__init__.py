@@ -3,26 +3,60 @@
 >>> import camkit
 >>> cam = camkit.create("gradcam", model, "layer4")
 >>> result = cam(images)           # result.maps: (B, H, W) in [0, 1]
+
+The public names are imported on first use, so ``import camkit`` (and ``camkit --version``)
+does not pay for importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from camkit import errors, targets
-from camkit.api import (
-    create,
-    list_methods,
-    list_plugins,
-    make_config,
-    method_info,
-    register_plugin,
-    unregister_plugin,
-)
-from camkit.engine import CAMResult, Extractor, fuse, normalize
-from camkit.method import Context, Field, Method, MethodConfig, hookimpl
-from camkit.registry import MethodInfo, PluginInfo
-from camkit.viz import overlay
+if TYPE_CHECKING:
+    from camkit import errors, targets
+    from camkit.api import (
+        create,
+        list_methods,
+        list_plugins,
+        make_config,
+        method_info,
+        register_plugin,
+        unregister_plugin,
+    )
+    from camkit.engine import CAMResult, Extractor, fuse, normalize
+    from camkit.explainer import explain
+    from camkit.method import Context, Field, Method, MethodConfig, hookimpl
+    from camkit.registry import MethodInfo, PluginInfo
+    from camkit.viz import overlay
+
+#: Public name -> the module that defines it.
+_LAZY = {
+    "errors": "camkit",
+    "targets": "camkit",
+    "create": "camkit.api",
+    "list_methods": "camkit.api",
+    "list_plugins": "camkit.api",
+    "make_config": "camkit.api",
+    "method_info": "camkit.api",
+    "register_plugin": "camkit.api",
+    "unregister_plugin": "camkit.api",
+    "CAMResult": "camkit.engine",
+    "Extractor": "camkit.engine",
+    "fuse": "camkit.engine",
+    "normalize": "camkit.engine",
+    "explain": "camkit.explainer",
+    "Context": "camkit.method",
+    "Field": "camkit.method",
+    "Method": "camkit.method",
+    "MethodConfig": "camkit.method",
+    "hookimpl": "camkit.method",
+    "MethodInfo": "camkit.registry",
+    "PluginInfo": "camkit.registry",
+    "overlay": "camkit.viz",
+}
 
 __all__ = [
     "CAMResult",
@@ -36,6 +70,7 @@ __all__ = [
     "__version__",
     "create",
     "errors",
+    "explain",
     "fuse",
     "hookimpl",
     "list_methods",
@@ -48,3 +83,19 @@ __all__ = [
     "targets",
     "unregister_plugin",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+    if module == "camkit":
+        value: Any = importlib.import_module(f"camkit.{name}")
+    else:
+        value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -62,6 +62,17 @@ class GradientError(CamkitError, RuntimeError):
     """Gradients cannot reach the target layer (the model blocks them, or ignores the layer)."""
 
 
+class WeightsError(ConfigError):
+    """Model weights cannot be used: not a checkpoint, another architecture's, or unknown."""
+
+
+class WeightsDownloadError(WeightsError):
+    """Pretrained weights are not cached and cannot be downloaded (e.g. no network); the
+    message says where to put the file."""
+
+    exit_code = 1
+
+
 def did_you_mean(given: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" Did you mean 'a' or 'b'?"`` for close matches of ``given``, else ``""``."""
     matches = difflib.get_close_matches(given, list(choices), n=n, cutoff=0.6)

@@ -48,7 +48,7 @@ METRICS: tuple[Metric, ...] = get_args(Metric)
 ImageFormat = Literal["png", "jpg"]
 #: ``targets``: the predicted class, the ground-truth label, or one class index.
 TargetChoice = Literal["predicted", "label"] | int
-MODEL_KINDS = ("camkit", "torchvision", "python")
+MODEL_KINDS = ("camkit", "torchvision", "timm", "python")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -79,7 +79,8 @@ class ModelSpec(_Section):
 
     source: str = Field(
         "camkit:shapes-cnn",
-        description="'camkit:shapes-cnn', 'torchvision:<name>' or 'python:<file.py>:<factory>'",
+        description="'camkit:shapes-cnn', 'torchvision:<name>', 'timm:<name>' or "
+        "'python:<file.py>:<factory>'",
     )
     weights: str | None = Field(
         None,
@@ -96,7 +97,7 @@ class ModelSpec(_Section):
         kind, _, rest = source.partition(":")
         if kind not in MODEL_KINDS or not rest:
             raise ValueError(
-                "expected 'camkit:shapes-cnn', 'torchvision:<name>' or "
+                "expected 'camkit:shapes-cnn', 'torchvision:<name>', 'timm:<name>' or "
                 "'python:path/to/file.py:factory'"
             )
         if kind == "python" and ":" not in rest:
@@ -521,15 +522,17 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
 def _complete(config: ExperimentConfig, where: str) -> None:
     """Fill in defaults that depend on other keys, so the resolved file says everything."""
     data, model, metrics = config.data, config.model, config.metrics
+    from camkit.experiment.models import preprocessing_of  # it imports this module
+
+    prep = preprocessing_of(model)  # what the model's weights metadata says
     if data.image_size is None:
-        data.image_size = 64 if data.embedded else 224
+        data.image_size = 64 if data.embedded else prep.size if prep else 224
     if isinstance(data.image_size, int):
         data.image_size = (data.image_size, data.image_size)
-    imagenet = model.kind == "torchvision"
     if data.mean is None:
-        data.mean = IMAGENET_MEAN if imagenet else (0.0, 0.0, 0.0)
+        data.mean = prep.mean if prep else (0.0, 0.0, 0.0)
     if data.std is None:
-        data.std = IMAGENET_STD if imagenet else (1.0, 1.0, 1.0)
+        data.std = prep.std if prep else (1.0, 1.0, 1.0)
     height, width = data.image_size
     if metrics.step is None:
         metrics.step = math.ceil(height * width / 32)

@@ -272,14 +272,7 @@ def test_api_raises_a_typed_error_naming_the_key_or_file(case, tmp_path, monkeyp
         assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def _cli_case(case: Case) -> object:
-    if case.exit_code == 2:
-        return case
-    reason = "cli mapping lands with the cli branch"
-    return pytest.param(case, marks=pytest.mark.xfail(strict=False, reason=reason))
-
-
-@pytest.mark.parametrize("case", [_cli_case(c) for c in CASES], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_cli_prints_one_line_and_exits_with_the_errors_code(case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path, overrides = _prepare(case, tmp_path)

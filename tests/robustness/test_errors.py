@@ -224,6 +224,8 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     "experiment-output-is-a-file": lambda mp: _in_experiment_folder(mp, "output-file"),
     "experiment-folder-locked": lambda mp: _in_experiment_folder(mp, "locked"),
     "experiment-image-unreadable": lambda mp: _in_experiment_folder(mp, "image"),
+    "weights-missing-file": lambda mp: _load("torchvision:resnet18", "/nonexistent/resnet.pt"),
+    "weights-offline": lambda mp: _offline(mp),
 }
 
 
@@ -242,6 +244,25 @@ def _in_experiment_folder(mp: pytest.MonkeyPatch, case: str) -> None:
     else:
         Path("bad.png").write_text("not an image")
         read_image(Path("bad.png"), (8, 8))
+
+
+def _load(source: str, weights: str) -> object:
+    from camkit.experiment.models import load_model
+
+    return load_model(source, weights)
+
+
+def _offline(mp: pytest.MonkeyPatch) -> object:
+    """Pretrained weights asked for with an empty torch cache and no network."""
+    import tempfile
+    import urllib.error
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    mp.setenv("TORCH_HOME", tempfile.mkdtemp())
+    mp.setattr(torch.hub, "download_url_to_file", no_network)
+    return _load("torchvision:resnet18", "DEFAULT")
 
 
 # -- the doc ---------------------------------------------------------------------------------
