@@ -11,6 +11,7 @@ does not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -88,7 +89,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+        # Subpackages (camkit.viz, camkit.metrics, ...) load on first use like the names.
+        if name.startswith("_") or importlib.util.find_spec(f"camkit.{name}") is None:
+            raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+        module = "camkit"
     if module == "camkit":
         value: Any = importlib.import_module(f"camkit.{name}")
     else:
