@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from camkit.errors import CamkitError, ConfigError
+from camkit.metrics.imputation import DEFAULT_REMOVED
 from camkit.registry import registry
 
 if sys.version_info >= (3, 11):
@@ -43,8 +44,23 @@ Metric = Literal[
     "insertion",
     "pointing_game",
     "energy_pointing_game",
+    "road_morf",
+    "road_lerf",
+    "road_combined",
+    "cam_mult_confidence_change",
+    "arcc",
+    "arcc_coherency",
+    "arcc_complexity",
+    "arcc_confidence",
+    "sanity_cascading_spearman",
+    "sanity_cascading_ssim",
+    "sanity_independent_spearman",
+    "sanity_independent_ssim",
 ]
 METRICS: tuple[Metric, ...] = get_args(Metric)
+#: What ``[metrics] compute`` defaults to: the metrics of one model pass or one curve per
+#: image; ROAD, ARCC and the sanity checks (many passes per image) are asked for by name.
+DEFAULT_METRICS: tuple[Metric, ...] = METRICS[:6]
 ImageFormat = Literal["png", "jpg"]
 #: ``targets``: the predicted class, the ground-truth label, or one class index.
 TargetChoice = Literal["predicted", "label"] | int
@@ -68,6 +84,9 @@ _Int = Annotated[int, Strict()]
 _Float = Annotated[float, Strict()]
 _Size = Annotated[tuple[_Int, _Int], Field(strict=False)]
 _Triple = Annotated[tuple[_Float, _Float, _Float], Field(strict=False)]
+_Share = Annotated[float, Strict(), Field(gt=0, lt=1)]
+#: ROAD's shares of imputed pixels: at most one per percent.
+MAX_SHARES = 99
 
 
 class _Section(BaseModel):
@@ -187,7 +206,7 @@ class MethodSpec(BaseModel):
 class MetricsSpec(_Section):
     """``[metrics]``: what to measure and how."""
 
-    compute: list[Metric] = Field(default_factory=lambda: list(METRICS))
+    compute: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     softmax: bool = Field(True, description="compare softmax probabilities, not raw scores")
     step: int | None = Field(
         None, ge=1, description="deletion/insertion pixels per step; default H*W/32"
@@ -199,6 +218,38 @@ class MetricsSpec(_Section):
         None, ge=0, description="pointing-game tolerance in pixels; default 15 per 224 pixels"
     )
     baselines: bool = Field(True, description="measure random-map chance levels of every metric")
+    road_removed: list[_Share] = Field(
+        default_factory=lambda: list(DEFAULT_REMOVED),
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ROAD: shares of the pixels imputed, each in (0, 1); averaged over",
+    )
+    road_noise: _Float = Field(
+        0.01, ge=0, le=1, description="ROAD and ARCC: imputation noise's standard deviation"
+    )
+    arcc_removed: list[_Share] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8],
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ARCC: the shares of its ROAD confidence part",
+    )
+    sanity_layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="sanity checks: the modules randomized, one per step, output first; "
+        "default: every module that owns parameters",
+    )
+    sanity_seed: _Int = Field(
+        0, ge=0, le=MAX_SEED, description="sanity checks: seed of the re-drawn parameters"
+    )
+
+    @field_validator("compute")
+    @classmethod
+    def _once(cls, compute: list[str]) -> list[str]:
+        repeated = [name for i, name in enumerate(compute) if name in compute[:i]]
+        if repeated:
+            raise ValueError(f"{quote(repeated[0])} is listed twice")
+        return compute
 
 
 class OutputSpec(_Section):

@@ -44,6 +44,18 @@ LABELS = {
     "insertion": "insertion AUC",
     "pointing_game": "pointing game",
     "energy_pointing_game": "energy pointing game",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+    "road_combined": "ROAD combined",
+    "cam_mult_confidence_change": "confidence change, map-multiplied",
+    "arcc": "ARCC",
+    "arcc_coherency": "ARCC coherency",
+    "arcc_complexity": "ARCC complexity",
+    "arcc_confidence": "ARCC confidence",
+    "sanity_cascading_spearman": "sanity, cascading: Spearman",
+    "sanity_cascading_ssim": "sanity, cascading: SSIM",
+    "sanity_independent_spearman": "sanity, independent: Spearman",
+    "sanity_independent_ssim": "sanity, independent: SSIM",
 }
 
 
@@ -163,6 +175,7 @@ def render(
         '<section id="curves"><h2>Deletion and insertion curves</h2>',
         _curves(config, results, chance, colours),
         "</section>",
+        _sanity(config, summary),
         '<section id="distributions"><h2>Distributions over the images</h2>',
         _distributions(config, results, chance, colours),
         "</section>",
@@ -421,6 +434,44 @@ def _distributions(
         title = f"{LABELS[name]} {_arrow(name)}: images per bin, black tick at the mean"
         figures.append(_figure(title, "".join(shapes), [], height))
     return f'<div class="plots">{"".join(figures)}</div>'
+
+
+def _sanity(config: ExperimentConfig, summary: dict[str, Any]) -> str:
+    """Per sanity check, a table of each method's mean similarity after each step."""
+    steps = summary.get("sanity_steps", {})
+    if not steps:
+        return ""
+    tables = []
+    for name in config.metrics.compute:
+        rows = [(m, s) for m, s in steps.items() if name in s]
+        if not rows:
+            continue
+        layers = rows[0][1]["layers"]
+        head = "".join(f'<th scope="col">{_e(layer)}</th>' for layer in layers)
+        body = "".join(
+            f'<tr><th scope="row" class="name">{_e(method)}</th>'
+            + "".join(_number({"mean": value}) for value in values[name])
+            + "</tr>"
+            for method, values in rows
+        )
+        tables.append(
+            f'<h3>{_e(LABELS[name])} ↓</h3><div class="scroll"><table class="metrics">'
+            f'<tr><th scope="col" class="name">method \\ randomized</th>{head}</tr>{body}'
+            "</table></div>"
+        )
+    note = (
+        "Similarity of each method's maps before and after its model's parameters are "
+        "re-drawn (seed "
+        f"{config.metrics.sanity_seed}), step by step from the output towards the input: "
+        "<em>cascading</em> randomizes every module up to the one named, <em>independent</em> "
+        "only the one named. Mean over the images; the metric table shows the last step. "
+        "A method that explains the model, not just the image, falls towards 0 (lower is "
+        "better); a constant map's Spearman correlation is undefined and left out."
+    )
+    return (
+        '<section id="sanity"><h2>Sanity checks: model randomization</h2>'
+        f'<p class="note">{note}</p>{"".join(tables)}</section>'
+    )
 
 
 def _colour_bar(config: ExperimentConfig) -> str:

@@ -265,7 +265,8 @@ def _explain(
     try:
         return explain(
             extractor, model, batch, targets=config.targets, metrics=config.metrics,
-            map_dtype=config.output.map_dtype, device=device,
+            map_dtype=config.output.map_dtype, device=device, seed=config.seed,
+            spec=config.methods[method],
         )  # fmt: skip
     except TargetError as exc:
         raise ConfigError(f"{where}: targets: {exc}") from None
