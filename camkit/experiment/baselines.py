@@ -164,7 +164,8 @@ def compute(
             )
         images = batch.images.to(device)
         targets = torch.from_numpy(method["target"]).to(device)
-        confidence = torch.from_numpy(method["confidence"]).to(device)
+        # on the CPU, where the methods' confidences (and every metric's scores) are
+        confidence = torch.from_numpy(method["confidence"])
         for name in names:
             maps = random_maps(name, indices, image_size, seed)
             measured = measure(

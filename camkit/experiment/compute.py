@@ -103,7 +103,21 @@ def method_rerun(
 ) -> Rerun:
     """The :class:`Rerun` of a method: ``extractor`` for coherency; for the sanity checks,
     the method made afresh on each randomized copy of the model, explaining ``images``
-    (``(B, 3, H, W)`` in ``[0, 1]``) for the trained model's ``targets``."""
+    (``(B, 3, H, W)`` in ``[0, 1]``) for the trained model's ``targets``.
+
+    Example:
+        >>> from camkit import zoo
+        >>> from camkit.experiment.config import MethodSpec, MetricsSpec
+        >>> from camkit.experiment.models import Normalize
+        >>> net = zoo.load_model("shapes-cnn")
+        >>> model = NormalizingModel(net, Normalize((0,) * 3, (1,) * 3))
+        >>> cam = camkit.create("gradcam", net, "features")
+        >>> spec, metrics = MethodSpec(name="gradcam", layer="features"), MetricsSpec()
+        >>> x, t = torch.rand(2, 3, 64, 64), torch.tensor([0, 1])
+        >>> check = method_rerun(spec, cam, model, x, t, metrics).randomization("cascading")
+        >>> check.layers[:2], tuple(check.ssim.shape)
+        (['fc', 'features.4'], (9, 2))
+    """
 
     def again(x: Tensor, wanted: Tensor, _: Sequence[int]) -> Tensor:
         return extractor(model.normalize(x), targets=wanted).maps

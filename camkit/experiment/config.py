@@ -61,6 +61,16 @@ METRICS: tuple[Metric, ...] = get_args(Metric)
 #: What ``[metrics] compute`` defaults to: the metrics of one model pass or one curve per
 #: image; ROAD, ARCC and the sanity checks (many passes per image) are asked for by name.
 DEFAULT_METRICS: tuple[Metric, ...] = METRICS[:6]
+_ROAD = ("road_morf", "road_lerf", "road_combined")
+_ARCC = ("arcc", "arcc_coherency", "arcc_complexity", "arcc_confidence")
+#: ``[metrics]`` keys that change only the metrics listed with them.
+METRIC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "road_removed": _ROAD,
+    "road_noise": (*_ROAD, *_ARCC),
+    "arcc_removed": _ARCC,
+    "sanity_layers": METRICS[-4:],
+    "sanity_seed": METRICS[-4:],
+}
 ImageFormat = Literal["png", "jpg"]
 #: ``targets``: the predicted class, the ground-truth label, or one class index.
 TargetChoice = Literal["predicted", "label"] | int
@@ -313,11 +323,15 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json", exclude_none=False)
 
     def comparable(self) -> dict[str, Any]:
-        """:meth:`resolved` without ``output.folder`` and ``data.on_error``: the keys that
-        change results (skipping a broken file changes no other image's result)."""
+        """:meth:`resolved` without ``output.folder``, ``data.on_error`` and the options of
+        metrics not computed: the keys that change results (skipping a broken file changes
+        no other image's result; runs from before an option existed resume)."""
         data = self.resolved()
         data["output"].pop("folder")
         data["data"].pop("on_error")
+        for key, names in METRIC_OPTIONS.items():
+            if not set(names) & set(self.metrics.compute):
+                data["metrics"].pop(key)
         return data
 
     def fingerprint(self) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from camkit.experiment import files
-from camkit.experiment.config import ExperimentConfig
+from camkit.experiment.compute import ARCC_PARTS, SANITY
+from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source
 from camkit.experiment.folder import REPORT, REPORT_INPUT
 from camkit.experiment.stats import LOWER_IS_BETTER, RESAMPLES
@@ -157,6 +158,7 @@ def render(
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(results)}
     size = config.data.image_size
     height = size if isinstance(size, int) else (size or (64, 64))[0]
+    sanity_link = '<a href="#sanity">sanity checks</a> · ' if summary.get("sanity_steps") else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -167,8 +169,8 @@ def render(
         "<header><h1>camkit experiment report</h1>",
         f"<p>{_headline(config, summary)}</p></header>",
         '<nav aria-label="sections"><a href="#metrics">metrics</a> · <a href="#curves">'
-        'curves</a> · <a href="#distributions">distributions</a> · <a href="#images">images</a>'
-        ' · <a href="#settings">settings</a></nav>',
+        f'curves</a> · {sanity_link}<a href="#distributions">distributions</a> · '
+        '<a href="#images">images</a> · <a href="#settings">settings</a></nav>',
         '<section id="metrics"><h2>Metrics</h2>',
         _metric_table(config, summary, results),
         "</section>",
@@ -456,7 +458,7 @@ def _sanity(config: ExperimentConfig, summary: dict[str, Any]) -> str:
         )
         tables.append(
             f'<h3>{_e(LABELS[name])} ↓</h3><div class="scroll"><table class="metrics">'
-            f'<tr><th scope="col" class="name">method \\ randomized</th>{head}</tr>{body}'
+            f'<tr><th scope="col" class="name">method / module re-drawn</th>{head}</tr>{body}'
             "</table></div>"
         )
     note = (
@@ -615,6 +617,7 @@ def _settings(config: ExperimentConfig, summary: dict[str, Any]) -> str:
         "blur sigma": f"{m.blur_sigma:g} (kernel 11 × 11)",
         "pointing game tolerance": f"{m.tolerance} pixels",
         "baselines": "on" if m.baselines else "off (metrics.baselines = false)",
+        **_metric_settings(m),
         "bootstrap": f"{RESAMPLES} resamples, seed {config.seed}",
         "colormap, alpha": f"{config.output.colormap}, {config.output.alpha:g}",
         "methods": "; ".join(
@@ -624,6 +627,22 @@ def _settings(config: ExperimentConfig, summary: dict[str, Any]) -> str:
     }
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows.items())
     return f'<dl class="settings">{body}</dl>'
+
+
+def _metric_settings(m: MetricsSpec) -> dict[str, str]:
+    """The settings of ROAD, ARCC and the sanity checks, where they are computed."""
+    wanted = set(m.compute)
+    rows = {}
+    if wanted & {"road_morf", "road_lerf", "road_combined", *ARCC_PARTS}:
+        rows["ROAD / ARCC imputation noise"] = f"{m.road_noise:g} (standard deviation)"
+    if wanted & {"road_morf", "road_lerf", "road_combined"}:
+        rows["ROAD shares imputed"] = ", ".join(f"{f:g}" for f in m.road_removed)
+    if wanted & set(ARCC_PARTS):
+        rows["ARCC shares imputed"] = ", ".join(f"{f:g}" for f in m.arcc_removed)
+    if wanted & set(SANITY):
+        layers = ", ".join(m.sanity_layers) if m.sanity_layers else "every module with parameters"
+        rows["sanity checks"] = f"{layers}, output first; seed {m.sanity_seed}"
+    return rows
 
 
 def _read(name: str) -> str:

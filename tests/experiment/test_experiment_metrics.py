@@ -91,7 +91,10 @@ def test_new_metrics_are_in_every_output(tiny):
         assert set(summary["baselines"][name]) == set(NEW)
         assert summary["baselines"][name]["arcc_coherency"]["count"] == 3
     page = (out / "report.html").read_text()
-    assert 'id="sanity"' in page and "sanity, independent: SSIM" in page
+    assert 'href="#sanity"' in page and "sanity, independent: SSIM" in page
+    first_step = summary["sanity_steps"]["gradcampp"]["sanity_cascading_ssim"][0]
+    assert f"<td>{first_step:.3f}</td>" in page
+    assert "<dt>ROAD shares imputed</dt><dd>0.3, 0.7</dd>" in page
 
 
 def test_best_marks_the_lowest_similarity(tiny):
@@ -221,6 +224,22 @@ def test_unknown_sanity_layer_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"metrics.sanity_layers: .*'feature'.*features"):
         run(config, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_options_of_metrics_not_computed_leave_the_fingerprint():
+    quickstart = EXAMPLE.parent / "quickstart.toml"
+    base = load_config(quickstart)
+    assert not {"road_removed", "sanity_seed"} & set(base.comparable()["metrics"])
+    assert load_config(quickstart, overrides=["metrics.road_noise=0.5"]).fingerprint() == (
+        base.fingerprint()
+    )
+    sanity = load_config(EXAMPLE)
+    for change in ("metrics.road_noise=0.5", "metrics.sanity_seed=1", "metrics.arcc_removed=[0.5]"):
+        assert load_config(EXAMPLE, overrides=[change]).fingerprint() != sanity.fingerprint()
+    # the example computes no LeRF/MoRF alone but road_combined, which reads road_removed
+    assert load_config(EXAMPLE, overrides=["metrics.road_removed=[0.5]"]).fingerprint() != (
+        sanity.fingerprint()
+    )
 
 
 @pytest.mark.parametrize(
