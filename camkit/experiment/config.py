@@ -29,7 +29,6 @@ from pydantic import (
 )
 
 from camkit.errors import CamkitError, ConfigError
-from camkit.metrics.imputation import DEFAULT_REMOVED
 from camkit.registry import registry
 
 if sys.version_info >= (3, 11):
@@ -95,6 +94,9 @@ _Float = Annotated[float, Strict()]
 _Size = Annotated[tuple[_Int, _Int], Field(strict=False)]
 _Triple = Annotated[tuple[_Float, _Float, _Float], Field(strict=False)]
 _Share = Annotated[float, Strict(), Field(gt=0, lt=1)]
+#: ROAD's default shares, those of ``camkit.metrics.imputation.DEFAULT_REMOVED`` (written out:
+#: reading a config imports no torch).
+ROAD_REMOVED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: ROAD's shares of imputed pixels: at most one per percent.
 MAX_SHARES = 99
 
@@ -229,7 +231,7 @@ class MetricsSpec(_Section):
     )
     baselines: bool = Field(True, description="measure random-map chance levels of every metric")
     road_removed: list[_Share] = Field(
-        default_factory=lambda: list(DEFAULT_REMOVED),
+        default_factory=lambda: list(ROAD_REMOVED),
         min_length=1,
         max_length=MAX_SHARES,
         description="ROAD: shares of the pixels imputed, each in (0, 1); averaged over",

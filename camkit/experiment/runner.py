@@ -276,3 +276,5 @@ def _explain(
         raise ConfigError(f"{where}: data.mean / data.std: {exc}") from None
     except GradientError as exc:
         raise ConfigError(f"{where}: methods[{method}]: {exc}") from None
+    except ConfigError as exc:  # a [metrics] key that fails on the model
+        raise ConfigError(f"{where}: {exc}") from None

@@ -30,6 +30,7 @@ from camkit.metrics import (
     spearman,
     ssim,
 )
+from camkit.metrics.imputation import DEFAULT_REMOVED
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "sanity.toml"
 NEW = [name for name in METRICS if name not in DEFAULT_METRICS]
@@ -69,6 +70,7 @@ def test_defaults_are_the_six_cheap_metrics():
     assert MetricsSpec().compute == list(DEFAULT_METRICS)
     assert len(DEFAULT_METRICS) == 6 and "road_morf" not in DEFAULT_METRICS
     assert set(LABELS) == set(METRICS)  # every metric has a readable name in the report
+    assert MetricsSpec().road_removed == list(DEFAULT_REMOVED)  # the library's default
 
 
 def test_new_metrics_are_in_every_output(tiny):
@@ -221,8 +223,9 @@ def test_unknown_sanity_layer_is_a_config_error(tmp_path):
         overrides=["data.count=1", 'metrics.sanity_layers=["fc", "feature"]'],
         output=tmp_path / "o",
     )
-    with pytest.raises(ConfigError, match=r"metrics.sanity_layers: .*'feature'.*features"):
+    with pytest.raises(ConfigError, match=r"sanity.toml: metrics.sanity_layers: .*'feature'") as e:
         run(config, progress=False)
+    assert "did you mean 'features'" in str(e.value).lower()
     assert not (tmp_path / "o").exists()
 
 
