@@ -14,6 +14,12 @@ are measured by the same code. Each shard of a baseline is one
 ``curve_<name>``), written with a checksum after the methods' shard and kept when it is
 complete, so baselines resume like everything else and a damaged one is computed again.
 ``metrics.baselines = false`` turns them off.
+
+The metrics that explain again see a baseline as a maker of maps unrelated to the image and
+the model: ARCC's coherency compares the map with a second, independent draw of the same
+baseline for the map-multiplied image, and a sanity check's chance level is the similarity
+of the map with a third independent draw, i.e. of two unrelated maps (a method whose maps
+change completely under randomization comes near it). Per-step values are not stored.
 """
 
 from __future__ import annotations
@@ -30,21 +36,25 @@ from torch import Tensor
 
 from camkit.errors import DataError, OutputFolderError
 from camkit.experiment import files
-from camkit.experiment.compute import NormalizingModel, measure, no_measures, stored_name
+from camkit.experiment.compute import NormalizingModel, Rerun, measure, no_measures, stored_name
 from camkit.experiment.config import MetricsSpec
 from camkit.experiment.data import Source
 from camkit.experiment.folder import BASELINES
 from camkit.experiment.plan import Shard, concatenate_shards, pending_files, shard_problem
 from camkit.experiment.stats import describe
-from camkit.metrics import gaussian_blur
+from camkit.metrics import RandomizationResult, gaussian_blur, spearman, ssim
+from camkit.metrics.sanity import Mode
 
 #: The baselines, in the order reports show them.
 NAMES = ("random", "blurred_random")
 FOLDER = BASELINES
 
 
-def random_maps(name: str, indices: list[int], size: tuple[int, int], seed: int) -> Tensor:
-    """``(B, H, W)`` maps in ``[0, 1]`` of baseline ``name`` for images ``indices``.
+def random_maps(
+    name: str, indices: Sequence[int], size: tuple[int, int], seed: int, draw: int = 0
+) -> Tensor:
+    """``(B, H, W)`` maps in ``[0, 1]`` of baseline ``name`` for images ``indices``; draws
+    ``1, 2, ...`` are further maps, independent of draw 0 (the one measured).
 
     Example:
         >>> maps = random_maps("blurred_random", [0, 5], (64, 64), seed=0)
@@ -53,8 +63,9 @@ def random_maps(name: str, indices: list[int], size: tuple[int, int], seed: int)
     """
     variant = NAMES.index(name)
     noise = torch.stack(
-        [torch.from_numpy(np.random.default_rng([seed, i, variant]).random(size)) for i in indices]
-    )
+        [torch.from_numpy(np.random.default_rng(_stream(seed, i, variant, draw)).random(size))
+         for i in indices]
+    )  # fmt: skip
     if name == "random":
         return noise.float()
     sigma = min(size) / 16
@@ -62,6 +73,35 @@ def random_maps(name: str, indices: list[int], size: tuple[int, int], seed: int)
     low = blurred.amin((1, 2), keepdim=True)
     high = blurred.amax((1, 2), keepdim=True)
     return ((blurred - low) / (high - low)).float()
+
+
+def _stream(seed: int, index: int, variant: int, draw: int) -> list[int]:
+    # draw 0 keeps the stream of the runs made before there were further draws
+    return [seed, index, variant] if draw == 0 else [seed, index, variant, draw]
+
+
+def baseline_rerun(
+    name: str, maps: Tensor, indices: Sequence[int], size: tuple[int, int], seed: int
+) -> Rerun:
+    """The :class:`~camkit.experiment.compute.Rerun` of baseline ``name`` whose maps of
+    images ``indices`` are ``maps``: independent draws, as the module docstring says.
+
+    Example:
+        >>> maps = random_maps("random", [3], (32, 32), seed=0)
+        >>> check = baseline_rerun("random", maps, [3], (32, 32), seed=0).randomization("cascading")
+        >>> abs(float(check.spearman[-1, 0])) < 0.2
+        True
+    """
+
+    def again(images: Tensor, targets: Tensor, wanted: Sequence[int]) -> Tensor:
+        return random_maps(name, wanted, size, seed, draw=1).to(images.device)
+
+    def randomization(mode: Mode) -> RandomizationResult:
+        other = random_maps(name, indices, size, seed, draw=2).to(maps.device)
+        similarity = spearman(maps, other)[None], ssim(maps, other)[None]
+        return RandomizationResult(mode, ["(an independent draw)"], *similarity)
+
+    return Rerun(again, randomization)
 
 
 def shard_file(folder: Path, name: str, shard: Shard) -> Path:
@@ -124,13 +164,16 @@ def compute(
             )
         images = batch.images.to(device)
         targets = torch.from_numpy(method["target"]).to(device)
-        confidence = torch.from_numpy(method["confidence"]).to(device)
+        # on the CPU, where the methods' confidences (and every metric's scores) are
+        confidence = torch.from_numpy(method["confidence"])
         for name in names:
             maps = random_maps(name, indices, image_size, seed)
             measured = measure(
-                metrics_spec, model, images, maps.to(device), targets, batch.boxes, confidence
-            )
-            stored = {stored_name(k): v for k, v in measured.items()}
+                metrics_spec, model, images, maps.to(device), targets, batch.boxes, confidence,
+                indices=indices, seed=seed,
+                rerun=baseline_rerun(name, maps, indices, image_size, seed),
+            )  # fmt: skip
+            stored = {stored_name(k): v for k, v in measured.items() if not k.startswith("steps_")}
             files.write_npz(shard_file(folder, name, shard), {**arrays, **stored})
 
 

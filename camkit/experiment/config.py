@@ -43,8 +43,33 @@ Metric = Literal[
     "insertion",
     "pointing_game",
     "energy_pointing_game",
+    "road_morf",
+    "road_lerf",
+    "road_combined",
+    "cam_mult_confidence_change",
+    "arcc",
+    "arcc_coherency",
+    "arcc_complexity",
+    "arcc_confidence",
+    "sanity_cascading_spearman",
+    "sanity_cascading_ssim",
+    "sanity_independent_spearman",
+    "sanity_independent_ssim",
 ]
 METRICS: tuple[Metric, ...] = get_args(Metric)
+#: What ``[metrics] compute`` defaults to: the metrics of one model pass or one curve per
+#: image; ROAD, ARCC and the sanity checks (many passes per image) are asked for by name.
+DEFAULT_METRICS: tuple[Metric, ...] = METRICS[:6]
+_ROAD = ("road_morf", "road_lerf", "road_combined")
+_ARCC = ("arcc", "arcc_coherency", "arcc_complexity", "arcc_confidence")
+#: ``[metrics]`` keys that change only the metrics listed with them.
+METRIC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "road_removed": _ROAD,
+    "road_noise": (*_ROAD, *_ARCC),
+    "arcc_removed": _ARCC,
+    "sanity_layers": METRICS[-4:],
+    "sanity_seed": METRICS[-4:],
+}
 ImageFormat = Literal["png", "jpg"]
 #: ``targets``: the predicted class, the ground-truth label, or one class index.
 TargetChoice = Literal["predicted", "label"] | int
@@ -68,6 +93,12 @@ _Int = Annotated[int, Strict()]
 _Float = Annotated[float, Strict()]
 _Size = Annotated[tuple[_Int, _Int], Field(strict=False)]
 _Triple = Annotated[tuple[_Float, _Float, _Float], Field(strict=False)]
+_Share = Annotated[float, Strict(), Field(gt=0, lt=1)]
+#: ROAD's default shares, those of ``camkit.metrics.imputation.DEFAULT_REMOVED`` (written out:
+#: reading a config imports no torch).
+ROAD_REMOVED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: ROAD's shares of imputed pixels: at most one per percent.
+MAX_SHARES = 99
 
 
 class _Section(BaseModel):
@@ -188,7 +219,7 @@ class MethodSpec(BaseModel):
 class MetricsSpec(_Section):
     """``[metrics]``: what to measure and how."""
 
-    compute: list[Metric] = Field(default_factory=lambda: list(METRICS))
+    compute: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     softmax: bool = Field(True, description="compare softmax probabilities, not raw scores")
     step: int | None = Field(
         None, ge=1, description="deletion/insertion pixels per step; default H*W/32"
@@ -200,6 +231,38 @@ class MetricsSpec(_Section):
         None, ge=0, description="pointing-game tolerance in pixels; default 15 per 224 pixels"
     )
     baselines: bool = Field(True, description="measure random-map chance levels of every metric")
+    road_removed: list[_Share] = Field(
+        default_factory=lambda: list(ROAD_REMOVED),
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ROAD: shares of the pixels imputed, each in (0, 1); averaged over",
+    )
+    road_noise: _Float = Field(
+        0.01, ge=0, le=1, description="ROAD and ARCC: imputation noise's standard deviation"
+    )
+    arcc_removed: list[_Share] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8],
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ARCC: the shares of its ROAD confidence part",
+    )
+    sanity_layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="sanity checks: the modules randomized, one per step, output first; "
+        "default: every module that owns parameters",
+    )
+    sanity_seed: _Int = Field(
+        0, ge=0, le=MAX_SEED, description="sanity checks: seed of the re-drawn parameters"
+    )
+
+    @field_validator("compute")
+    @classmethod
+    def _once(cls, compute: list[str]) -> list[str]:
+        repeated = [name for i, name in enumerate(compute) if name in compute[:i]]
+        if repeated:
+            raise ValueError(f"{quote(repeated[0])} is listed twice")
+        return compute
 
 
 class OutputSpec(_Section):
@@ -263,11 +326,15 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json", exclude_none=False)
 
     def comparable(self) -> dict[str, Any]:
-        """:meth:`resolved` without ``output.folder`` and ``data.on_error``: the keys that
-        change results (skipping a broken file changes no other image's result)."""
+        """:meth:`resolved` without ``output.folder``, ``data.on_error`` and the options of
+        metrics not computed: the keys that change results (skipping a broken file changes
+        no other image's result; runs from before an option existed resume)."""
         data = self.resolved()
         data["output"].pop("folder")
         data["data"].pop("on_error")
+        for key, names in METRIC_OPTIONS.items():
+            if not set(names) & set(self.metrics.compute):
+                data["metrics"].pop(key)
         return data
 
     def fingerprint(self) -> str:

@@ -17,6 +17,7 @@ import torch
 
 import camkit
 from camkit.experiment import baselines, files, stats
+from camkit.experiment.compute import SANITY
 from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source, Subset
 from camkit.experiment.plan import Shard, concatenate_shards
@@ -119,7 +120,9 @@ def summarize(
 ) -> dict[str, Any]:
     """Per-method statistics (:func:`~camkit.experiment.stats.describe`: mean, count, 95%
     bootstrap interval) of every metric, the best method per metric, each method's layers
-    and seconds, the skipped images, and the centre baseline.
+    and seconds, the sanity checks' mean per step (``sanity_steps``: per method, the module
+    randomized at each step and each check's means), the skipped images, and the centre
+    baseline.
 
     Args:
         metrics: which metrics were computed, and the pointing game's tolerance.
@@ -144,6 +147,18 @@ def summarize(
     summary["seconds"] = {
         m: float(d["seconds"].sum()) for m, d in results.items() if "seconds" in d
     }
+    checks = [name for name in metrics.compute if name in SANITY]
+    sanity = {
+        method: {
+            # every shard stores the same steps: the first shard's are all of them
+            "layers": data["sanity_layers"][: data[f"steps_{checks[0]}"].shape[1]].tolist(),
+            **{name: stats.step_means(data[f"steps_{name}"]) for name in checks},
+        }
+        for method, data in results.items()
+        if checks and "sanity_layers" in data
+    }
+    if sanity:
+        summary["sanity_steps"] = sanity
     if len(first.get("skipped_index", ())):
         summary["skipped"] = [
             {"index": int(i), "image": str(name), "reason": str(why)}

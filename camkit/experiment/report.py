@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from camkit.experiment import files
-from camkit.experiment.config import ExperimentConfig
+from camkit.experiment.compute import ARCC_PARTS, SANITY
+from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source
 from camkit.experiment.folder import REPORT, REPORT_INPUT
 from camkit.experiment.stats import LOWER_IS_BETTER, RESAMPLES
@@ -44,6 +45,18 @@ LABELS = {
     "insertion": "insertion AUC",
     "pointing_game": "pointing game",
     "energy_pointing_game": "energy pointing game",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+    "road_combined": "ROAD combined",
+    "cam_mult_confidence_change": "confidence change, map-multiplied",
+    "arcc": "ARCC",
+    "arcc_coherency": "ARCC coherency",
+    "arcc_complexity": "ARCC complexity",
+    "arcc_confidence": "ARCC confidence",
+    "sanity_cascading_spearman": "sanity, cascading: Spearman",
+    "sanity_cascading_ssim": "sanity, cascading: SSIM",
+    "sanity_independent_spearman": "sanity, independent: Spearman",
+    "sanity_independent_ssim": "sanity, independent: SSIM",
 }
 
 
@@ -145,6 +158,7 @@ def render(
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(results)}
     size = config.data.image_size
     height = size if isinstance(size, int) else (size or (64, 64))[0]
+    sanity_link = '<a href="#sanity">sanity checks</a> · ' if summary.get("sanity_steps") else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -155,14 +169,15 @@ def render(
         "<header><h1>camkit experiment report</h1>",
         f"<p>{_headline(config, summary)}</p></header>",
         '<nav aria-label="sections"><a href="#metrics">metrics</a> · <a href="#curves">'
-        'curves</a> · <a href="#distributions">distributions</a> · <a href="#images">images</a>'
-        ' · <a href="#settings">settings</a></nav>',
+        f'curves</a> · {sanity_link}<a href="#distributions">distributions</a> · '
+        '<a href="#images">images</a> · <a href="#settings">settings</a></nav>',
         '<section id="metrics"><h2>Metrics</h2>',
         _metric_table(config, summary, results),
         "</section>",
         '<section id="curves"><h2>Deletion and insertion curves</h2>',
         _curves(config, results, chance, colours),
         "</section>",
+        _sanity(config, summary),
         '<section id="distributions"><h2>Distributions over the images</h2>',
         _distributions(config, results, chance, colours),
         "</section>",
@@ -423,6 +438,44 @@ def _distributions(
     return f'<div class="plots">{"".join(figures)}</div>'
 
 
+def _sanity(config: ExperimentConfig, summary: dict[str, Any]) -> str:
+    """Per sanity check, a table of each method's mean similarity after each step."""
+    steps = summary.get("sanity_steps", {})
+    if not steps:
+        return ""
+    tables = []
+    for name in config.metrics.compute:
+        rows = [(m, s) for m, s in steps.items() if name in s]
+        if not rows:
+            continue
+        layers = rows[0][1]["layers"]
+        head = "".join(f'<th scope="col">{_e(layer)}</th>' for layer in layers)
+        body = "".join(
+            f'<tr><th scope="row" class="name">{_e(method)}</th>'
+            + "".join(_number({"mean": value}) for value in values[name])
+            + "</tr>"
+            for method, values in rows
+        )
+        tables.append(
+            f'<h3>{_e(LABELS[name])} ↓</h3><div class="scroll"><table class="metrics">'
+            f'<tr><th scope="col" class="name">method / module re-drawn</th>{head}</tr>{body}'
+            "</table></div>"
+        )
+    note = (
+        "Similarity of each method's maps before and after its model's parameters are "
+        "re-drawn (seed "
+        f"{config.metrics.sanity_seed}), step by step from the output towards the input: "
+        "<em>cascading</em> randomizes every module up to the one named, <em>independent</em> "
+        "only the one named. Mean over the images; the metric table shows the last step. "
+        "A method that explains the model, not just the image, falls towards 0 (lower is "
+        "better); a constant map's Spearman correlation is undefined and left out."
+    )
+    return (
+        '<section id="sanity"><h2>Sanity checks: model randomization</h2>'
+        f'<p class="note">{note}</p>{"".join(tables)}</section>'
+    )
+
+
 def _colour_bar(config: ExperimentConfig) -> str:
     steps = np.linspace(0, 1, 11)
     rgb = colormap(steps[None], config.output.colormap)[0]
@@ -564,6 +617,7 @@ def _settings(config: ExperimentConfig, summary: dict[str, Any]) -> str:
         "blur sigma": f"{m.blur_sigma:g} (kernel 11 × 11)",
         "pointing game tolerance": f"{m.tolerance} pixels",
         "baselines": "on" if m.baselines else "off (metrics.baselines = false)",
+        **_metric_settings(m),
         "bootstrap": f"{RESAMPLES} resamples, seed {config.seed}",
         "colormap, alpha": f"{config.output.colormap}, {config.output.alpha:g}",
         "methods": "; ".join(
@@ -573,6 +627,22 @@ def _settings(config: ExperimentConfig, summary: dict[str, Any]) -> str:
     }
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows.items())
     return f'<dl class="settings">{body}</dl>'
+
+
+def _metric_settings(m: MetricsSpec) -> dict[str, str]:
+    """The settings of ROAD, ARCC and the sanity checks, where they are computed."""
+    wanted = set(m.compute)
+    rows = {}
+    if wanted & {"road_morf", "road_lerf", "road_combined", *ARCC_PARTS}:
+        rows["ROAD / ARCC imputation noise"] = f"{m.road_noise:g} (standard deviation)"
+    if wanted & {"road_morf", "road_lerf", "road_combined"}:
+        rows["ROAD shares imputed"] = ", ".join(f"{f:g}" for f in m.road_removed)
+    if wanted & set(ARCC_PARTS):
+        rows["ARCC shares imputed"] = ", ".join(f"{f:g}" for f in m.arcc_removed)
+    if wanted & set(SANITY):
+        layers = ", ".join(m.sanity_layers) if m.sanity_layers else "every module with parameters"
+        rows["sanity checks"] = f"{layers}, output first; seed {m.sanity_seed}"
+    return rows
 
 
 def _read(name: str) -> str:

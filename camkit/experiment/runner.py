@@ -265,7 +265,8 @@ def _explain(
     try:
         return explain(
             extractor, model, batch, targets=config.targets, metrics=config.metrics,
-            map_dtype=config.output.map_dtype, device=device,
+            map_dtype=config.output.map_dtype, device=device, seed=config.seed,
+            spec=config.methods[method],
         )  # fmt: skip
     except TargetError as exc:
         raise ConfigError(f"{where}: targets: {exc}") from None
@@ -275,3 +276,5 @@ def _explain(
         raise ConfigError(f"{where}: data.mean / data.std: {exc}") from None
     except GradientError as exc:
         raise ConfigError(f"{where}: methods[{method}]: {exc}") from None
+    except ConfigError as exc:  # a [metrics] key that fails on the model
+        raise ConfigError(f"{where}: {exc}") from None

@@ -15,8 +15,20 @@ import numpy as np
 
 #: Bootstrap resamples per interval.
 RESAMPLES = 1000
-#: Which direction is better, per metric.
-LOWER_IS_BETTER = frozenset({"average_drop", "deletion"})
+#: Which direction is better, per metric: these lower, the others higher. A sane method's
+#: maps change when the model is randomized, so the sanity checks' similarities are too.
+LOWER_IS_BETTER = frozenset(
+    {
+        "average_drop",
+        "deletion",
+        "road_morf",
+        "arcc_complexity",
+        "sanity_cascading_spearman",
+        "sanity_cascading_ssim",
+        "sanity_independent_spearman",
+        "sanity_independent_ssim",
+    }
+)
 
 
 def bootstrap_interval(
@@ -53,6 +65,20 @@ def describe(values: np.ndarray, seed: int) -> dict[str, Any]:
         "count": int(kept.size),
         "ci95": list(bootstrap_interval(kept, seed)),
     }
+
+
+def step_means(values: np.ndarray) -> list[float | None]:
+    """The mean of each column of ``(N, S)`` values, NaNs left out; ``None`` for a column
+    of NaNs only.
+
+    Example:
+        >>> step_means(np.array([[1.0, np.nan], [3.0, np.nan]]))
+        [2.0, None]
+    """
+    kept = ~np.isnan(values)
+    sums = np.where(kept, values, 0.0).sum(axis=0)
+    counts = kept.sum(axis=0)
+    return [float(s / c) if c else None for s, c in zip(sums.tolist(), counts.tolist())]
 
 
 def best(methods: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:

@@ -123,7 +123,7 @@ def arcc(
     softmax: bool = True,
     generator: torch.Generator | None = None,
 ) -> ARCCScore:
-    """Per-image ARCC with its coherency, complexity and confidence parts.
+    """Per-image ARCC with its coherency, complexity and confidence parts, on the CPU.
 
     Args:
         model: maps ``(N, C, H, W)`` images to ``(N, num_classes)`` scores.
@@ -143,8 +143,9 @@ def arcc(
         >>> arcc(model, cam, x, cam(x, t).maps, t).arcc.shape
         torch.Size([2])
     """
-    coherent = coherency(explain, images, maps, targets)
-    complex_ = complexity(maps)
+    # on the CPU, where ROAD's confidences are (the maps may be on an accelerator)
+    coherent = coherency(explain, images, maps, targets).cpu()
+    complex_ = complexity(maps).cpu()
     road = road_combined(
         model, images, maps, targets, removed=removed, noise=noise, softmax=softmax,
         generator=generator,
