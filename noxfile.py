@@ -21,8 +21,10 @@ TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The fast test suite (the heavy architecture matrix is `nox -s matrix`); with timm, so
-    its model sources and auto layers are tested."""
+    its model sources and auto layers are tested, and camkit-contrib, whose methods the
+    experiment examples use."""
     session.install("-e", ".[test,timm]")
+    session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
 

@@ -32,6 +32,12 @@ from camkit.metrics import (
 )
 from camkit.metrics.imputation import DEFAULT_REMOVED
 
+# The example sets Eigen-CAM, which ignores the head, beside two gradient methods.
+pytest.importorskip(
+    "camkit_contrib",
+    reason="examples/sanity.toml uses eigencam: pip install ./plugins/camkit-contrib",
+)
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "sanity.toml"
 NEW = [name for name in METRICS if name not in DEFAULT_METRICS]
 # 3 images in shards of 2: image 2 is alone in its shard, images 0 and 1 share one
