@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from camkit import errors, targets
+from camkit import errors, targets, tasks
 from camkit.api import (
     create,
     list_methods,
@@ -46,5 +46,6 @@ __all__ = [
     "overlay",
     "register_plugin",
     "targets",
+    "tasks",
     "unregister_plugin",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from camkit.errors import TargetError
 
-__all__ = ["ClassTarget", "SegmentationTarget", "SimilarityTarget"]
+__all__ = ["ClassTarget", "DetectionTarget", "SegmentationTarget", "SimilarityTarget", "box_iou"]
 
 
 def _per_image(value: Tensor, index: Tensor, what: str) -> Tensor:
@@ -164,3 +164,79 @@ class SimilarityTarget:
 
     def __repr__(self) -> str:
         return f"SimilarityTarget(reference={tuple(self.reference.shape)})"
+
+
+def box_iou(boxes: Tensor, reference: Tensor) -> Tensor:
+    """Intersection over union of boxes ``(..., N, 4)`` with one box each ``(..., 4)``.
+
+    Boxes are ``(x1, y1, x2, y2)`` in pixels; the result ``(..., N)`` is differentiable in both.
+
+    Example:
+        >>> box_iou(torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2]]), torch.tensor([0.0, 0, 2, 2]))
+        tensor([1.0000, 0.3333])
+    """
+    reference = reference.unsqueeze(-2)
+    low = torch.maximum(boxes[..., :2], reference[..., :2])
+    high = torch.minimum(boxes[..., 2:], reference[..., 2:])
+    inter = (high - low).clamp(min=0).prod(-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
+    ref_area = (reference[..., 2:] - reference[..., :2]).clamp(min=0).prod(-1)
+    union = area + ref_area - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+class DetectionTarget:
+    r"""How strongly a detector still finds one box: class score times overlap, best match.
+
+    For detectors that return one dict of ``boxes``, ``scores`` and ``labels`` per image
+    (torchvision's Faster R-CNN, Mask R-CNN, RetinaNet, FCOS, SSD), which camkit packs into
+    ``(N, M, 6)`` rows ``[x1, y1, x2, y2, score, label]`` (label ``-1`` pads). The target
+    score of a row is its best match to the reference box ``r`` among the boxes of class
+    ``c``:
+
+    .. math:: s = \max_{j \,:\, \ell_j = c} p_j \cdot \mathrm{IoU}(b_j, r)
+
+    and 0 when the detector returns no box of class ``c``. A perturbed forward (Score-CAM,
+    Ablation-CAM) returns different boxes, possibly none, in a different order: the maximum
+    matches them to the reference by overlap, never by position. Differentiable in the
+    scores and the box coordinates, so gradient methods explain it too.
+
+    Args:
+        box: the reference box ``(x1, y1, x2, y2)`` in input pixels, ``(4,)`` for every image
+            or ``(B, 4)`` one per image (usually a box the detector found on the clean image).
+        class_index: the class ``c``, one int or one per image.
+
+    Example:
+        >>> det = detector(images)[0]                      # the clean detections of image 0
+        >>> target = DetectionTarget(det["boxes"][0], int(det["labels"][0]))
+        >>> res = camkit.create("gradcam", detector, "backbone.body.layer4")(images[:1], target)
+    """
+
+    def __init__(self, box: Tensor | Sequence[float], class_index: int | Sequence[int] | Tensor):
+        box = torch.as_tensor(box).detach()
+        if box.dim() not in (1, 2) or box.shape[-1] != 4 or not box.is_floating_point():
+            raise TargetError(
+                "DetectionTarget's box must be (x1, y1, x2, y2) floats, (4,) or (B, 4), got "
+                f"{tuple(box.shape)} {box.dtype}"
+            )
+        self.box = box
+        self.classes = ClassTarget(class_index).classes
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        if scores.dim() != 3 or scores.shape[2] != 6:
+            raise TargetError(
+                "DetectionTarget needs a detector's output (a list of dicts with boxes, scores "
+                f"and labels per image); the model's scores have shape {tuple(scores.shape)}"
+            )
+        box = self.box.to(scores.device, scores.dtype)
+        box = _per_image(box, index, "DetectionTarget's box") if box.dim() == 2 else box
+        classes = self.classes.to(scores.device)
+        if classes.dim() == 1:
+            classes = _per_image(classes, index, "DetectionTarget's class_index")
+        match = scores[..., 4] * box_iou(scores[..., :4], box)
+        match = match * (scores[..., 5] == classes.unsqueeze(-1).to(scores.dtype))
+        # One zero column: the score of a row without any box of the class.
+        return torch.cat([match, match.new_zeros(match.shape[0], 1)], 1).amax(1)
+
+    def __repr__(self) -> str:
+        return f"DetectionTarget(box={self.box.tolist()}, class_index={self.classes.tolist()})"
