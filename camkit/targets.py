@@ -77,24 +77,77 @@ class SegmentationTarget:
 
     .. math:: s = \sum_{i,j} M(i, j)\, Y^{(c)}(i, j)
 
+    Three ways to say where, one per question:
+
+    - ``mask``: a region you give ("why is this object class ``c``?");
+    - ``pixel=(row, col)``: one clicked pixel, :math:`s = Y^{(c)}(row, col)` ("why is this
+      pixel class ``c``?");
+    - :meth:`predicted`: the whole region the model labels ``c`` on the clean image ("why
+      does it see ``c`` here?"). The mask is fixed from the clean output, so perturbed
+      forwards are scored on the same pixels.
+
+    Segmentation models that return a dict (torchvision's ``{"out", "aux"}``) are explained
+    through ``out``.
+
     Args:
         class_index: the class ``c`` whose logits are summed.
         mask: ``(H, W)`` for every image, or ``(B, H, W)`` one per image, at the output's
             resolution; bool or float (a float mask weights the pixels).
+        pixel: ``(row, col)`` of one output pixel, instead of ``mask``.
+
+    Example:
+        >>> out = model(x)["out"]                                  # (B, K, H, W)
+        >>> whole = SegmentationTarget.predicted(out, class_index=15)
+        >>> click = SegmentationTarget(15, pixel=(120, 80))
+        >>> res = camkit.create("gradcam", model, "backbone.layer4")(x, targets=whole)
     """
 
-    def __init__(self, class_index: int, mask: Tensor) -> None:
+    def __init__(
+        self,
+        class_index: int,
+        mask: Tensor | None = None,
+        *,
+        pixel: tuple[int, int] | None = None,
+    ) -> None:
         if not isinstance(class_index, int) or isinstance(class_index, bool):
             raise TargetError(
                 f"SegmentationTarget's class_index must be an int, got {class_index!r}"
             )
-        if not isinstance(mask, Tensor) or mask.dim() < 2:
+        if (mask is None) == (pixel is None):
+            raise TargetError("SegmentationTarget needs a mask or a pixel=(row, col), not both")
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dim() < 2):
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise TargetError(
                 f"SegmentationTarget's mask must be an (H, W) or (B, H, W) tensor, got {got}"
             )
+        if pixel is not None and not (
+            isinstance(pixel, (tuple, list))
+            and len(pixel) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pixel)
+        ):
+            raise TargetError(
+                f"SegmentationTarget's pixel must be (row, col), two ints >= 0, got {pixel!r}"
+            )
         self.class_index = class_index
-        self.mask = mask.detach()
+        self.mask = None if mask is None else mask.detach()
+        self.pixel = None if pixel is None else (int(pixel[0]), int(pixel[1]))
+
+    @classmethod
+    def predicted(cls, scores: Tensor, class_index: int) -> SegmentationTarget:
+        """The target over every pixel whose predicted class (argmax of ``scores``
+        ``(B, K, H, W)``, the clean output) is ``class_index``: one mask per image.
+
+        Example:
+            >>> scores = torch.tensor([[[[2.0, 0.0]], [[1.0, 3.0]]]])   # (1, 2, 1, 2)
+            >>> SegmentationTarget.predicted(scores, 1).mask
+            tensor([[[False,  True]]])
+        """
+        if not isinstance(scores, Tensor) or scores.dim() < 3:
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise TargetError(
+                f"SegmentationTarget.predicted needs the clean (B, K, H, W) scores, got {got}"
+            )
+        return cls(class_index, scores.detach().argmax(1) == class_index)
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
         spatial = scores.shape[2:]
@@ -108,6 +161,16 @@ class SegmentationTarget:
                 f"SegmentationTarget class {self.class_index} is out of range: the model has "
                 f"{scores.shape[1]} classes, so targets must be in [0, {scores.shape[1] - 1}]"
             )
+        logits = scores[:, self.class_index]
+        if self.pixel is not None:
+            row, col = self.pixel
+            if len(spatial) != 2 or row >= spatial[0] or col >= spatial[1]:
+                raise TargetError(
+                    f"SegmentationTarget's pixel {self.pixel} is outside the model's "
+                    f"{tuple(spatial)} output"
+                )
+            return logits[:, row, col]
+        assert self.mask is not None
         mask = self.mask.to(scores.device, scores.dtype)
         if mask.shape[-len(spatial) :] != spatial or mask.dim() not in (
             len(spatial),
@@ -120,10 +183,11 @@ class SegmentationTarget:
             )
         if mask.dim() > len(spatial):
             mask = _per_image(mask, index, "SegmentationTarget's mask")
-        return (scores[:, self.class_index] * mask).flatten(1).sum(1)
+        return (logits * mask).flatten(1).sum(1)
 
     def __repr__(self) -> str:
-        return f"SegmentationTarget(class_index={self.class_index}, mask={tuple(self.mask.shape)})"
+        where = f"pixel={self.pixel}" if self.mask is None else f"mask={tuple(self.mask.shape)}"
+        return f"SegmentationTarget(class_index={self.class_index}, {where})"
 
 
 class SimilarityTarget:
