@@ -21,7 +21,14 @@ from torch import Tensor
 
 from camkit.errors import TargetError
 
-__all__ = ["ClassTarget", "DetectionTarget", "SegmentationTarget", "SimilarityTarget", "box_iou"]
+__all__ = [
+    "ClassTarget",
+    "DetectionTarget",
+    "OutputTarget",
+    "SegmentationTarget",
+    "SimilarityTarget",
+    "box_iou",
+]
 
 
 def _per_image(value: Tensor, index: Tensor, what: str) -> Tensor:
@@ -70,6 +77,44 @@ class ClassTarget:
 
     def __repr__(self) -> str:
         return f"ClassTarget({self.classes.tolist()})"
+
+
+class OutputTarget:
+    r"""One output value, as it is or negated: for binary classifiers and regression models.
+
+    - A binary classifier with one logit ``(N, 1)``: ``OutputTarget()`` explains the positive
+      class (the logit, what ``targets=None`` also picks), ``OutputTarget(negate=True)`` the
+      negative class (:math:`-y`, the logit of the complement: :math:`\log\frac{1-p}{p}`).
+    - A regression model, ``(N,)`` or ``(N, D)`` outputs: output ``index``, or with
+      ``negate=True`` what lowers it.
+
+    Args:
+        index: the output column for ``(N, D)`` outputs (ignored for ``(N,)``).
+        negate: explain :math:`-y` instead of :math:`y`.
+
+    Example:
+        >>> OutputTarget(negate=True)(torch.tensor([[2.0], [-1.0]]), torch.arange(2))
+        tensor([-2.,  1.])
+    """
+
+    def __init__(self, index: int = 0, *, negate: bool = False) -> None:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise TargetError(f"OutputTarget's index must be an int >= 0, got {index!r}")
+        self.index = index
+        self.sign = -1.0 if negate else 1.0
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        if scores.dim() == 1:
+            return self.sign * scores
+        if scores.dim() != 2 or self.index >= scores.shape[1]:
+            raise TargetError(
+                f"OutputTarget({self.index}) needs (N,) or (N, D) outputs with D > {self.index}, "
+                f"got shape {tuple(scores.shape)}"
+            )
+        return self.sign * scores[:, self.index]
+
+    def __repr__(self) -> str:
+        return f"OutputTarget({self.index}, negate={self.sign < 0})"
 
 
 class SegmentationTarget:
