@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from camkit.errors import TargetError
 
@@ -241,10 +241,18 @@ class SimilarityTarget:
     .. math:: s = \frac{e \cdot r}{\lVert e \rVert \lVert r \rVert}
 
     Use it to explain what makes an image's embedding close to a reference (another image's
-    embedding, a text embedding, a class prototype), or for regression outputs.
+    embedding, a text embedding, a class prototype). The embedding is the model's output
+    read as camkit reads scores: a tensor, the first tensor of a tuple, the ``logits`` /
+    ``out`` entry or only tensor of a dict; it is flattened per image. For a concept (the
+    mean embedding of several images) use :meth:`concept`; for both maps of a pair of
+    images, :func:`camkit.tasks.similarity_maps`.
 
     Args:
         reference: ``(D,)`` for every image, or ``(B, D)`` one per image.
+
+    Example:
+        >>> reference = camkit.tasks.embed(model, other_image)          # (1, D)
+        >>> res = camkit.create("gradcam", model, "layer4")(x, SimilarityTarget(reference[0]))
     """
 
     def __init__(self, reference: Tensor) -> None:
@@ -256,6 +264,19 @@ class SimilarityTarget:
             )
             raise TargetError(f"SimilarityTarget's reference must be (D,) or (B, D), got {got}")
         self.reference = reference.detach()
+
+    @classmethod
+    def concept(cls, model: nn.Module, images: Tensor) -> SimilarityTarget:
+        """Similarity to a concept: the mean embedding of ``images`` ``(n, C, H, W)``,
+        examples of it (computed without gradients).
+
+        Example:
+            >>> dogs = SimilarityTarget.concept(model, dog_images)
+            >>> res = camkit.create("scorecam", model, "layer4")(x, targets=dogs)
+        """
+        from camkit.tasks import embed  # camkit.tasks builds on these targets
+
+        return cls(embed(model, images).mean(0))
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
         embedding = scores.flatten(1)

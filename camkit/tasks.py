@@ -13,9 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from camkit.engine.outputs import scores_of
+from camkit.engine import CAMResult, Extractor
 from camkit.errors import InputError, LayerError, TargetError
+from camkit.targets import SimilarityTarget
 
-__all__ = ["detector_layer", "embed", "positive_labels"]
+__all__ = ["detector_layer", "embed", "positive_labels", "similarity_maps"]
 
 
 def detector_layer(model: nn.Module) -> str:
@@ -99,3 +101,32 @@ def embed(model: nn.Module, images: Tensor) -> Tensor:
     with torch.no_grad():
         out: Any = model(images)
     return scores_of(out).flatten(1)
+
+
+def similarity_maps(cam: Extractor, first: Tensor, second: Tensor) -> tuple[CAMResult, CAMResult]:
+    """Both maps of "why are these images similar?": what in ``first`` makes its embedding
+    close to ``second``'s, and what in ``second`` makes it close to ``first``'s.
+
+    Args:
+        cam: an extractor on an embedding model (from :func:`camkit.create`).
+        first, second: ``(B, C, H, W)`` images, compared pair by pair (row ``i`` of one with
+            row ``i`` of the other).
+
+    Returns:
+        ``(first_result, second_result)``, each explaining the cosine similarity of its
+        images' embeddings to the other images' (:class:`~camkit.targets.SimilarityTarget`).
+
+    Example:
+        >>> cam = camkit.create("gradcam", model, "layer4")
+        >>> res_a, res_b = similarity_maps(cam, image_a, image_b)
+    """
+    if first.shape[0] != second.shape[0]:
+        raise InputError(
+            f"similarity_maps compares images pair by pair, but got {first.shape[0]} and "
+            f"{second.shape[0]} images"
+        )
+    first_embedding, second_embedding = embed(cam.model, first), embed(cam.model, second)
+    return (
+        cam(first, targets=SimilarityTarget(second_embedding)),
+        cam(second, targets=SimilarityTarget(first_embedding)),
+    )
