@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit.engine.outputs import scores_of
 from camkit.engine import CAMResult, Extractor
+from camkit.engine.outputs import scores_of
 from camkit.errors import InputError, LayerError, TargetError
 from camkit.targets import SimilarityTarget
 
