@@ -364,7 +364,9 @@ class DetectionTarget:
         if classes.dim() == 1:
             classes = _per_image(classes, index, "DetectionTarget's class_index")
         match = scores[..., 4] * box_iou(scores[..., :4], box)
-        match = match * (scores[..., 5] == classes.unsqueeze(-1).to(scores.dtype))
+        # Labels travel as floats beside the boxes (exact up to 2**24, 256 in bfloat16).
+        labels = scores[..., 5].round().long()
+        match = match * (labels == classes.unsqueeze(-1))
         # One zero column: the score of a row without any box of the class.
         return torch.cat([match, match.new_zeros(match.shape[0], 1)], 1).amax(1)
 
