@@ -26,7 +26,8 @@ def detector_layer(model: nn.Module) -> str:
     - Two-stage and dense detectors on a feature pyramid (Faster/Mask R-CNN, RetinaNet,
       FCOS, ``backbone.body`` + ``backbone.fpn``): the last stage of the backbone body, e.g.
       ``backbone.body.layer4`` on a ResNet. Every pyramid level is built from it, so every
-      box's score reaches it, and it is the most semantic map (stride 32).
+      box's score reaches it (Faster/Mask R-CNN pool each box from one level only, and the
+      gradient maps of the other levels are empty), and it is the most semantic map.
     - SSD and SSDlite (``backbone.features`` + ``backbone.extra``): the last block of
       ``backbone.features``, the last map of the base network before the extra layers
       (``backbone.features.1`` on SSDlite).

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.engine.outputs import detections_tensor, scores_of
-from camkit.errors import TargetError
+from camkit.errors import LayerError, TargetError
 from camkit.targets import DetectionTarget
 
 from . import reference
@@ -211,3 +211,49 @@ def test_ssdlite_runs_at_the_suggested_layer() -> None:
     target = DetectionTarget(det["boxes"][0], int(det["labels"][0]))
     res = camkit.create("gradcam", model, layer)(x, target)
     assert res.layer_maps[layer].shape == (1, 10, 10) and bool(torch.isfinite(res.maps).all())
+
+
+def test_a_layer_returning_a_dict_of_levels_is_refused() -> None:
+    # RetinaNet's backbone returns {level: map}, like torchvision's feature pyramids.
+    model, x, boxes, labels = _case("retinanet")
+    with pytest.raises(LayerError, match="not a tensor"):
+        camkit.create("gradcam", model, "backbone")(x, DetectionTarget(boxes, labels))
+
+
+def test_detector_layer_needs_a_torchvision_layout() -> None:
+    assert camkit.tasks.detector_layer(TINY_DETECTORS["faster-rcnn"]()) == "backbone.body.3"
+    with pytest.raises(LayerError, match="name the layer"):
+        camkit.tasks.detector_layer(nn.Conv2d(3, 3, 1))
+
+
+def test_the_detector_is_left_as_it_was() -> None:
+    model, x, boxes, labels = _case("faster-rcnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    camkit.create("gradcam", model, LAYER)(x, DetectionTarget(boxes, labels))
+    assert not model.training
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_pyramid_levels_are_explained_each_and_fused() -> None:
+    model = stock_detector("fasterrcnn_resnet50_fpn")
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        box, label = _top_box(model(x)[0])
+    layers = ["backbone.fpn.layer_blocks.0", "backbone.body.layer4", "backbone.fpn.layer_blocks.3"]
+    res = camkit.create("gradcam", model, layers)(x, DetectionTarget(box, label))
+    score = reference.detection_score(box[None], [label])
+    for layer in layers[:2]:
+        expected = reference.gradcam(model, layer, x, score)
+        scale = float(expected.amax())
+        assert scale > 0
+        torch.testing.assert_close(
+            res.layer_maps[layer] / scale, expected / scale, rtol=1e-4, atol=1e-5
+        )
+    # The RoI heads pool this small box from the finest level only: the coarsest gets no
+    # gradient at all, which is why detector_layer picks the body, which feeds every level.
+    assert res.layer_maps["backbone.fpn.layer_blocks.3"].shape == (1, 2, 2)
+    assert not bool(res.layer_maps["backbone.fpn.layer_blocks.3"].any())
