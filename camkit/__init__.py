@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from camkit import errors, targets
+    from camkit import errors, targets, tasks
     from camkit.api import (
         create,
         list_methods,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "errors": "camkit",
     "targets": "camkit",
+    "tasks": "camkit",
     "create": "camkit.api",
     "list_methods": "camkit.api",
     "list_plugins": "camkit.api",
@@ -82,6 +83,7 @@ __all__ = [
     "overlay",
     "register_plugin",
     "targets",
+    "tasks",
     "unregister_plugin",
 ]
 
