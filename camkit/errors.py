@@ -66,3 +66,12 @@ def did_you_mean(given: str, choices: Iterable[str], n: int = 3) -> str:
     quoted = [f"'{m}'" for m in matches]
     joined = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return f" Did you mean {joined}?"
+
+
+class CamkitWarning(UserWarning):
+    """Base class of every warning camkit issues on purpose."""
+
+
+class PerformanceWarning(CamkitWarning):
+    """A requested option runs slower on this hardware than the user likely expects (e.g.
+    ``precision="bf16"`` on a CPU without native bfloat16)."""
