@@ -205,3 +205,40 @@ def test_channels_last_follows_its_capability(caps) -> None:  # type: ignore[no-
     caps("+channels_last")
     assert _plan(model, x, "fp32").channels_last
     assert accelerator(model).explain_channels_last(x)  # batch 2, convolutions, CPU
+
+
+def _counting_quantize(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    quantize = quantized._quantize
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return quantize(*args)
+
+    monkeypatch.setattr(quantized, "_quantize", counting)
+    return calls
+
+
+@needs("int8")
+def test_the_int8_copy_is_checked_not_rebuilt_for_new_images(  # type: ignore[no-untyped-def]
+    caps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caps("-bf16")
+    calls = _counting_quantize(monkeypatch)
+    model, x = _shapes()
+    first = _plan(model, x, "auto").model
+    other, _, _ = zoo.shapes.generate(3, seed=5)
+    assert _plan(model, other, "auto").model is first and calls == [1]
+
+
+def test_a_model_whose_int8_copy_failed_is_not_calibrated_again(  # type: ignore[no-untyped-def]
+    caps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caps("-bf16,+int8")
+    monkeypatch.setattr(quantized, "MIN_SCORE_R", 1.01)
+    calls = _counting_quantize(monkeypatch)
+    model, x = _shapes()
+    other, _, _ = zoo.shapes.generate(3, seed=5)
+    assert _plan(model, x, "auto").mode == "fp32-copy"
+    assert _plan(model, other, "auto").mode == "fp32-copy"
+    assert len(calls) <= 1  # none where this torch has no int8 engine

@@ -51,7 +51,8 @@ def int8_copy(model: nn.Module, inputs: Tensor) -> nn.Module | None:
 
     The copy is kept while the model is unchanged (its float32 inference copy, which tracks
     changes, is the same) and checked again on each new ``inputs``; one that fails the check
-    on new images is calibrated again on them, once.
+    on new images is calibrated again on them, and a model whose copy failed is not tried
+    again (until it changes), so that ``"auto"`` never pays for calibration in vain twice.
 
     Example:
         >>> import torch
@@ -70,13 +71,15 @@ def int8_copy(model: nn.Module, inputs: Tensor) -> nn.Module | None:
     with _lock:
         entry = _cache.get(model)
         if entry is not None and entry[0]() is reference:
-            if entry[1] == key:
-                return entry[2]
+            built_for, kept = entry[1], entry[2]
+            if built_for == key or kept is None:  # the same images, or a model int8 failed
+                return kept
             samples = _masked_copies(inputs.detach().float())
-            if entry[2] is not None and _follows(model, entry[2], samples):
-                _cache[model] = (entry[0], key, entry[2])
-                return entry[2]
-        samples = _masked_copies(inputs.detach().float())
+            if _follows(model, kept, samples):
+                _cache[model] = (entry[0], key, kept)
+                return kept
+        else:
+            samples = _masked_copies(inputs.detach().float())
         copied = _build(model, samples, engine)
         _cache[model] = (weakref.ref(reference), key, copied)
         return copied
