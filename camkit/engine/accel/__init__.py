@@ -98,10 +98,10 @@ class Accelerator:
 
         ``"fp32"``: the model as given. ``"bf16"``: its bfloat16 inference copy, or the
         model under bfloat16 autocast where it cannot be copied (warned about once where
-        bfloat16 is not native). ``"auto"``: as ``"bf16"`` where bfloat16 is native; else
-        on CPU an int8 copy calibrated on ``inputs`` when its scores follow the model's,
-        else a float32 inference copy (batch norms folded, activations fused), else the
-        model as given.
+        bfloat16 is not native). ``"auto"``: as ``"bf16"`` where bfloat16 is native; else,
+        off CPU, the model as given and, on CPU, an int8 copy calibrated on ``inputs`` when
+        its scores follow the model's, else a float32 inference copy (batch norms folded,
+        activations fused), else the model as given.
         """
         layout = inputs.dim() == 4 and self._layout_ok
         layout = layout and (
@@ -115,9 +115,10 @@ class Accelerator:
             if copied is not None:
                 return ForwardPlan(copied, torch.bfloat16, False, layout, "bf16-copy")
             return ForwardPlan(self.model, inputs.dtype, True, layout, "bf16-autocast")
-        if precision == "fp32" or inputs.dtype != torch.float32:
+        if precision == "fp32" or inputs.dtype != torch.float32 or inputs.device.type != "cpu":
+            # The float32 and int8 copies are measured faster on CPUs only.
             return ForwardPlan(self.model, inputs.dtype, False, layout)
-        quantized = int8_copy(self.model, inputs) if capabilities(inputs.device).int8 else None
+        quantized = int8_copy(self.model, inputs) if capabilities("cpu").int8 else None
         if quantized is not None:
             return ForwardPlan(quantized, inputs.dtype, False, layout, "int8-copy")
         copied = inference_copy(self.model, torch.float32)
