@@ -106,3 +106,12 @@ class DataError(CamkitError, ValueError):
     def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason or message
+
+
+class CamkitWarning(UserWarning):
+    """Base class of every warning camkit issues on purpose."""
+
+
+class PerformanceWarning(CamkitWarning):
+    """A requested option runs slower on this hardware than the user likely expects (e.g.
+    ``precision="bf16"`` on a CPU without native bfloat16)."""
