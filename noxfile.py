@@ -20,15 +20,18 @@ TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The fast test suite (the heavy architecture matrix is `nox -s matrix`)."""
-    session.install("-e", ".[test]")
+    """The fast test suite (the heavy architecture matrix is `nox -s matrix`); with timm, so
+    its model sources and auto layers are tested, and camkit-contrib, whose methods the
+    experiment examples use."""
+    session.install("-e", ".[test,timm]")
+    session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)
 def matrix(session: nox.Session) -> None:
     """Every method on every architecture of the matrix (slow), contrib's methods included."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,timm]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "slow", *session.posargs, env=TEST_ENV)
 
@@ -37,8 +40,9 @@ def matrix(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "camkit", "tests", "plugins", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "camkit", "tests", "plugins", "examples", "noxfile.py")
+    paths = ["camkit", "tests", "plugins", "examples", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)
@@ -50,9 +54,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (not tests): latency ratios against the bare model, as Markdown and JSON."""
+    """Benchmarks (not tests, not installed): ratios against the bare model, Markdown and JSON.
+
+    `benchmarks/` runs from the repository root; e.g. `nox -s bench -- --quick`.
+    """
     session.install("-e", ".")
-    session.run("python", "-m", "camkit.bench", *session.posargs)
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -61,3 +68,29 @@ def contrib(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "plugins/camkit-contrib/tests", *session.posargs, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """The quickstart's report.html in headless Chromium (tests/browser): fails on console
+    errors, failed or external requests, broken images, sideways scrolling at 390 px or a
+    missing plot; screenshots in build/report-check/screenshots."""
+    import shutil
+
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        session.skip(
+            f"{' and '.join(missing)} not found: the report's browser test needs Node.js 18+ "
+            "(it installs headless Chromium from npm); install Node.js to run it"
+        )
+    session.install("-e", ".")
+    root = os.path.abspath("build/report-check")
+    folder = os.path.join(root, "run")
+    session.run(
+        "python", "-m", "camkit", "run", "examples/quickstart.toml", "--output", folder,
+        "--overwrite", "--quiet", env=TEST_ENV,
+    )  # fmt: skip
+    with session.chdir("tests/browser"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+        screenshots = os.path.join(root, "screenshots")
+        session.run("node", "check_report.mjs", folder, screenshots, external=True)

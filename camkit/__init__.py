@@ -3,26 +3,65 @@
 >>> import camkit
 >>> cam = camkit.create("gradcam", model, "layer4")
 >>> result = cam(images)           # result.maps: (B, H, W) in [0, 1]
+
+The public names are imported on first use, so ``import camkit`` (and ``camkit --version``)
+does not pay for importing torch.
 """
 
 from __future__ import annotations
 
-from camkit import errors, targets
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 from camkit._version import __version__
-from camkit.api import (
-    create,
-    list_methods,
-    list_plugins,
-    make_config,
-    method_info,
-    register_plugin,
-    unregister_plugin,
-)
-from camkit.engine import CAMResult, Extractor, RunOptions, fuse
-from camkit.engine.layers import LayerSpec
-from camkit.method import Context, Field, Method, MethodConfig, hookimpl, minmax_normalize
-from camkit.registry import MethodInfo, PluginInfo
-from camkit.viz import overlay
+
+if TYPE_CHECKING:
+    from camkit import errors, targets, tasks
+    from camkit.api import (
+        create,
+        list_methods,
+        list_plugins,
+        make_config,
+        method_info,
+        register_plugin,
+        unregister_plugin,
+    )
+    from camkit.engine import CAMResult, Extractor, RunOptions, fuse
+    from camkit.engine.layers import LayerSpec
+    from camkit.explainer import explain
+    from camkit.method import Context, Field, Method, MethodConfig, hookimpl, minmax_normalize
+    from camkit.registry import MethodInfo, PluginInfo
+    from camkit.viz import overlay
+
+#: Public name -> the module that defines it.
+_LAZY = {
+    "errors": "camkit",
+    "targets": "camkit",
+    "tasks": "camkit",
+    "create": "camkit.api",
+    "list_methods": "camkit.api",
+    "list_plugins": "camkit.api",
+    "make_config": "camkit.api",
+    "method_info": "camkit.api",
+    "register_plugin": "camkit.api",
+    "unregister_plugin": "camkit.api",
+    "CAMResult": "camkit.engine",
+    "Extractor": "camkit.engine",
+    "fuse": "camkit.engine",
+    "RunOptions": "camkit.engine",
+    "LayerSpec": "camkit.engine.layers",
+    "explain": "camkit.explainer",
+    "Context": "camkit.method",
+    "Field": "camkit.method",
+    "Method": "camkit.method",
+    "MethodConfig": "camkit.method",
+    "hookimpl": "camkit.method",
+    "minmax_normalize": "camkit.method",
+    "MethodInfo": "camkit.registry",
+    "PluginInfo": "camkit.registry",
+    "overlay": "camkit.viz",
+}
 
 __all__ = [
     "CAMResult",
@@ -38,6 +77,7 @@ __all__ = [
     "__version__",
     "create",
     "errors",
+    "explain",
     "fuse",
     "hookimpl",
     "list_methods",
@@ -48,5 +88,25 @@ __all__ = [
     "overlay",
     "register_plugin",
     "targets",
+    "tasks",
     "unregister_plugin",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        # Subpackages (camkit.viz, camkit.metrics, ...) load on first use like the names.
+        if name.startswith("_") or importlib.util.find_spec(f"camkit.{name}") is None:
+            raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+        module = "camkit"
+    if module == "camkit":
+        value: Any = importlib.import_module(f"camkit.{name}")
+    else:
+        value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,15 +1,23 @@
-"""The ``camkit`` command line: ``camkit run``, ``camkit methods``, ``camkit plugins``."""
+"""The ``camkit`` command line: ``explain``, ``run``, ``methods``, ``plugins``.
+
+Imports stay inside the commands, so ``--version`` and ``--help`` answer without torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import camkit
-from camkit.errors import CamkitError
+from camkit.errors import CamkitError, ConfigError, InputError
+
+if TYPE_CHECKING:
+    from camkit.explainer import Explanation
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -215,23 +223,134 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from camkit.experiment.models import load_model
+    from camkit.explainer import explain
+    from camkit.viz import check_colormap
+
+    # Everything that can be checked cheaply is checked before the model loads.
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha: expected a number in [0, 1], got {args.alpha}")
+    check_colormap(args.colormap)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"--method: expected method names, got {args.method!r}")
+    for method in methods:
+        camkit.method_info(method)
+    missing = [image for image in args.images if not Path(image).is_file()]
+    if missing:
+        raise InputError(f"no image file at {', '.join(missing)}")
+    loaded = load_model(args.model, args.weights)
+    print(f"model: {loaded.source} (weights: {loaded.weights})")
+    layer = None if args.layer in (None, "auto") else args.layer.split(",")
+    output = Path(args.output)
+    stems: dict[str, int] = {}
+    for image in args.images:
+        stem = Path(image).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"
+        result = explain(
+            image, loaded, methods, layer=layer, target=args.target, top=args.top, name=name
+        )
+        result.save(output, alpha=args.alpha, colormap=args.colormap)
+        _print_explanation(image, result)
+    return 0
+
+
+def _print_explanation(image: str, result: Explanation) -> None:
+    print(
+        f"{image} ({result.image.width}x{result.image.height}, model input "
+        f"{result.input_size[1]}x{result.input_size[0]})"
+    )
+    for rank, prediction in enumerate(result.predictions, 1):
+        print(f"  {rank}. {prediction}")
+    explained = ", ".join(
+        f"{result.label(i)} ({i})" if result.classes else str(i) for i in result.targets
+    )
+    print(f"  explained: {explained}")
+    per_method = len(result.targets)
+    for k, method in enumerate(result.maps):
+        files = result.files[k * per_method : (k + 1) * per_method]
+        layers = ", ".join(result.layers[method])
+        print(f"  {method} at {layers}: {', '.join(str(f) for f in files)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camkit", description="Class activation maps for PyTorch image models."
     )
     parser.add_argument("--version", action="version", version=f"camkit {camkit.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Accepted after the command too; SUPPRESS keeps a command's default from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    methods = sub.add_parser("methods", help="list CAM methods, or describe one")
+    methods = sub.add_parser("methods", help="list CAM methods, or describe one", parents=[common])
     methods.add_argument("pattern", nargs="?", help="a method name, or an fnmatch pattern")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.set_defaults(func=_methods)
 
-    plugins = sub.add_parser("plugins", help="list plugin distributions and their status")
+    plugins = sub.add_parser(
+        "plugins", help="list plugin distributions and their status", parents=[common]
+    )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_plugins)
 
-    run = sub.add_parser("run", help="run an experiment described in a TOML or YAML file")
+    explain = sub.add_parser(
+        "explain",
+        help="explain images with a model: one overlay per image and method, in seconds",
+        parents=[common],
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument(
+        "--model",
+        "-m",
+        default="torchvision:resnet50",
+        help="torchvision:NAME, timm:NAME, python:FILE.py:FACTORY (or python:pkg.module:FACTORY), "
+        "camkit:shapes-cnn, or a "
+        "model saved with torch.save(model) (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (pretrained, downloaded once), none (random), or a checkpoint file "
+        "(default: %(default)s)",
+    )
+    explain.add_argument(
+        "--method",
+        default="gradcam",
+        help="CAM method(s), comma-separated, see `camkit methods` (default: gradcam)",
+    )
+    explain.add_argument(
+        "--layer",
+        default="auto",
+        help="auto, or layer name(s) separated by commas (default: auto, printed)",
+    )
+    explain.add_argument(
+        "--target",
+        default="top1",
+        help="top1, topK (the K most probable classes), a class name or a class index "
+        "(default: top1)",
+    )
+    explain.add_argument("--top", type=int, default=5, help="predictions to print (default: 5)")
+    explain.add_argument(
+        "--output",
+        "-o",
+        default="explanations",
+        help="folder for the overlays (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--alpha", type=float, default=0.5, help="heatmap weight in [0, 1] (default: 0.5)"
+    )
+    explain.add_argument("--colormap", default="jet", help="jet, viridis or gray (default: jet)")
+    explain.set_defaults(func=_explain)
+
+    run = sub.add_parser(
+        "run", help="run an experiment described in a TOML or YAML file", parents=[common]
+    )
     run.add_argument("config", help="the experiment file (.toml, .yaml or .yml)")
     run.add_argument("--output", "-o", help="output folder (replaces output.folder)")
     run.add_argument(
@@ -251,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``camkit`` command; returns the exit status.
+
+    Errors end in one line on stderr, ``camkit: error: ...``: exit status 2 for a usage or
+    configuration mistake, 1 for the environment (files, disk, network), 130 on Ctrl-C.
+    ``--debug`` prints the traceback as well.
+
+    Example:
+        >>> main(["--version"])  # doctest: +SKIP
+        camkit 0.1.0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -259,11 +388,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CamkitError as exc:
-        print(f"camkit: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), getattr(exc, "exit_code", 2), args.debug)
+    except OSError as exc:
+        return _fail(_os_error_text(exc), 1, args.debug)
     except KeyboardInterrupt:
-        print("camkit: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130, args.debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    # Continuation lines (e.g. one per invalid config key) are indented under the first.
+    print(f"camkit: error: {message}".replace("\n", "\n  "), file=sys.stderr)
+    return code
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``No space left on device: 'out/maps/x.png'`` rather than ``[Errno 28] ...``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    target = f" -> {exc.filename2!r}" if exc.filename2 is not None else ""
+    return f"{reason}: {str(exc.filename)!r}{target}"
 
 
 if __name__ == "__main__":

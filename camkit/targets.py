@@ -17,11 +17,20 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from camkit.errors import TargetError
 
-__all__ = ["ClassTarget", "SegmentationTarget", "SimilarityTarget", "TargetFn", "Targets"]
+__all__ = [
+    "ClassTarget",
+    "DetectionTarget",
+    "OutputTarget",
+    "SegmentationTarget",
+    "SimilarityTarget",
+    "TargetFn",
+    "Targets",
+    "box_iou",
+]
 
 #: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
 #: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
@@ -79,29 +88,120 @@ class ClassTarget:
         return f"ClassTarget({self.classes.tolist()})"
 
 
+class OutputTarget:
+    r"""One output value, as it is or negated: for binary classifiers and regression models.
+
+    - A binary classifier with one logit ``(N, 1)``: ``OutputTarget()`` explains the positive
+      class (the logit, what ``targets=None`` also picks), ``OutputTarget(negate=True)`` the
+      negative class (:math:`-y`, the logit of the complement: :math:`\log\frac{1-p}{p}`).
+    - A regression model, ``(N,)`` or ``(N, D)`` outputs: output ``index``, or with
+      ``negate=True`` what lowers it.
+
+    Args:
+        index: the output column for ``(N, D)`` outputs (ignored for ``(N,)``).
+        negate: explain :math:`-y` instead of :math:`y`.
+
+    Example:
+        >>> OutputTarget(negate=True)(torch.tensor([[2.0], [-1.0]]), torch.arange(2))
+        tensor([-2.,  1.])
+    """
+
+    def __init__(self, index: int = 0, *, negate: bool = False) -> None:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise TargetError(f"OutputTarget's index must be an int >= 0, got {index!r}")
+        self.index = index
+        self.sign = -1.0 if negate else 1.0
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        if scores.dim() == 1:
+            return self.sign * scores
+        if scores.dim() != 2 or self.index >= scores.shape[1]:
+            raise TargetError(
+                f"OutputTarget({self.index}) needs (N,) or (N, D) outputs with D > {self.index}, "
+                f"got shape {tuple(scores.shape)}"
+            )
+        return self.sign * scores[:, self.index]
+
+    def __repr__(self) -> str:
+        return f"OutputTarget({self.index}, negate={self.sign < 0})"
+
+
 class SegmentationTarget:
     r"""The summed logit of one class inside a mask, for dense outputs ``(N, K, H, W)``.
 
     .. math:: s = \sum_{i,j} M(i, j)\, Y^{(c)}(i, j)
 
+    Three ways to say where, one per question:
+
+    - ``mask``: a region you give ("why is this object class ``c``?");
+    - ``pixel=(row, col)``: one clicked pixel, :math:`s = Y^{(c)}(row, col)` ("why is this
+      pixel class ``c``?");
+    - :meth:`predicted`: the whole region the model labels ``c`` on the clean image ("why
+      does it see ``c`` here?"). The mask is fixed from the clean output, so perturbed
+      forwards are scored on the same pixels.
+
+    Segmentation models that return a dict (torchvision's ``{"out", "aux"}``) are explained
+    through ``out``.
+
     Args:
         class_index: the class ``c`` whose logits are summed.
         mask: ``(H, W)`` for every image, or ``(B, H, W)`` one per image, at the output's
             resolution; bool or float (a float mask weights the pixels).
+        pixel: ``(row, col)`` of one output pixel, instead of ``mask``.
+
+    Example:
+        >>> out = model(x)["out"]                                  # (B, K, H, W)
+        >>> whole = SegmentationTarget.predicted(out, class_index=15)
+        >>> click = SegmentationTarget(15, pixel=(120, 80))
+        >>> res = camkit.create("gradcam", model, "backbone.layer4")(x, targets=whole)
     """
 
-    def __init__(self, class_index: int, mask: Tensor) -> None:
+    def __init__(
+        self,
+        class_index: int,
+        mask: Tensor | None = None,
+        *,
+        pixel: tuple[int, int] | None = None,
+    ) -> None:
         if not isinstance(class_index, int) or isinstance(class_index, bool):
             raise TargetError(
                 f"SegmentationTarget's class_index must be an int, got {class_index!r}"
             )
-        if not isinstance(mask, Tensor) or mask.dim() < 2:
+        if (mask is None) == (pixel is None):
+            raise TargetError("SegmentationTarget needs a mask or a pixel=(row, col), not both")
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dim() < 2):
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise TargetError(
                 f"SegmentationTarget's mask must be an (H, W) or (B, H, W) tensor, got {got}"
             )
+        if pixel is not None and not (
+            isinstance(pixel, (tuple, list))
+            and len(pixel) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pixel)
+        ):
+            raise TargetError(
+                f"SegmentationTarget's pixel must be (row, col), two ints >= 0, got {pixel!r}"
+            )
         self.class_index = class_index
-        self.mask = mask.detach()
+        self.mask = None if mask is None else mask.detach()
+        self.pixel = None if pixel is None else (int(pixel[0]), int(pixel[1]))
+
+    @classmethod
+    def predicted(cls, scores: Tensor, class_index: int) -> SegmentationTarget:
+        """The target over every pixel whose predicted class (argmax of ``scores``
+        ``(B, K, H, W)``, the clean output) is ``class_index``: one mask per image.
+
+        Example:
+            >>> scores = torch.tensor([[[[2.0, 0.0]], [[1.0, 3.0]]]])   # (1, 2, 1, 2)
+            >>> SegmentationTarget.predicted(scores, 1).mask
+            tensor([[[False,  True]]])
+        """
+        if not isinstance(scores, Tensor) or scores.dim() < 3:
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise TargetError(
+                f"SegmentationTarget.predicted needs the clean (B, K, H, W) scores, got {got}"
+            )
+        return cls(class_index, scores.detach().argmax(1) == class_index)
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
         spatial = scores.shape[2:]
@@ -115,6 +215,16 @@ class SegmentationTarget:
                 f"SegmentationTarget class {self.class_index} is out of range: the model has "
                 f"{scores.shape[1]} classes, so targets must be in [0, {scores.shape[1] - 1}]"
             )
+        logits = scores[:, self.class_index]
+        if self.pixel is not None:
+            row, col = self.pixel
+            if len(spatial) != 2 or row >= spatial[0] or col >= spatial[1]:
+                raise TargetError(
+                    f"SegmentationTarget's pixel {self.pixel} is outside the model's "
+                    f"{tuple(spatial)} output"
+                )
+            return logits[:, row, col]
+        assert self.mask is not None
         mask = self.mask.to(scores.device, scores.dtype)
         if mask.shape[-len(spatial) :] != spatial or mask.dim() not in (
             len(spatial),
@@ -127,10 +237,11 @@ class SegmentationTarget:
             )
         if mask.dim() > len(spatial):
             mask = _per_image(mask, index, "SegmentationTarget's mask")
-        return (scores[:, self.class_index] * mask).flatten(1).sum(1)
+        return (logits * mask).flatten(1).sum(1)
 
     def __repr__(self) -> str:
-        return f"SegmentationTarget(class_index={self.class_index}, mask={tuple(self.mask.shape)})"
+        where = f"pixel={self.pixel}" if self.mask is None else f"mask={tuple(self.mask.shape)}"
+        return f"SegmentationTarget(class_index={self.class_index}, {where})"
 
 
 class SimilarityTarget:
@@ -139,10 +250,18 @@ class SimilarityTarget:
     .. math:: s = \frac{e \cdot r}{\lVert e \rVert \lVert r \rVert}
 
     Use it to explain what makes an image's embedding close to a reference (another image's
-    embedding, a text embedding, a class prototype), or for regression outputs.
+    embedding, a text embedding, a class prototype). The embedding is the model's output
+    read as camkit reads scores: a tensor, the first tensor of a tuple, the ``logits`` /
+    ``out`` entry or only tensor of a dict; it is flattened per image. For a concept (the
+    mean embedding of several images) use :meth:`concept`; for both maps of a pair of
+    images, :func:`camkit.tasks.similarity_maps`.
 
     Args:
         reference: ``(D,)`` for every image, or ``(B, D)`` one per image.
+
+    Example:
+        >>> reference = camkit.tasks.embed(model, other_image)          # (1, D)
+        >>> res = camkit.create("gradcam", model, "layer4")(x, SimilarityTarget(reference[0]))
     """
 
     def __init__(self, reference: Tensor) -> None:
@@ -154,6 +273,19 @@ class SimilarityTarget:
             )
             raise TargetError(f"SimilarityTarget's reference must be (D,) or (B, D), got {got}")
         self.reference = reference.detach()
+
+    @classmethod
+    def concept(cls, model: nn.Module, images: Tensor) -> SimilarityTarget:
+        """Similarity to a concept: the mean embedding of ``images`` ``(n, C, H, W)``,
+        examples of it (computed without gradients).
+
+        Example:
+            >>> dogs = SimilarityTarget.concept(model, dog_images)
+            >>> res = camkit.create("scorecam", model, "layer4")(x, targets=dogs)
+        """
+        from camkit.tasks import embed  # camkit.tasks builds on these targets
+
+        return cls(embed(model, images).mean(0))
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
         embedding = scores.flatten(1)
@@ -171,3 +303,81 @@ class SimilarityTarget:
 
     def __repr__(self) -> str:
         return f"SimilarityTarget(reference={tuple(self.reference.shape)})"
+
+
+def box_iou(boxes: Tensor, reference: Tensor) -> Tensor:
+    """Intersection over union of boxes ``(..., N, 4)`` with one box each ``(..., 4)``.
+
+    Boxes are ``(x1, y1, x2, y2)`` in pixels; the result ``(..., N)`` is differentiable in both.
+
+    Example:
+        >>> box_iou(torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2]]), torch.tensor([0.0, 0, 2, 2]))
+        tensor([1.0000, 0.3333])
+    """
+    reference = reference.unsqueeze(-2)
+    low = torch.maximum(boxes[..., :2], reference[..., :2])
+    high = torch.minimum(boxes[..., 2:], reference[..., 2:])
+    inter = (high - low).clamp(min=0).prod(-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
+    ref_area = (reference[..., 2:] - reference[..., :2]).clamp(min=0).prod(-1)
+    union = area + ref_area - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+class DetectionTarget:
+    r"""How strongly a detector still finds one box: class score times overlap, best match.
+
+    For detectors that return one dict of ``boxes``, ``scores`` and ``labels`` per image
+    (torchvision's Faster R-CNN, Mask R-CNN, RetinaNet, FCOS, SSD), which camkit packs into
+    ``(N, M, 6)`` rows ``[x1, y1, x2, y2, score, label]`` (label ``-1`` pads). The target
+    score of a row is its best match to the reference box ``r`` among the boxes of class
+    ``c``:
+
+    .. math:: s = \max_{j \,:\, \ell_j = c} p_j \cdot \mathrm{IoU}(b_j, r)
+
+    and 0 when the detector returns no box of class ``c``. A perturbed forward (Score-CAM,
+    Ablation-CAM) returns different boxes, possibly none, in a different order: the maximum
+    matches them to the reference by overlap, never by position. Differentiable in the
+    scores and the box coordinates, so gradient methods explain it too.
+
+    Args:
+        box: the reference box ``(x1, y1, x2, y2)`` in input pixels, ``(4,)`` for every image
+            or ``(B, 4)`` one per image (usually a box the detector found on the clean image).
+        class_index: the class ``c``, one int or one per image.
+
+    Example:
+        >>> det = detector(images)[0]                      # the clean detections of image 0
+        >>> target = DetectionTarget(det["boxes"][0], int(det["labels"][0]))
+        >>> res = camkit.create("gradcam", detector, "backbone.body.layer4")(images[:1], target)
+    """
+
+    def __init__(self, box: Tensor | Sequence[float], class_index: int | Sequence[int] | Tensor):
+        box = torch.as_tensor(box).detach()
+        if box.dim() not in (1, 2) or box.shape[-1] != 4 or not box.is_floating_point():
+            raise TargetError(
+                "DetectionTarget's box must be (x1, y1, x2, y2) floats, (4,) or (B, 4), got "
+                f"{tuple(box.shape)} {box.dtype}"
+            )
+        self.box = box
+        self.classes = ClassTarget(class_index).classes
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        if scores.dim() != 3 or scores.shape[2] != 6:
+            raise TargetError(
+                "DetectionTarget needs a detector's output (a list of dicts with boxes, scores "
+                f"and labels per image); the model's scores have shape {tuple(scores.shape)}"
+            )
+        box = self.box.to(scores.device, scores.dtype)
+        box = _per_image(box, index, "DetectionTarget's box") if box.dim() == 2 else box
+        classes = self.classes.to(scores.device)
+        if classes.dim() == 1:
+            classes = _per_image(classes, index, "DetectionTarget's class_index")
+        match = scores[..., 4] * box_iou(scores[..., :4], box)
+        # Labels travel as floats beside the boxes (exact up to 2**24, 256 in bfloat16).
+        labels = scores[..., 5].round().long()
+        match = match * (labels == classes.unsqueeze(-1))
+        # One zero column: the score of a row without any box of the class.
+        return torch.cat([match, match.new_zeros(match.shape[0], 1)], 1).amax(1)
+
+    def __repr__(self) -> str:
+        return f"DetectionTarget(box={self.box.tolist()}, class_index={self.classes.tolist()})"

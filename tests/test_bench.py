@@ -1,5 +1,6 @@
-"""The benchmark harness: its measuring helpers against hand-computed values, and a run of
-``--quick`` on a tiny model (no timing is asserted anywhere)."""
+"""The benchmarks (``benchmarks/``, outside the installed package): the measuring helpers
+against hand-computed values, and a run of ``--quick`` on a tiny model (no timing is
+asserted anywhere)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+import benchmarks
 import camkit
-from camkit import bench
+from benchmarks import harness, scenarios
 
 SCORE_PLUGIN = """
 import torch
@@ -54,7 +56,7 @@ def score_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     afterwards. Subprocesses find it through PYTHONPATH."""
     (tmp_path / "bench_scorelike.py").write_text(textwrap.dedent(SCORE_PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[1]  # where `python -m benchmarks` finds the package
     paths = [str(tmp_path), str(root), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     yield "bench_scorelike:plugin"
@@ -63,23 +65,23 @@ def score_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_pearson_and_top_overlap_by_hand() -> None:
     a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert bench.pearson(a, 2 * a + 1) == pytest.approx(1.0)
-    assert bench.pearson(a, -a) == pytest.approx(-1.0)
+    assert harness.pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert harness.pearson(a, -a) == pytest.approx(-1.0)
     b = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
     # a - mean = [-1.5, -.5, .5, 1.5], b - mean = [-1, 0, -1, 2]: dot 4, norms sqrt(5), sqrt(6)
-    assert bench.pearson(a, b) == pytest.approx(4 / math.sqrt(30))
+    assert harness.pearson(a, b) == pytest.approx(4 / math.sqrt(30))
     x = torch.arange(10.0)
     y = torch.tensor([9.0, 8, 0, 1, 2, 3, 4, 5, 6, 7])
     # top 20% of x: pixels {8, 9}; of y: pixels {0, 1}; then {8, 9} and {9, 0}: half shared.
-    assert bench.top_overlap(x, y) == 0.0
+    assert harness.top_overlap(x, y) == 0.0
     y[0], y[9] = 10.0, 11.0
-    assert bench.top_overlap(x, y) == 0.5
+    assert harness.top_overlap(x, y) == 0.5
 
 
 def test_interleaved_alternates_the_order() -> None:
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    timings = bench.interleaved(fns, repeats=3, warmup=1)
+    timings = harness.interleaved(fns, repeats=3, warmup=1)
     assert calls == list("abc" + "abc" + "cba" + "abc")
     assert all(len(t.wall) == 3 and len(t.cpu) == 3 for t in timings.values())
 
@@ -88,26 +90,26 @@ def test_interleaved_repeats_short_functions_to_fill_the_time() -> None:
     # A round of two 2 ms sleeps takes at least 4 ms: filling 0.1 s takes at most 25 rounds,
     # and never fewer than the 3 asked for; with 10 s to fill, the cap of 8 decides.
     fns = {name: (lambda: time.sleep(0.002)) for name in "ab"}
-    runs = len(bench.interleaved(fns, repeats=3, warmup=1, seconds=0.1, most=100)["a"].wall)
+    runs = len(harness.interleaved(fns, repeats=3, warmup=1, seconds=0.1, most=100)["a"].wall)
     assert 3 <= runs <= 25
-    assert len(bench.interleaved(fns, repeats=3, warmup=1, seconds=10, most=8)["a"].wall) == 8
-    assert len(bench.interleaved(fns, repeats=3, warmup=1)["a"].wall) == 3
+    assert len(harness.interleaved(fns, repeats=3, warmup=1, seconds=10, most=8)["a"].wall) == 8
+    assert len(harness.interleaved(fns, repeats=3, warmup=1)["a"].wall) == 3
 
 
 def test_forward_sizes_and_rows() -> None:
     model = nn.Linear(3, 2)
-    sizes = bench.forward_sizes(model, lambda: [model(torch.zeros(n, 3)) for n in (4, 1, 7)])
+    sizes = harness.forward_sizes(model, lambda: [model(torch.zeros(n, 3)) for n in (4, 1, 7)])
     assert sizes == [4, 1, 7]
     assert not model._forward_pre_hooks
     x = torch.arange(6.0).reshape(2, 3)
-    assert bench.rows_of(x, 5).tolist() == [x[0].tolist(), x[1].tolist()] * 2 + [x[0].tolist()]
+    assert harness.rows_of(x, 5).tolist() == [x[0].tolist(), x[1].tolist()] * 2 + [x[0].tolist()]
 
 
 def test_forward_backward_is_the_gradient_at_the_layer() -> None:
     torch.manual_seed(0)
-    model = bench.build_model("tiny")
+    model = scenarios.build_model("tiny")
     x = torch.randn(2, 3, 8, 8)
-    grad = bench.forward_backward(model, model.relu2, x)
+    grad = harness.forward_backward(model, model.relu2, x)
     # By hand: the head is avgpool + linear, so d(top score)/d(relu2) is the top class's
     # weight row spread evenly over the 4 x 4 positions.
     top = model(x).argmax(1)
@@ -119,29 +121,49 @@ def test_forward_backward_is_the_gradient_at_the_layer() -> None:
 def test_backward_count_sees_the_passes_a_method_makes() -> None:
     grad = torch.autograd.grad
     torch.manual_seed(0)
-    model = bench.build_model("tiny")
+    model = scenarios.build_model("tiny")
     x = torch.randn(2, 3, 8, 8)
-    assert bench.backward_count(lambda: bench.forward_backward(model, model.relu2, x)) == 1
-    assert bench.backward_count(lambda: bench.bare_forward(model, x)) == 0
+    count = harness.backward_count
+    assert count(model, lambda: harness.forward_backward(model, model.relu2, x)) == 1
+    assert count(model, lambda: harness.bare_forward(model, x)) == 0
     smooth = camkit.create("smoothgradcampp", model, "relu2", num_samples=3, batch_size=4, seed=0)
     # 6 noisy rows in chunks of 4: two backward passes, none for the clean input.
-    assert bench.backward_count(lambda: smooth(x)) == 2
-    assert torch.autograd.grad is grad  # restored
+    assert count(model, lambda: smooth(x)) == 2
+    assert torch.autograd.grad is grad  # nothing patched
+    assert not model._backward_pre_hooks  # the counting hook is gone
+
+
+def test_method_kinds_follow_what_the_methods_declare() -> None:
+    assert scenarios.method_kind("cam") == "activation"
+    assert scenarios.method_kind("gradcam") == "gradient"
+    assert scenarios.method_kind("scorecam") == "perturbation"
+    assert scenarios.method_kind("iscam") == "perturbation"
+
+
+def test_benchmarks_are_not_installed_with_camkit() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["camkit*"]
+    assert not hasattr(camkit, "bench")
 
 
 def test_noise_draws_only_for_noisy_gradient_methods() -> None:
     x = torch.zeros(2, 3, 8, 8)
-    draw = bench.noise_draws("smoothgradcampp", {"num_samples": 3}, x)
+    draw = scenarios.noise_draws("smoothgradcampp", {"num_samples": 3}, x)
     assert draw is not None and draw().shape == (3, 2, 3, 8, 8)
-    assert bench.noise_draws("gradcam", {}, x) is None
-    assert bench.noise_draws("sscam", {"num_samples": 3}, x) is None  # a perturbation method
+    assert scenarios.noise_draws("gradcam", {}, x) is None
+    assert scenarios.noise_draws("sscam", {"num_samples": 3}, x) is None  # a perturbation method
 
 
 @pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS"
 )
 def test_peak_rss_counts_what_a_call_touches() -> None:
-    peak, how = bench.peak_rss_during(lambda: torch.ones(16 * 2**20).sum())  # 64 MiB
+    peak, how = harness.peak_rss_during(lambda: torch.ones(16 * 2**20).sum())  # 64 MiB
     assert 60 <= peak < 200, how
 
 
@@ -150,7 +172,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     methods = "cam,gradcam,bench-scorelike"
     args = ["--quick", "--no-memory", "--plugin", score_plugin, "--methods", methods]
     args += ["--num-samples", "2"]
-    assert bench.main([*args, "--output", str(out), "--markdown", str(md)]) == 0
+    assert benchmarks.main([*args, "--output", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
     assert {(r["method"], r["batch"]) for r in report["latency"]} == {
         ("cam", 1),
@@ -175,9 +197,17 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     # relu2 of the tiny model has 16 channels; the bench sets num_samples (here 2), whose
     # identical copies of each mask the scorer forwards once.
     assert score["channels"] == 16 and score["samples"] == 2 and score["nominal_forwards"] == 32
-    assert score["forwarded"] <= 16
-    assert -1 <= score["pearson"] <= 1 and 0 <= score["top20_overlap"] <= 1
+    assert score["forwarded"] <= 16 and score["batch_size"] == 32
+    for precision in ("bf16", "auto"):
+        assert -1 <= score[precision]["pearson"] <= 1
+        assert 0 <= score[precision]["top20_overlap"] <= 1
+        assert score[precision]["mode"] in {"bf16-copy", "int8-copy", "fp32-copy", "model"}
     assert [r["batch_size"] for r in report["chunk_sizes"]] == [4, 8]
+    assert all(r["auto_ms_per_image"] > 0 for r in report["chunk_sizes"])
+    # The machine's capabilities, as camkit found them, are in the report.
+    caps = camkit.engine.accel.capabilities()
+    assert report["machine"]["capabilities"] == json.loads(json.dumps(caps.as_dict()))
+    assert caps.summary() in md.read_text()
     text = capsys.readouterr().out
     assert text.strip() == md.read_text().strip()
     assert "| bench-scorelike | tiny | 16 x 2 |" in text
@@ -190,7 +220,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
 def test_quick_run_with_memory_probes(tmp_path: Path, score_plugin: str) -> None:
     out = tmp_path / "bench.json"
     args = ["--quick", "--plugin", score_plugin, "--methods", "bench-scorelike"]
-    assert bench.main([*args, "--chunk-sizes", "", "--output", str(out)]) == 0
+    assert benchmarks.main([*args, "--chunk-sizes", "", "--output", str(out)]) == 0
     (score,) = json.loads(out.read_text())["score"]
     for key in ("peak_mib", "forwards_peak_mib"):
         assert isinstance(score[key], float) and score[key] >= 0

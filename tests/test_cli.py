@@ -145,3 +145,99 @@ def test_python_dash_m_camkit():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
     assert {"cam", "gradcam"} <= set(names)
+
+
+def _python(*code: str) -> subprocess.CompletedProcess[str]:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["run", "--help"], []])
+def test_version_and_help_do_not_import_torch(argv):
+    proc = _python(
+        "import sys",
+        "from camkit.cli import main",
+        "try:",
+        f"    main({argv!r})",
+        "except SystemExit:",
+        "    pass",
+        "print('torch' in sys.modules, 'camkit.engine' in sys.modules)",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "False False"
+
+
+def test_import_camkit_is_lazy_and_complete():
+    proc = _python(
+        "import sys, camkit",
+        "before = 'torch' in sys.modules",
+        "missing = [n for n in camkit.__all__ if getattr(camkit, n, None) is None]",
+        "print(before, missing, callable(camkit.explain))",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False [] True"
+
+
+class _Raising:
+    """A command that raises ``error``; set as the ``methods`` command's function."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __call__(self, args: object) -> int:
+        raise self.error
+
+
+class _EnvironmentProblem(camkit.errors.CamkitError):
+    exit_code = 1
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (
+            camkit.errors.ConfigError("data.count: expected an int"),
+            2,
+            "data.count: expected an int",
+        ),
+        (_EnvironmentProblem("no network"), 1, "no network"),
+        (
+            OSError(28, "No space left on device", "out/maps/a.png"),
+            1,
+            "No space left on device: 'out/maps/a.png'",
+        ),
+        (PermissionError(13, "Permission denied", "/root/x"), 1, "Permission denied: '/root/x'"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_errors_end_in_one_line(capsys, monkeypatch, error, code, line):
+    monkeypatch.setattr("camkit.cli._methods", _Raising(error))
+    assert main(["methods"]) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"camkit: error: {line}\n"
+
+
+@pytest.mark.parametrize("argv", [["--debug", "methods"], ["methods", "--debug"]])
+def test_debug_shows_the_traceback(capsys, monkeypatch, argv):
+    monkeypatch.setattr("camkit.cli._methods", _Raising(camkit.errors.ConfigError("bad key")))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.endswith("camkit: error: bad key\n")
+
+
+def test_multi_line_messages_are_indented(capsys, monkeypatch):
+    error = camkit.errors.ConfigError("2 problems:\na: bad\nb: bad")
+    monkeypatch.setattr("camkit.cli._methods", _Raising(error))
+    assert main(["methods"]) == 2
+    assert capsys.readouterr().err == "camkit: error: 2 problems:\n  a: bad\n  b: bad\n"

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from camkit.errors import LayerError, LayerNotFoundError, did_you_mean
+from camkit.engine.outputs import scores_of, to_channels_first
+from camkit.errors import CamkitError, LayerError, LayerNotFoundError, did_you_mean
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
@@ -81,13 +82,31 @@ def resolve_all(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Module]
 
 
 def locate(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
-    """The last module whose output has spatial extent, found by running ``x`` once.
+    """The layer to explain when none is named, found by running (two images of) ``x`` once.
 
-    A module's output counts when it is a tensor of the input's rank (``(B, C, h, w)`` for
-    images) with more than one spatial position. Transformers whose useful layers output
-    tokens need the layer named (e.g. ``"encoder.layers[-1].ln_1"``).
+    Candidates are the modules whose output reads as a feature map of more than one position:
+    ``(B, C, h, w)``, channels-last ``(B, h, w, C)``, or ``(B, N, D)`` tokens whose patch grid
+    follows from the input's size (leading class and register tokens dropped). Never a
+    candidate: pooling layers, the classifier (``head``, ``heads``, ``classifier``,
+    ``pre_logits``), and anything inside an attention module or named as its query, key or
+    value, whose outputs are not feature maps of the image.
+
+    Of the candidates, the last whose feature map moves the top score (a non-zero gradient on
+    the grid) is chosen: the last convolutional stage of a CNN, the final norm of a Swin, and
+    on a ViT that reads its class token the input norm of the last block (the patch tokens
+    after the last attention never reach the class token). When no gradient flows (e.g. a
+    zero-initialized head), the input of the last attention module is taken, else the last
+    candidate.
+
+    Example:
+        >>> from torchvision.models import resnet18
+        >>> locate(resnet18(), torch.rand(1, 3, 64, 64))[0]
+        'layer4'
     """
-    found: list[tuple[str, nn.Module]] = []
+    size = tuple(x.shape[2:])
+    excluded = _not_candidates(model)
+    found: list[tuple[str, nn.Module, Tensor]] = []
+    attention_inputs: list[int] = []  # len(found) as each attention module starts
     # Other threads may run the model meanwhile; their forwards must not be recorded.
     thread = threading.get_ident()
 
@@ -95,25 +114,104 @@ def locate(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
         def hook(_m: nn.Module, _i: object, out: object) -> None:
             if threading.get_ident() != thread:
                 return
-            if isinstance(out, Tensor) and out.dim() == x.dim() and out.shape[2:].numel() > 1:
-                found.append((name, module))
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(t, Tensor) and t.is_floating_point() and _grid(t, size) is not None:
+                found.append((name, module, t))
 
         return hook
 
-    handles = [
-        m.register_forward_hook(record(n, m)) for n, m in model.named_modules() if m is not model
-    ]
+    def attention_starts(*_: object) -> None:
+        if threading.get_ident() == thread:
+            attention_inputs.append(len(found))
+
+    handles = []
     try:
-        with torch.no_grad():
-            model(x)
+        for name, module in model.named_modules():
+            if module is model:
+                continue
+            if _is_attention(module):
+                handles.append(module.register_forward_pre_hook(attention_starts))
+            if name not in excluded:
+                handles.append(module.register_forward_hook(record(name, module)))
+        # Gradients pick the layer: they flow from the input, so frozen models work too. Two
+        # images tell as much as the batch (and keep train-mode batch norms working).
+        with torch.inference_mode(False), torch.enable_grad():
+            x_in = x[:2].detach().clone().requires_grad_(x.is_floating_point())
+            out = model(x_in)
     finally:
         for handle in handles:
             handle.remove()
     if not found:
         raise LayerError(
-            "could not find a layer with spatial output to explain; pass layer=... by name"
+            "could not find a layer with spatial output to explain (a (B, C, h, w) map, "
+            "channels-last map or patch tokens); pass layer=... by name"
         )
-    return found[-1]
+    chosen = _last_with_gradient(found, out, size)
+    if chosen is None:
+        before = attention_inputs[-1] if attention_inputs else 0
+        chosen = found[before - 1] if before > 0 else found[-1]
+    return chosen[0], chosen[1]
+
+
+#: Module names (the last part) whose subtree is the classifier, not features.
+_HEADS = frozenset({"head", "heads", "classifier", "pre_logits"})
+#: Attention internals that are modules of their own in some models.
+_QKV = frozenset(
+    {"q", "k", "v", "qkv", "query", "key", "value", "q_norm", "k_norm", "q_proj", "k_proj"}
+    | {"v_proj", "in_proj", "out_proj"}
+)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    kind = type(module).__name__.lower()
+    return isinstance(module, nn.MultiheadAttention) or "attention" in kind or kind.endswith("attn")
+
+
+def _not_candidates(model: nn.Module) -> set[str]:
+    """Names of modules that are never an auto-located layer (see :func:`locate`)."""
+    excluded: set[str] = set()
+    roots: list[str] = []
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if any(name.startswith(root + ".") for root in roots):
+            excluded.add(name)
+        elif _is_attention(module) or last in _HEADS:
+            roots.append(name)
+            excluded.add(name)
+        elif last in _QKV or "pool" in type(module).__name__.lower():
+            excluded.add(name)
+    return excluded
+
+
+def _grid(t: Tensor, size: tuple[int, ...]) -> Tensor | None:
+    """``t`` as a ``(B, C, h, w)`` map with more than one position, or ``None``."""
+    if t.dim() not in (3, 4) or len(size) != 2 or t.shape[0] == 0:
+        return None if t.dim() != len(size) + 2 or t.shape[2:].numel() <= 1 else t
+    try:
+        grid = to_channels_first(t, input_size=size)
+    except LayerError:
+        return None
+    return grid if grid.shape[2:].numel() > 1 else None
+
+
+def _last_with_gradient(
+    found: list[tuple[str, nn.Module, Tensor]], out: object, size: tuple[int, ...]
+) -> tuple[str, nn.Module, Tensor] | None:
+    """The last candidate whose map has a non-zero gradient of the top scores."""
+    usable = [item for item in found if item[2].requires_grad]
+    try:
+        scores = scores_of(out)
+        top = scores.flatten(1).amax(1).sum() if scores.dim() > 1 else scores.sum()
+        if not top.requires_grad:
+            return None
+        grads = torch.autograd.grad(top, [t for _, _, t in usable], allow_unused=True)
+    except (CamkitError, RuntimeError):
+        return None  # the model's output or graph does not allow it; fall back to structure
+    for item, grad in zip(reversed(usable), reversed(grads)):
+        grid = None if grad is None else _grid(grad, size)
+        if grid is not None and bool(grid.detach().ne(0).any()):
+            return item
+    return None
 
 
 def _not_found(model: nn.Module, spec: str, failed: str) -> LayerNotFoundError:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
+import torch
 from torch import Tensor
 
 from camkit.errors import ConfigError, LayerError, ModelOutputError
@@ -15,11 +16,18 @@ Layout = Literal["auto", "nchw", "nhwc", "tokens"]
 _SCORE_KEYS = ("logits", "out", "scores", "output", "pred")
 
 
+#: Columns of one detection row in the tensor :func:`detections_tensor` packs.
+DETECTION_COLUMNS = ("x1", "y1", "x2", "y2", "score", "label")
+
+
 def scores_of(output: Any) -> Tensor:
     """The score tensor in a model output: a tensor, the first tensor of a tuple/list, a
-    ``logits``/``out`` entry of a dict, or a ``.logits`` attribute."""
+    ``logits``/``out`` entry of a dict, a ``.logits`` attribute, or the detections of a
+    detector's list of per-image dicts, packed by :func:`detections_tensor`."""
     if isinstance(output, Tensor):
         return output
+    if _is_detections(output):
+        return detections_tensor(output)
     if isinstance(output, Mapping):
         for key in _SCORE_KEYS:
             if isinstance(output.get(key), Tensor):
@@ -43,6 +51,53 @@ def scores_of(output: Any) -> Tensor:
         "tensor, a tuple/list starting with one, a dict with 'logits' or 'out', or an object "
         "with a .logits tensor"
     )
+
+
+def _is_detections(output: Any) -> bool:
+    return (
+        isinstance(output, (list, tuple))
+        and len(output) > 0
+        and all(
+            isinstance(item, Mapping)
+            and isinstance(item.get("boxes"), Tensor)
+            and isinstance(item.get("scores"), Tensor)
+            for item in output
+        )
+    )
+
+
+def detections_tensor(detections: Sequence[Mapping[str, Tensor]]) -> Tensor:
+    """Pack a detector's per-image detections into one ``(B, M, 6)`` score tensor.
+
+    Detectors such as torchvision's return one dict per image with ``boxes`` ``(n_i, 4)``
+    (``x1, y1, x2, y2``), ``scores`` ``(n_i,)`` and ``labels`` ``(n_i,)``, with ``n_i`` varying
+    per image. Row ``j`` of image ``b`` becomes ``[x1, y1, x2, y2, score, label]``
+    (:data:`DETECTION_COLUMNS`); ``M`` is the largest ``n_i``, and the rows that pad the other
+    images have label ``-1`` and score 0. Boxes and scores keep their autograd graph, so
+    gradient methods can explain a target computed from them (see
+    :class:`camkit.targets.DetectionTarget`). A dict without ``labels`` gets label 0.
+
+    Example:
+        >>> out = [{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "scores": torch.tensor([0.9]),
+        ...         "labels": torch.tensor([3])}, {"boxes": torch.zeros(0, 4),
+        ...         "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+        >>> detections_tensor(out)[:, :, 4:]
+        tensor([[[ 0.9000,  3.0000]],
+        <BLANKLINE>
+                [[ 0.0000, -1.0000]]])
+    """
+    rows = max(len(d["scores"]) for d in detections)
+    packed = []
+    for d in detections:
+        boxes, scores = d["boxes"], d["scores"]
+        labels = d.get("labels")
+        if labels is None:
+            labels = torch.zeros_like(scores)
+        found = torch.cat([boxes, scores[:, None], labels[:, None].to(scores.dtype)], 1)
+        pad = found.new_zeros(rows - found.shape[0], len(DETECTION_COLUMNS))
+        pad[:, -1] = -1
+        packed.append(torch.cat([found, pad]))
+    return torch.stack(packed)
 
 
 def layer_tensor(output: Any, layer: str) -> Tensor:

@@ -15,10 +15,18 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    field_validator,
+)
 
 from camkit.engine.options import RunOptions
 from camkit.errors import CamkitError, ConfigError
@@ -36,18 +44,72 @@ Metric = Literal[
     "insertion",
     "pointing_game",
     "energy_pointing_game",
+    "road_morf",
+    "road_lerf",
+    "road_combined",
+    "cam_mult_confidence_change",
+    "arcc",
+    "arcc_coherency",
+    "arcc_complexity",
+    "arcc_confidence",
+    "sanity_cascading_spearman",
+    "sanity_cascading_ssim",
+    "sanity_independent_spearman",
+    "sanity_independent_ssim",
 ]
 METRICS: tuple[Metric, ...] = get_args(Metric)
+#: What ``[metrics] compute`` defaults to: the metrics of one model pass or one curve per
+#: image; ROAD, ARCC and the sanity checks (many passes per image) are asked for by name.
+DEFAULT_METRICS: tuple[Metric, ...] = METRICS[:6]
+_ROAD = ("road_morf", "road_lerf", "road_combined")
+_ARCC = ("arcc", "arcc_coherency", "arcc_complexity", "arcc_confidence")
+#: ``[metrics]`` keys that change only the metrics listed with them.
+METRIC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "road_removed": _ROAD,
+    "road_noise": (*_ROAD, *_ARCC),
+    "arcc_removed": _ARCC,
+    "sanity_layers": METRICS[-4:],
+    "sanity_seed": METRICS[-4:],
+}
 ImageFormat = Literal["png", "jpg"]
-MODEL_KINDS = ("camkit", "torchvision", "python")
+#: ``targets``: the predicted class, the ground-truth label, or one class index.
+TargetChoice = Literal["predicted", "label"] | int
+MODEL_KINDS = ("camkit", "torchvision", "timm", "python")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _METHOD_KEYS = ("name", "id", "layer")
 
 
+#: Bounds that keep a typo from asking for terabytes or hours before anything is written.
+MAX_SIDE = 8192
+MAX_COUNT = 10_000_000
+MAX_BATCH = 4096
+MAX_SEED = 2**32 - 1
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda|cuda:\d{1,3}|xpu|xpu:\d{1,3})$")
+
+# strict types: no bool for an int, no string for a bool or a number, finite floats; lists
+# are accepted where a fixed-length tuple is expected, their items strict as well
+_Int = Annotated[int, Strict()]
+_Float = Annotated[float, Strict()]
+_Size = Annotated[tuple[_Int, _Int], Field(strict=False)]
+_Triple = Annotated[tuple[_Float, _Float, _Float], Field(strict=False)]
+_Share = Annotated[float, Strict(), Field(gt=0, lt=1)]
+#: ROAD's default shares, those of ``camkit.metrics.imputation.DEFAULT_REMOVED`` (written out:
+#: reading a config imports no torch).
+ROAD_REMOVED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: ROAD's shares of imputed pixels: at most one per percent.
+MAX_SHARES = 99
+
+
+#: ``[engine]`` as :meth:`ExperimentConfig.comparable` writes it when the file has none.
+_DEFAULT_ENGINE = {
+    k: v for k, v in RunOptions.model_validate({}).model_dump().items() if k != "progress"
+}
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Section):
@@ -55,7 +117,8 @@ class ModelSpec(_Section):
 
     source: str = Field(
         "camkit:shapes-cnn",
-        description="'camkit:shapes-cnn', 'torchvision:<name>' or 'python:<file.py>:<factory>'",
+        description="'camkit:shapes-cnn', 'torchvision:<name>', 'timm:<name>' or "
+        "'python:<file.py>:<factory>'",
     )
     weights: str | None = Field(
         None,
@@ -72,7 +135,7 @@ class ModelSpec(_Section):
         kind, _, rest = source.partition(":")
         if kind not in MODEL_KINDS or not rest:
             raise ValueError(
-                "expected 'camkit:shapes-cnn', 'torchvision:<name>' or "
+                "expected 'camkit:shapes-cnn', 'torchvision:<name>', 'timm:<name>' or "
                 "'python:path/to/file.py:factory'"
             )
         if kind == "python" and ":" not in rest:
@@ -87,18 +150,27 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     """``[data]``: the images."""
 
-    source: str = Field(
-        "camkit:shapes", description="'camkit:shapes', an image folder, or a glob pattern"
+    source: str | list[str] = Field(
+        "camkit:shapes",
+        description="'camkit:shapes', an image file, an image folder, a glob pattern, or a "
+        "list of files, folders and patterns",
     )
-    count: int = Field(64, ge=1, description="camkit:shapes: how many images to generate")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop",
+        description="an image file that cannot be decoded: stop the run naming it, or skip "
+        "it (summary.json and the report list it)",
+    )
+    count: int = Field(
+        64, ge=1, le=MAX_COUNT, description="camkit:shapes: how many images to generate"
+    )
     limit: int | None = Field(None, ge=1, description="use only the first `limit` images")
-    image_size: int | tuple[int, int] | None = Field(
+    image_size: int | _Size | None = Field(
         None, description="(H, W) or one side; default 64 for camkit:shapes, 224 for files"
     )
-    mean: tuple[float, float, float] | None = Field(
+    mean: _Triple | None = Field(
         None, description="normalization mean; default by model (ImageNet for torchvision)"
     )
-    std: tuple[float, float, float] | None = Field(
+    std: _Triple | None = Field(
         None, description="normalization std; default by model (ImageNet for torchvision)"
     )
 
@@ -113,9 +185,19 @@ class DataSpec(_Section):
     @classmethod
     def _size(cls, size: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
         sides = (size,) if isinstance(size, int) else size or ()
-        if any(s < 8 for s in sides):
-            raise ValueError("expected sides of at least 8 pixels")
+        if any(s < 8 or s > MAX_SIDE for s in sides):
+            raise ValueError(f"expected sides of 8 to {MAX_SIDE} pixels")
         return size
+
+    @field_validator("source")
+    @classmethod
+    def _sources(cls, source: str | list[str]) -> str | list[str]:
+        if isinstance(source, list):
+            if not source:
+                raise ValueError("expected at least one file, folder or pattern")
+            if "camkit:shapes" in source:
+                raise ValueError("'camkit:shapes' cannot be combined with files")
+        return source
 
     @property
     def embedded(self) -> bool:
@@ -125,7 +207,7 @@ class DataSpec(_Section):
 class MethodSpec(BaseModel):
     """One entry of ``[[methods]]``: a method, its layer(s) and its own config keys."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = Field(description="a method name or alias (see `camkit methods`)")
     id: str | None = Field(
@@ -144,7 +226,7 @@ class MethodSpec(BaseModel):
 class MetricsSpec(_Section):
     """``[metrics]``: what to measure and how."""
 
-    compute: list[Metric] = Field(default_factory=lambda: list(METRICS))
+    compute: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     softmax: bool = Field(True, description="compare softmax probabilities, not raw scores")
     step: int | None = Field(
         None, ge=1, description="deletion/insertion pixels per step; default H*W/32"
@@ -155,6 +237,39 @@ class MetricsSpec(_Section):
     tolerance: float | None = Field(
         None, ge=0, description="pointing-game tolerance in pixels; default 15 per 224 pixels"
     )
+    baselines: bool = Field(True, description="measure random-map chance levels of every metric")
+    road_removed: list[_Share] = Field(
+        default_factory=lambda: list(ROAD_REMOVED),
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ROAD: shares of the pixels imputed, each in (0, 1); averaged over",
+    )
+    road_noise: _Float = Field(
+        0.01, ge=0, le=1, description="ROAD and ARCC: imputation noise's standard deviation"
+    )
+    arcc_removed: list[_Share] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8],
+        min_length=1,
+        max_length=MAX_SHARES,
+        description="ARCC: the shares of its ROAD confidence part",
+    )
+    sanity_layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="sanity checks: the modules randomized, one per step, output first; "
+        "default: every module that owns parameters",
+    )
+    sanity_seed: _Int = Field(
+        0, ge=0, le=MAX_SEED, description="sanity checks: seed of the re-drawn parameters"
+    )
+
+    @field_validator("compute")
+    @classmethod
+    def _once(cls, compute: list[str]) -> list[str]:
+        repeated = [name for i, name in enumerate(compute) if name in compute[:i]]
+        if repeated:
+            raise ValueError(f"{quote(repeated[0])} is listed twice")
+        return compute
 
 
 class OutputSpec(_Section):
@@ -167,12 +282,14 @@ class OutputSpec(_Section):
         min_length=1,
         description="overlay file formats",
     )
-    colormap: Literal["jet", "viridis", "gray"] = "jet"
+    colormap: Literal["jet", "viridis", "cividis", "gray"] = "jet"
     alpha: float = Field(0.5, ge=0, le=1, description="heatmap weight in overlays")
     map_dtype: Literal["float16", "float32"] = Field(
         "float16", description="precision of the stored maps"
     )
-    report_images: int = Field(16, ge=0, description="images shown in report.html")
+    report_images: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="images in report.html's browser (default: all)"
+    )
 
 
 class ExperimentConfig(_Section):
@@ -181,18 +298,27 @@ class ExperimentConfig(_Section):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec.model_validate({}))
     data: DataSpec = Field(default_factory=lambda: DataSpec.model_validate({}))
     methods: list[MethodSpec] = Field(min_length=1)
-    targets: Literal["predicted", "label"] | int = Field(
+    targets: TargetChoice = Field(
         "predicted", description="'predicted', 'label' (ground truth) or a class index"
     )
     metrics: MetricsSpec = Field(default_factory=lambda: MetricsSpec.model_validate({}))
     output: OutputSpec = Field(default_factory=lambda: OutputSpec.model_validate({}))
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of camkit:shapes and methods")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ... or 'auto'")
-    batch_size: int = Field(16, ge=1, description="images per forward pass and per shard")
+    batch_size: int = Field(
+        16, ge=1, le=MAX_BATCH, description="images per forward pass and per shard"
+    )
     engine: RunOptions = Field(
         default_factory=lambda: RunOptions.model_validate({}),
         description="run options of every method (see camkit.create)",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError("expected 'cpu', 'auto', 'cuda', 'cuda:<index>', 'mps' or 'xpu'")
+        return device
 
     _source: Path | None = PrivateAttr(None)
 
@@ -211,9 +337,19 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json", exclude_none=False)
 
     def comparable(self) -> dict[str, Any]:
-        """:meth:`resolved` without ``output.folder``: the keys that change results."""
+        """:meth:`resolved` without ``output.folder``, ``data.on_error`` and the options of
+        metrics not computed, and the ``[engine]`` table when it is the default one: the keys
+        that change results (skipping a broken file changes no other image's result; runs from
+        before an option or a table existed resume)."""
         data = self.resolved()
         data["output"].pop("folder")
+        data["data"].pop("on_error")
+        data["engine"].pop("progress")  # progress bars change no result
+        if data["engine"] == _DEFAULT_ENGINE:
+            data.pop("engine")
+        for key, names in METRIC_OPTIONS.items():
+            if not set(names) & set(self.metrics.compute):
+                data["metrics"].pop(key)
         return data
 
     def fingerprint(self) -> str:
@@ -240,29 +376,128 @@ def load_config(
     if output is not None:
         data.setdefault("output", {})
         if not isinstance(data["output"], dict):
-            raise ConfigError(f"{path}: output: expected a table, got {data['output']!r}")
+            raise ConfigError(f"{path}: output: expected a table, got {quote(data['output'])}")
         data["output"]["folder"] = str(output)
     return validate(data, path)
 
 
+#: The largest experiment file read, and the deepest nesting of tables and lists in it.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+#: Values quoted in error messages are cut to this many characters.
+QUOTE_CHARS = 200
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)``, cut to about ``limit`` characters, for an error message.
+
+    Example:
+        >>> quote("x" * 500, limit=10)
+        "'xxxxxxxxx... (502 characters)"
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}... ({len(text)} characters)"
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """YAML without aliases (``*name``, whose expansion is unbounded) and without duplicate
+    keys (YAML would silently keep the last)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases (*{event.anchor}) are not supported in experiment files",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {quote(key)}", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read as YAML by the safe loader, aliases and duplicate keys refused.
+
+    Example:
+        >>> parse_yaml("a: [1, 2]")
+        {'a': [1, 2]}
+    """
+    return yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader subclass: no tags
+
+
 def read_file(path: Path) -> dict[str, Any]:
-    """The raw mapping in a TOML or YAML file."""
+    """The raw mapping in a TOML or YAML file (UTF-8, a byte-order mark allowed).
+
+    Raises:
+        ConfigError: the file is missing, too large, binary, not UTF-8, not valid TOML or
+            YAML, uses YAML aliases or duplicate keys, or nests too deeply.
+    """
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: expected a .toml, .yaml or .yml file, got {quote(suffix)}")
     try:
-        if suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"{path}: expected a .toml, .yaml or .yml file, got {suffix!r}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{path}: {path.stat().st_size} bytes is more than an experiment file may hold "
+                f"({MAX_FILE_BYTES} bytes)"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: a binary file, not a TOML or YAML text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        data: Any = tomllib.loads(text) if suffix == ".toml" else parse_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
+        message = _one_line(exc)
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {message}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: tables or lists nest too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: tables or lists nest more than {MAX_DEPTH} levels deep")
     return data
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's error on one short line (YAML's own quotes the offending lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        text = f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = " ".join(str(exc).split())
+    return text[: QUOTE_CHARS * 2]
+
+
+def _depth(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)) and depth <= MAX_DEPTH:
+            stack += [(child, depth + 1) for child in children]
+    return deepest
 
 
 _PATH_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -273,7 +508,7 @@ def _path_steps(key_path: str) -> list[str | int]:
     for part in key_path.split("."):
         matches = list(_PATH_STEP.finditer(part))
         if not part or "".join(m.group(0) for m in matches) != part:
-            raise ValueError(f"cannot parse key path {key_path!r}")
+            raise ValueError(f"cannot parse key path {quote(key_path)}")
         for m in matches:
             name, index = m.groups()
             steps.append(int(index) if index is not None else int(name) if name.isdigit() else name)
@@ -286,13 +521,14 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     List items are addressed by index: ``methods[0].layer=...`` or ``methods.0.layer=...``.
     """
     key_path, sep, raw = item.partition("=")
+    shown = quote(item)
     if not sep or not key_path.strip():
-        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        raise ConfigError(f"--set {shown}: expected KEY.PATH=VALUE")
     try:
         steps = _path_steps(key_path.strip())
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--set {item!r}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--set {shown}: {str(exc)[:QUOTE_CHARS]}") from None
+    value = _override_value(raw)
     node: Any = data
     for depth, step in enumerate(steps):
         last = depth == len(steps) - 1
@@ -300,15 +536,26 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         if isinstance(step, int):
             if not isinstance(node, list) or not 0 <= step < len(node):
                 size = len(node) if isinstance(node, list) else "no"
-                raise ConfigError(f"--set {item!r}: {where}: there are {size} items to index")
+                raise ConfigError(f"--set {shown}: {where}: there are {size} items to index")
         elif not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {where}: the parent is not a table")
+            raise ConfigError(f"--set {shown}: {where}: the parent is not a table")
         if last:
             node[step] = value
         else:
             if isinstance(step, str) and step not in node:
                 node[step] = [] if isinstance(steps[depth + 1], int) else {}
             node = node[step]
+
+
+def _override_value(raw: str) -> Any:
+    """A ``--set`` value read as a YAML scalar or list; text YAML cannot read (a glob such
+    as ``*.png``, which YAML takes for an alias) is kept as the text itself."""
+    if not raw.strip():
+        return ""
+    try:
+        return parse_yaml(raw)
+    except (yaml.YAMLError, RecursionError):
+        return raw
 
 
 def validate(data: dict[str, Any], path: Path | None = None) -> ExperimentConfig:
@@ -341,17 +588,23 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
         method_config = info.config(**own)
     except ValidationError as exc:
         raise ConfigError(
-            _format_errors(where, exc, info.config, sep=".", also_allowed=_METHOD_KEYS)
+            _format_errors(
+                where,
+                exc,
+                info.config,
+                sep=".",
+                also_allowed=(*_METHOD_KEYS, *RunOptions.model_fields),
+            )
         ) from None
     ident = spec.id or info.name
     if not _ID.match(ident):
         raise ConfigError(
             f"{where}.id: expected lower-case letters, digits, '-' and '_' (it names output "
-            f"folders), got {ident!r}"
+            f"folders), got {quote(ident)}"
         )
     if ident in seen:
         raise ConfigError(
-            f"{where}.id: {ident!r} is already used by another method; give each entry of the "
+            f"{where}.id: {quote(ident)} is already used by another method; give each entry of the "
             "same method a distinct id"
         )
     seen.add(ident)
@@ -363,15 +616,17 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
 def _complete(config: ExperimentConfig, where: str) -> None:
     """Fill in defaults that depend on other keys, so the resolved file says everything."""
     data, model, metrics = config.data, config.model, config.metrics
+    from camkit.experiment.models import preprocessing_of  # it imports this module
+
+    prep = preprocessing_of(model)  # what the model's weights metadata says
     if data.image_size is None:
-        data.image_size = 64 if data.embedded else 224
+        data.image_size = 64 if data.embedded else prep.size if prep else 224
     if isinstance(data.image_size, int):
         data.image_size = (data.image_size, data.image_size)
-    imagenet = model.kind == "torchvision"
     if data.mean is None:
-        data.mean = IMAGENET_MEAN if imagenet else (0.0, 0.0, 0.0)
+        data.mean = prep.mean if prep else (0.0, 0.0, 0.0)
     if data.std is None:
-        data.std = IMAGENET_STD if imagenet else (1.0, 1.0, 1.0)
+        data.std = prep.std if prep else (1.0, 1.0, 1.0)
     height, width = data.image_size
     if metrics.step is None:
         metrics.step = math.ceil(height * width / 32)
@@ -380,17 +635,17 @@ def _complete(config: ExperimentConfig, where: str) -> None:
     if model.kind == "camkit" and model.weights is not None:
         raise ConfigError(
             f"{where}: model.weights: camkit models ship their weights; expected no "
-            f"'weights' key, got {model.weights!r}"
+            f"'weights' key, got {quote(model.weights)}"
         )
     if "count" in data.model_fields_set and not data.embedded:
         raise ConfigError(
             f"{where}: data.count: only camkit:shapes is generated to a count; for files "
-            f"use data.limit (data.source is {data.source!r})"
+            f"use data.limit (data.source is {quote(data.source)})"
         )
     if config.targets == "label" and not data.embedded:
         raise ConfigError(
             f"{where}: targets: 'label' needs ground-truth labels, which only camkit:shapes "
-            f"has; expected 'predicted' or a class index for data {data.source!r}"
+            f"has; expected 'predicted' or a class index for data {quote(data.source)}"
         )
 
 
@@ -426,7 +681,7 @@ def _format_errors(
         elif err["type"] == "missing":
             message = "missing required key"
         else:
-            message = f"{err['msg']} (got {err['input']!r})"
+            message = f"{err['msg']} (got {quote(err['input'])})"
         problems.setdefault(_format_loc(loc), []).append(message)
     return "\n".join(
         f"{where}{sep}{key}: {' | or: '.join(dict.fromkeys(messages))}"

@@ -7,18 +7,22 @@ file: a path either holds its old content, its complete new content, or nothing.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image
+
+from camkit.errors import OutputFolderError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -34,9 +38,17 @@ FILE_MODE = _umask_mode()
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    """Call ``write`` on a temporary file beside ``path`` and rename it to ``path``.
+
+    Raises:
+        OutputFolderError: the file cannot be written (a read-only folder, a full disk);
+            the message names the path and the reason, and ``path`` is unchanged.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -44,9 +56,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputFolderError):
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputFolderError:
+    reason = exc.strerror or str(exc)
+    return OutputFolderError(f"cannot write {path}: {reason}; results written so far are kept")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -59,10 +78,54 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
+CHECKSUM_KEY = "sha256"
+
+
+def checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of every array's name, dtype, shape and bytes, in name order.
+
+    Example:
+        >>> len(checksum({"a": np.zeros(3)}))
+        64
+    """
+    digest = hashlib.sha256()
+    for key in sorted(k for k in arrays if k != CHECKSUM_KEY):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an uncompressed ``.npz`` archive atomically."""
-    named: dict[str, Any] = dict(arrays)
+    """Write ``arrays`` as an uncompressed ``.npz`` archive atomically, with their
+    :func:`checksum` under the key ``"sha256"`` (see :func:`read_npz`)."""
+    named: dict[str, Any] = {**arrays, CHECKSUM_KEY: np.asarray(checksum(arrays))}
     atomic_write(path, lambda f: np.savez(f, **named))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an archive :func:`write_npz` wrote, its checksum verified.
+
+    Raises:
+        ValueError: the file is truncated, not an archive, or its content does not match
+            its checksum; the message says which.
+
+    Example:
+        >>> write_npz(Path("a.npz"), {"x": np.arange(3)})
+        >>> read_npz(Path("a.npz"))["x"]
+        array([0, 1, 2])
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise ValueError("it carries no checksum")
+    if str(stored) != checksum(arrays):
+        raise ValueError("its content does not match its checksum")
+    return arrays
 
 
 def write_image(path: Path, image: Image.Image) -> None:
@@ -76,12 +139,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files a killed process left under ``folder``."""
-    for tmp in folder.rglob(f".*{TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
 
 
 # -- TOML -----------------------------------------------------------------------------------

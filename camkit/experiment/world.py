@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from camkit.errors import ConfigError
+
 
 @dataclass
 class World:
@@ -36,7 +38,8 @@ class World:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = not dist.is_initialized()
         if owns:
-            cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            # a missing GPU is reported by device(), naming the config key
+            cuda = (device.startswith("cuda") or device == "auto") and torch.cuda.is_available()
             if cuda:
                 # nccl collectives run on the current device: one GPU per local rank
                 torch.cuda.set_device(local_rank)
@@ -50,13 +53,19 @@ class World:
 
     def device(self, requested: str) -> torch.device:
         """The device of this rank: ``auto`` picks CUDA when present; CUDA ranks use
-        ``cuda:LOCAL_RANK`` unless an index is given."""
+        ``cuda:LOCAL_RANK`` unless an index is given.
+
+        Raises:
+            ConfigError: this machine has no such device (the message says what it has).
+        """
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
-        if requested == "cuda" and self.size > 1:
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None and self.size > 1:
             # one GPU per process on each machine
-            return torch.device("cuda", self.local_rank)
-        return torch.device(requested)
+            device = torch.device("cuda", self.local_rank)
+        check_device(device, requested)
+        return device
 
     def barrier(self) -> None:
         """Wait for every rank (a no-op in a single process)."""
@@ -75,3 +84,30 @@ class World:
         """Leave the process group if this object joined it."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_device(device: torch.device, requested: str) -> None:
+    """Raise :class:`~camkit.errors.ConfigError` (naming the ``device`` key) when this
+    machine has no ``device``.
+
+    Example:
+        >>> check_device(torch.device("cpu"), "cpu")  # always there
+    """
+    if device.type == "cpu":
+        return
+    # torch.cuda, torch.xpu, ...; MPS says whether it is there in torch.backends
+    backend: Any = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = backend is not None and bool(backend.is_available())
+    count = int(torch.cuda.device_count()) if device.type == "cuda" and available else 1
+    if device.type == "xpu" and available:
+        count = int(backend.device_count())
+    if not available:
+        raise ConfigError(
+            f"device: {requested!r}: this machine has no {device.type} device (torch "
+            f"{torch.__version__}); use 'cpu' or 'auto'"
+        )
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"device: {requested!r}: this machine has {count} {device.type} device(s), "
+            f"{device.type}:0 to {device.type}:{count - 1}"
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from camkit.metrics.checks import check_images, check_maps, check_same_shape, check_targets
 from camkit.metrics.scores import ModelFn, target_scores
 
 
@@ -34,11 +35,13 @@ def average_drop(scores: Tensor, explanation_scores: Tensor) -> Tensor:
         scores: ``(B,)`` confidences ``Y`` on the images (positive, e.g. softmax).
         explanation_scores: ``(B,)`` confidences ``O`` on the explanation maps.
     """
+    check_same_shape(scores, explanation_scores, ("scores", "explanation_scores"))
     return (scores - explanation_scores).clamp(min=0) / scores
 
 
 def increase_in_confidence(scores: Tensor, explanation_scores: Tensor) -> Tensor:
     """Per-image ``1.0`` where the explanation map raises the confidence (``Y < O``)."""
+    check_same_shape(scores, explanation_scores, ("scores", "explanation_scores"))
     return (scores < explanation_scores).float()
 
 
@@ -65,6 +68,8 @@ def confidence_change(
     Returns:
         ``(drop, increase)``, each ``(B,)`` float32.
     """
+    check_maps(maps, check_images(images), name="maps")
+    check_targets(targets, images.shape[0])
     if scores is None:
         scores = target_scores(model, images, targets, softmax=softmax)
     explained = target_scores(model, explanation_maps(images, maps), targets, softmax=softmax)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from camkit.metrics.checks import check_boxes, check_maps, check_non_negative
+
 
 def peak(maps: Tensor) -> Tensor:
     """``(B, 2)`` long ``(row, col)`` of each ``(B, H, W)`` map's maximum.
@@ -38,6 +40,8 @@ def pointing_game(maps: Tensor, boxes: Tensor, tolerance: float = 15.0) -> Tenso
     Returns:
         ``(B,)`` float32, 1.0 for a hit and 0.0 for a miss.
     """
+    check_boxes(boxes, check_maps(maps, name="maps").shape[0])
+    tolerance = check_non_negative(tolerance, "tolerance")
     rows, cols = peak(maps).T.float()
     x0, y0, x1, y1 = boxes.to(maps.device).float().T
     dx = torch.clamp(torch.maximum(x0 - cols, cols - (x1 - 1)), min=0)
@@ -70,6 +74,7 @@ def energy_pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
         ``(B,)`` float32 proportions in ``[0, 1]``; NaN for an all-zero map, whose energy is
         undefined.
     """
+    check_boxes(boxes, check_maps(maps, name="maps").shape[0])
     maps = maps.float()
     inside = (maps * box_masks(boxes.to(maps.device), *maps.shape[-2:])).sum((1, 2))
     total = maps.sum((1, 2))

@@ -27,6 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit.errors import ConfigError
+from camkit.metrics.checks import (
+    check_images,
+    check_maps,
+    check_positive_int,
+    check_substrate,
+    check_targets,
+)
 from camkit.metrics.scores import ModelFn, target_scores
 
 Substrate = Literal["zeros", "blur"] | Tensor
@@ -87,8 +95,13 @@ def perturbation_curve(
     Returns:
         ``(B, n + 1)`` confidences after ``0 .. n`` steps, ``n = ceil(H * W / step)``.
     """
-    if step < 1:
-        raise ValueError(f"step must be a positive number of pixels, got {step}")
+    check_maps(saliency, check_images(images))
+    check_targets(targets, images.shape[0])
+    check_positive_int(step, "step")
+    check_positive_int(batch_size, "batch_size")
+    check_substrate(substrate, images)
+    if mode not in ("deletion", "insertion"):
+        raise ConfigError(f"mode must be 'deletion' or 'insertion', got {mode!r:.100}")
     b, _, h, w = images.shape
     rows = math.ceil(h * w / step) + 1
     fill = substrate_of(images, substrate, blur_sigma)

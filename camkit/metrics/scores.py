@@ -7,6 +7,12 @@ from collections.abc import Callable
 from torch import Tensor
 
 from camkit.engine.batching import score_rows
+from camkit.metrics.checks import (
+    check_classes,
+    check_images,
+    check_positive_int,
+    check_targets,
+)
 
 #: Anything that maps ``(N, C, H, W)`` images to scores (a model, or a model behind a
 #: normalization step).
@@ -29,15 +35,24 @@ def target_scores(
         ``(N,)`` float32 scores, computed under ``torch.inference_mode()`` through the engine's
         chunked scoring.
 
+    Raises:
+        InputError, TargetError, ModelOutputError: see :mod:`camkit.metrics.checks`.
+
     Example:
-        >>> target_scores(model, images, torch.tensor([3, 7]))  # softmax probabilities, (2,)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> target_scores(model, torch.rand(2, 3, 2, 2), torch.tensor([0, 2])).shape
+        torch.Size([2])
     """
+    check_images(images)
+    check_targets(targets, images.shape[0])
+    check_positive_int(batch_size, "batch_size")
 
     def score(logits: Tensor, rows: slice) -> Tensor:
         logits = logits.float()
+        index = targets[rows].to(logits.device).long()
+        check_classes(index, logits, index.shape[0])
         if softmax:
             logits = logits.softmax(1)
-        index = targets[rows].to(logits.device).long()
         return logits.gather(1, index[:, None])[:, 0].cpu()
 
     return score_rows(model, images, score, batch_size=batch_size)

@@ -1,5 +1,8 @@
 """Train ``camkit:shapes-cnn`` and write its weights: ``python -m camkit.zoo.train``.
 
+Weights go to ``./shapes_cnn.pt`` (``--output`` elsewhere); ``--into-package`` replaces the
+weights shipped inside the installed camkit, which every ``camkit:shapes-cnn`` run then uses.
+
 The shipped ``shapes_cnn.pt`` comes from running this script with its defaults (seeded data,
 initialization and batch order; 2 CPU threads): 5 epochs over 10,000 generated images, about
 0.33 CPU-seconds per step of 64, so a few minutes on two idle cores (other CPUs and thread
@@ -22,6 +25,7 @@ from camkit.zoo.shapes import generate
 
 TRAIN_SEED = 1_000
 TEST_SEED = 2_000
+#: The weights shipped in the package; written only with ``--into-package``.
 WEIGHTS = Path(__file__).with_name("shapes_cnn.pt")
 
 
@@ -68,20 +72,37 @@ def train(
     return model, accuracy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Train and write the weights; see the module's docstring.
+
+    Example:
+        >>> main(["--count", "640", "--epochs", "1", "--output", "w.pt"])  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=WEIGHTS, help="where to write weights")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--output",
+        type=Path,
+        default=Path("shapes_cnn.pt"),
+        help="where to write the weights (default: ./shapes_cnn.pt)",
+    )
+    where.add_argument(
+        "--into-package",
+        action="store_true",
+        help=f"replace the weights shipped in the installed package ({WEIGHTS})",
+    )
     parser.add_argument("--count", type=int, default=10_000, help="training images")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    output: Path = WEIGHTS if args.into_package else args.output
     torch.set_num_threads(args.threads)
     model, accuracy = train(args.count, args.epochs)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.output)
-    size_kb = args.output.stat().st_size / 1024
-    print(f"wrote {args.output} ({size_kb:.0f} KiB), held-out accuracy {accuracy:.3f}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, output)
+    size_kb = output.stat().st_size / 1024
+    print(f"wrote {output} ({size_kb:.0f} KiB), held-out accuracy {accuracy:.3f}")
 
 
 if __name__ == "__main__":

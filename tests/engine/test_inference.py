@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import warnings
 import weakref
 
 import pytest
@@ -15,7 +16,7 @@ from torch import Tensor, fx, nn
 
 import camkit
 from camkit.engine import accel
-from camkit.engine.accel import inference
+from camkit.engine.accel import capabilities, hardware, inference
 from camkit.engine.accel.inference import (
     ConvActivation,
     GlobalAvgPool,
@@ -25,6 +26,15 @@ from camkit.engine.accel.inference import (
 from camkit.engine.options import Setup
 from camkit.engine.scoring import score_masks
 from camkit.engine.services import Services
+
+
+def needs(name: str) -> pytest.MarkDecorator:
+    """Skip unless this CPU has capability ``name`` (as ``CAMKIT_CPU_CAPS`` spells it)."""
+    caps = capabilities()
+    return pytest.mark.skipif(
+        not getattr(caps, hardware.NAMES[name]),
+        reason=f"needs CPU capability {name!r}; this CPU: {caps.summary()}",
+    )
 
 
 def _randomize_batch_norms(model: nn.Module) -> nn.Module:
@@ -115,6 +125,7 @@ def _fused(module: nn.Module) -> dict[str, str]:
     return {n: m.post_op for n, m in module.named_modules() if isinstance(m, ConvActivation)}
 
 
+@needs("fused_fp32")
 def test_folding_in_float32_computes_what_the_model_computes() -> None:
     model = _model()
     x = torch.randn(3, 3, 8, 8)
@@ -133,6 +144,7 @@ def test_folding_in_float32_computes_what_the_model_computes() -> None:
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@needs("fused_fp32")
 def test_clamping_activations_fuse_with_their_bounds() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -164,20 +176,30 @@ def test_clamping_activations_fuse_with_their_bounds() -> None:
 def test_without_the_fused_operator_activations_stay_separate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(inference, "_fused_activations_work", lambda: False)
+    # The companion of the two tests above, on any CPU: float32 fusion forced off.
+    monkeypatch.setenv("CAMKIT_CPU_CAPS", "-fused_fp32")
     model = _model()
     folded = inference_copy(model, torch.float32)
     assert folded is not None and _fused(folded) == {}
     assert _batch_norms(folded) == ["branch_bn", "pool_bn"]
+    assert isinstance(folded.gap, GlobalAvgPool)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_the_fused_operator_works_in_this_build() -> None:
-    # On the CPUs camkit is tested on, oneDNN is there; a build without it would fail here
-    # and show that bf16 runs slower than documented.
-    assert inference._fused_activations_work()
+@needs("fused_fp32")
+def test_float32_fusion_does_not_depend_on_bfloat16_fusion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An AVX2-only CPU: oneDNN's bfloat16 convolution fails there, its float32 one works.
+    monkeypatch.setenv("CAMKIT_CPU_CAPS", "-bf16,-fused_bf16")
+    model = _model()
+    folded = inference_copy(model, torch.float32)
+    assert folded is not None
+    assert _fused(folded) == {"stem": "relu", "block.0": "hardswish"}
+    half = inference_copy(model, torch.bfloat16)
+    assert half is not None and _fused(half) == {}
 
 
 def test_a_reused_convolution_is_not_folded() -> None:
@@ -190,7 +212,13 @@ def test_a_reused_convolution_is_not_folded() -> None:
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_copy_is_close_and_the_model_is_left_alone() -> None:
+@pytest.mark.parametrize(
+    "caps", [pytest.param("", marks=needs("fused_bf16"), id="fused"), "-fused_bf16"]
+)
+def test_bf16_copy_is_close_and_the_model_is_left_alone(
+    caps: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAMKIT_CPU_CAPS", caps)
     model = _model()
     state = copy.deepcopy(model.state_dict())
     x = torch.randn(4, 3, 8, 8)
@@ -198,7 +226,8 @@ def test_bf16_copy_is_close_and_the_model_is_left_alone() -> None:
     assert fast is not None
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in fast.parameters())
     assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
-    assert _fused(fast) == {"stem": "relu", "block.0": "hardswish"}
+    fused = {"stem": "relu", "block.0": "hardswish"} if not caps else {}
+    assert _fused(fast) == fused
     with torch.no_grad():
         exact = model(x)
         out = fast(x.to(torch.bfloat16)).float()
@@ -281,7 +310,9 @@ def test_scorer_bf16_uses_the_copy_or_autocast(
     exact_setup = Setup.of(model, camkit.RunOptions(batch_size=5))
     fast_setup = Setup.of(model, camkit.RunOptions(batch_size=5, precision="bf16"))
     exact = score_masks(Services.standalone(exact_setup, x, _gather(targets)), masks)
-    fast = score_masks(Services.standalone(fast_setup, x, _gather(targets)), masks)
+    with warnings.catch_warnings():  # where bfloat16 is emulated (see test_hardware.py)
+        warnings.simplefilter("ignore", camkit.errors.PerformanceWarning)
+        fast = score_masks(Services.standalone(fast_setup, x, _gather(targets)), masks)
     assert fast.dtype == torch.float32
     spread = float(exact.max() - exact.min())
     torch.testing.assert_close(fast, exact, rtol=0, atol=0.05 * spread)
@@ -293,6 +324,7 @@ def test_scorer_bf16_uses_the_copy_or_autocast(
         assert seen == [(torch.bfloat16, True, 5)] * 4 + [(torch.bfloat16, True, 4)]
 
 
+@pytest.mark.filterwarnings("ignore::camkit.errors.PerformanceWarning")
 def test_scorecam_bf16_map_matches_exact_mode() -> None:
     model = _model()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -317,3 +349,44 @@ def test_the_copy_is_freed_with_the_model() -> None:
     del model, copied
     gc.collect()  # traced modules hold reference cycles
     assert gone() is None
+
+
+def test_an_unchanged_model_is_not_fingerprinted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    first = inference_copy(model)
+    walks: list[int] = []
+    fingerprint = inference._fingerprint
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        walks.append(1)
+        return fingerprint(*args)
+
+    monkeypatch.setattr(inference, "_fingerprint", counting)
+    inference_copy(model)  # the build itself assigned modules: one full check
+    walks.clear()
+    for _ in range(3):
+        assert inference_copy(model) is first
+    assert walks == []
+    model.head.weight = nn.Parameter(torch.zeros(4, 8))  # an assignment: checked in full
+    second = inference_copy(model)
+    assert walks and second is not first
+    with torch.no_grad():
+        torch.testing.assert_close(
+            second(torch.ones(1, 3, 8, 8).bfloat16()).float(),
+            model.head.bias[None].expand(1, 4),
+            rtol=0.01,
+            atol=0.01,
+        )
+    model.double()  # assigns .data, which no hook sees: the storage check does
+    third = inference_copy(model, torch.float32)
+    assert third is not None
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(third(x.float()).double(), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_without_torch_hook_tables_no_copy_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hook tables are private: where a torch build keeps them elsewhere, camkit cannot
+    # tell whether a model is hooked, and forwards it as it is.
+    monkeypatch.delattr(nn.modules.module, "_global_forward_hooks")
+    assert inference_copy(_model()) is None

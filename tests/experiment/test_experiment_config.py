@@ -64,7 +64,7 @@ def test_bad_values_say_what_was_expected(tmp_path):
     assert "data.count: Input should be greater than or equal to 1 (got 0)" in message
     message = _error(tmp_path, 'targets = "banana"\n' + BASE)
     assert "targets:" in message and "'predicted' or 'label'" in message
-    message = _error(tmp_path, BASE + '[model]\nsource = "timm:resnet50"\n')
+    message = _error(tmp_path, BASE + '[model]\nsource = "keras:resnet50"\n')
     assert "model.source:" in message and "torchvision:<name>" in message
     message = _error(tmp_path, BASE + '[metrics]\ncompute = ["pointing"]\n')
     assert "metrics.compute[0]:" in message and "pointing_game" in message

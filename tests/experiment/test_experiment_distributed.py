@@ -16,7 +16,8 @@ from camkit.experiment import load_config, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# a shapes-cnn that kills its process part-way through when RANK equals DIE_RANK
+# a shapes-cnn that kills its process part-way through when RANK equals DIE_RANK: after the
+# first-image check (5 forwards per method) and its first shard of cam (5 more)
 DYING_MODEL = """
 import os
 from camkit import zoo
@@ -27,7 +28,7 @@ class Dying(ShapesCNN):
 
     def forward(self, x):
         Dying.calls += 1
-        if os.environ.get("RANK") == os.environ.get("DIE_RANK") and Dying.calls > 6:
+        if os.environ.get("RANK") == os.environ.get("DIE_RANK") and Dying.calls > 16:
             os._exit(3)
         return super().forward(x)
 

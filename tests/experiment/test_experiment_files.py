@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import math
 import sys
 
 import numpy as np
 import pytest
 
+from camkit.errors import OutputFolderError
 from camkit.experiment import files
 
 if sys.version_info >= (3, 11):
@@ -39,15 +42,26 @@ def test_a_failed_first_write_leaves_nothing(tmp_path):
     assert list((tmp_path / "sub").iterdir()) == []
 
 
-def test_npz_round_trip_and_stale_temporaries(tmp_path):
-    files.write_npz(tmp_path / "s.npz", {"x": np.arange(3), "id": np.asarray(["a", "b"])})
-    with np.load(tmp_path / "s.npz", allow_pickle=False) as data:
-        assert data["x"].tolist() == [0, 1, 2] and data["id"].tolist() == ["a", "b"]
-    stale = tmp_path / "maps" / ".s.npz.abc.tmp"
-    stale.parent.mkdir()
-    stale.write_bytes(b"x")
-    files.remove_stale_temporaries(tmp_path)
-    assert not stale.exists() and (tmp_path / "s.npz").exists()
+def test_npz_round_trip_with_a_verified_checksum(tmp_path):
+    path = tmp_path / "s.npz"
+    files.write_npz(path, {"x": np.arange(3), "id": np.asarray(["a", "b"])})
+    arrays = files.read_npz(path)
+    assert arrays["x"].tolist() == [0, 1, 2] and arrays["id"].tolist() == ["a", "b"]
+    # the stored checksum is the SHA-256 of names, dtypes, shapes and bytes, by hand:
+    digest = hashlib.sha256()
+    for key, value in (("id", np.asarray(["a", "b"])), ("x", np.arange(3))):
+        digest.update(f"{key}\0{value.dtype.str}\0{value.shape}\0".encode() + value.tobytes())
+    with np.load(path) as data:
+        assert str(data["sha256"]) == digest.hexdigest()
+    # a changed array (rewritten with the old checksum) and a truncated file are refused
+    with np.load(path) as data:
+        np.savez(path, x=np.arange(1, 4), id=data["id"], sha256=data["sha256"])
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        files.read_npz(path)
+    files.write_npz(path, {"x": np.arange(3)})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="unreadable"):
+        files.read_npz(path)
 
 
 def test_toml_writer_round_trips():
@@ -81,3 +95,16 @@ def test_written_files_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
     target = tmp_path / "out.txt"
     files.write_text(target, "hello")
     assert target.stat().st_mode & 0o777 == files.FILE_MODE
+
+
+def test_a_full_disk_is_a_typed_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.csv"
+    files.write_text(path, "old")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputFolderError, match=r"cannot write .*metrics\.csv: No space left"):
+        files.atomic_write(path, full)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]

@@ -105,7 +105,7 @@ ARCHS: dict[str, Arch] = {
 
 #: Small configs keep the matrix within minutes; applied to every method whose Config has the
 #: field, so methods added later get them too.
-SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0}
+SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0, "k": 1.0}
 
 
 def _config(method: str) -> dict[str, Any]:
@@ -216,17 +216,16 @@ def test_gradcam_weights_match_own_gradients(arch: str) -> None:
     )
 
 
-#: What auto-location picks: the last module whose output is a spatial (B, C, h, w) map.
+#: What auto-location picks: the last feature map the top score depends on (no pooling layer).
 AUTO_LOCATED = {
     "resnet18": "layer4",
-    # At 64 px the adaptive pool outputs 7x7 from 2x2 features; it is still the last spatial map.
-    "vgg11": "avgpool",
+    "vgg11": "features",
     "densenet121": "features",
     "mobilenet_v3_small": "features",
     "efficientnet_b0": "features",
     "convnext_tiny": "features",
-    # Later layers output tokens, which auto-location does not consider: name the layer.
-    "vit_b_16": "conv_proj",
+    # The input norm of the last block: the class token reads the patches through its attention.
+    "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
     # torchvision's Swin permutes its channels-last features to (B, C, h, w) before pooling.
     "swin_t": "permute",
 }

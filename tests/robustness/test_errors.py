@@ -9,6 +9,7 @@ of :mod:`camkit.errors` is documented nowhere.
 from __future__ import annotations
 
 import re
+import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -220,7 +221,49 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     "fuse-empty": lambda mp: camkit.fuse([]),
     "fuse-mismatch": lambda mp: camkit.fuse([torch.zeros(2, 3, 3), torch.zeros(1, 3, 3)]),
     "fuse-bare-tensor": lambda mp: camkit.fuse(torch.zeros(2, 3, 3)),  # type: ignore[arg-type]
+    # experiments (tests/experiment/test_user_errors.py has every case)
+    "experiment-output-is-a-file": lambda mp: _in_experiment_folder(mp, "output-file"),
+    "experiment-folder-locked": lambda mp: _in_experiment_folder(mp, "locked"),
+    "experiment-image-unreadable": lambda mp: _in_experiment_folder(mp, "image"),
+    "weights-missing-file": lambda mp: _load("torchvision:resnet18", "/nonexistent/resnet.pt"),
+    "weights-offline": lambda mp: _offline(mp),
 }
+
+
+def _in_experiment_folder(mp: pytest.MonkeyPatch, case: str) -> None:
+    from camkit.experiment.data import read_image
+    from camkit.experiment.folder import FolderLock, claim
+
+    mp.chdir(tempfile.mkdtemp())
+    if case == "output-file":
+        Path("f").write_text("mine")
+        claim(Path("f"), overwrite=False)
+    elif case == "locked":
+        claim(Path("out"), overwrite=False)
+        with FolderLock(Path("out")), FolderLock(Path("out")):
+            pass
+    else:
+        Path("bad.png").write_text("not an image")
+        read_image(Path("bad.png"), (8, 8))
+
+
+def _load(source: str, weights: str) -> object:
+    from camkit.experiment.models import load_model
+
+    return load_model(source, weights)
+
+
+def _offline(mp: pytest.MonkeyPatch) -> object:
+    """Pretrained weights asked for with an empty torch cache and no network."""
+    import tempfile
+    import urllib.error
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    mp.setenv("TORCH_HOME", tempfile.mkdtemp())
+    mp.setattr(torch.hub, "download_url_to_file", no_network)
+    return _load("torchvision:resnet18", "DEFAULT")
 
 
 # -- the doc ---------------------------------------------------------------------------------

@@ -276,3 +276,24 @@ def test_cam_on_patch_tokens_with_a_pooled_head_when_told_the_classifier() -> No
     expected = torch.relu(torch.einsum("bc,bchw->bhw", weights, acts))
     torch.testing.assert_close(res.layer_maps["blocks.1"], expected, rtol=1e-4, atol=1e-6)
     assert res.weights["blocks.1"].shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"), [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)]
+)
+def test_auto_layer_on_timm_vits_gives_token_grid_maps(name: str, prefix: int) -> None:
+    # Issue 13: auto-location once took the attention's key tensor, (B, heads, N, head_dim),
+    # for a map. It must take the last block's input norm and read its patch tokens.
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, img_size=64, depth=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def read(t: Tensor) -> Tensor:
+        return t[:, prefix:].reshape(2, 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    res = camkit.create("gradcam", model)(x, targets=[3, 7])
+    assert res.layers == ["blocks.1.norm1"]
+    expected = _gradcam_reference(model, model.blocks[1].norm1, x, [3, 7], read)
+    torch.testing.assert_close(res.layer_maps["blocks.1.norm1"], expected, rtol=1e-4, atol=1e-6)
+    assert float(expected.amax()) > 0 and res.maps.shape == (2, 64, 64)

@@ -8,6 +8,8 @@ layout heuristics) lives in this subpackage, and private torch APIs are confined
 
 from __future__ import annotations
 
+import threading
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +17,17 @@ from torch import Tensor, nn
 
 from camkit.engine.accel.hardware import Capabilities, capabilities
 from camkit.engine.accel.inference import inference_copy
+from camkit.engine.accel.quantized import int8_copy
+from camkit.errors import PerformanceWarning
 
-__all__ = ["Accelerator", "Capabilities", "ForwardPlan", "accelerator", "capabilities"]
+__all__ = [
+    "Accelerator",
+    "Capabilities",
+    "ForwardPlan",
+    "accelerator",
+    "capabilities",
+    "effective_precision",
+]
 
 
 @dataclass(frozen=True)
@@ -28,12 +39,15 @@ class ForwardPlan:
         dtype: the dtype to build its inputs in.
         autocast: run under bfloat16 autocast (reduced precision without a copy).
         channels_last: forward 4-D inputs in channels-last memory layout.
+        mode: what runs: ``"model"`` (the model as given), ``"fp32-copy"``, ``"bf16-copy"``,
+            ``"bf16-autocast"`` or ``"int8-copy"`` (see docs/methods.md, Precision).
     """
 
     model: nn.Module
     dtype: torch.dtype
     autocast: bool
     channels_last: bool
+    mode: str = "model"
 
 
 class Accelerator:
@@ -43,6 +57,14 @@ class Accelerator:
         model: the model; it is never modified.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` for the scoring forwards.
         channels_last: ``None`` (where faster), ``False`` (never), ``True`` (always).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+        >>> _ = model(torch.rand(1, 3, 8, 8)); model = model.eval()
+        >>> accelerator(model, precision="fp32").scoring(torch.rand(1, 3, 8, 8)).mode
+        'model'
     """
 
     def __init__(self, model: nn.Module, *, precision: str, channels_last: bool | None) -> None:
@@ -68,20 +90,45 @@ class Accelerator:
             return False
         if self.option is True:
             return True
-        return self._convs and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
+        faster = self._convs and capabilities(x.device).channels_last
+        return faster and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
     def scoring(self, inputs: Tensor, *, hooked: bool = False) -> ForwardPlan:
         """How to forward batches of perturbed copies of ``inputs`` (under inference mode).
 
+        ``"fp32"``: the model as given. ``"bf16"``: its bfloat16 inference copy, or the
+        model under bfloat16 autocast where it cannot be copied (warned about once where
+        bfloat16 is not native). ``"auto"``: as ``"bf16"`` where bfloat16 is native; else,
+        off CPU, the model as given and, on CPU, an int8 copy calibrated on ``inputs`` when
+        its scores follow the model's, else a float32 inference copy (batch norms folded,
+        activations fused), else the model as given.
+
         ``hooked``: the forwards need hooks on the model's own modules to run (e.g. to mask
-        a layer's output), so the plan never calls an inference copy.
+        a layer's output), so the plan never calls a copy: ``"bf16"`` runs under autocast,
+        ``"auto"`` without native bfloat16 runs the model as given.
         """
-        layout = inputs.dim() == 4 and self._layout_ok and (self.option is True or self._convs)
-        if effective_precision(self.precision, inputs.device) == "bf16":
+        layout = inputs.dim() == 4 and self._layout_ok
+        layout = layout and (
+            self.option is True or (self._convs and capabilities(inputs.device).channels_last)
+        )
+        precision = effective_precision(self.precision, inputs.device)
+        if precision == "bf16":
+            if not capabilities(inputs.device).bf16_native:
+                _warn_emulated_bf16(inputs.device)
             copied = None if hooked else inference_copy(self.model, torch.bfloat16)
             if copied is not None:
-                return ForwardPlan(copied, torch.bfloat16, False, layout)
-            return ForwardPlan(self.model, inputs.dtype, True, layout)
+                return ForwardPlan(copied, torch.bfloat16, False, layout, "bf16-copy")
+            return ForwardPlan(self.model, inputs.dtype, True, layout, "bf16-autocast")
+        if hooked or precision == "fp32" or inputs.dtype != torch.float32:
+            return ForwardPlan(self.model, inputs.dtype, False, layout)
+        if inputs.device.type != "cpu":  # the float32 and int8 copies are faster on CPUs only
+            return ForwardPlan(self.model, inputs.dtype, False, layout)
+        quantized = int8_copy(self.model, inputs) if capabilities("cpu").int8 else None
+        if quantized is not None:
+            return ForwardPlan(quantized, inputs.dtype, False, layout, "int8-copy")
+        copied = inference_copy(self.model, torch.float32)
+        if copied is not None:
+            return ForwardPlan(copied, inputs.dtype, False, layout, "fp32-copy")
         return ForwardPlan(self.model, inputs.dtype, False, layout)
 
     def rejected_channels_last(self) -> None:
@@ -92,13 +139,52 @@ class Accelerator:
 def accelerator(
     model: nn.Module, *, precision: str = "fp32", channels_last: bool | None = None
 ) -> Accelerator:
-    """The :class:`Accelerator` for ``model`` under the given run options."""
+    """The :class:`Accelerator` for ``model`` under the given run options.
+
+    Example:
+        >>> from torch import nn
+        >>> accelerator(nn.Linear(2, 2).eval(), precision="auto").precision
+        'auto'
+    """
     return Accelerator(model, precision=precision, channels_last=channels_last)
 
 
 def effective_precision(precision: str, device: torch.device) -> str:
     """The precision a request resolves to on ``device``: ``"auto"`` becomes ``"bf16"``
-    where bfloat16 is native, else ``"fp32"``."""
-    if precision == "auto":
-        return "bf16" if capabilities(device.type).bf16_native else "fp32"
+    where bfloat16 is native and stays ``"auto"`` (int8 or float32 copies) elsewhere.
+
+    Example:
+        >>> import torch
+        >>> effective_precision("fp32", torch.device("cpu"))
+        'fp32'
+    """
+    if precision == "auto" and capabilities(device).bf16_native:
+        return "bf16"
     return precision
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_emulated_bf16(device: torch.device) -> None:
+    """Warn, once per process and device type, that bfloat16 is emulated here."""
+    with _warned_lock:
+        if device.type in _warned:
+            return
+        _warned.add(device.type)
+    caps = capabilities(device)
+    if device.type == "cpu":
+        lacks = (
+            "this CPU has no native bfloat16 instructions (AMX, AVX512-BF16, AVX-NE-CONVERT "
+            f"or ARM BF16; torch uses {caps.isa})"
+        )
+    else:
+        lacks = f"this GPU ({caps.isa}) has no bfloat16 tensor cores (compute capability 8.0+)"
+    warnings.warn(
+        f'precision="bf16": {lacks}, so bfloat16 is emulated and typically several times '
+        'slower than float32. Use precision="auto" (the fastest mode that keeps maps close '
+        'to exact on this hardware) or "fp32".',
+        PerformanceWarning,
+        stacklevel=4,
+    )

@@ -10,14 +10,19 @@ fast path forwards the masked inputs through a copy of the model instead:
   convolution's weights, as inference compilers do;
 - on CPU, an activation (ReLU, hardswish, SiLU, ...) that reads a 2-D convolution's output
   alone runs inside that convolution, as a oneDNN post-op, instead of as a second pass over
-  memory; the fused operator is checked against the unfused pair once per process, and
-  without it (another torch build) activations stay separate;
+  memory; the fused operator is checked against the unfused pair once per process and per
+  dtype (:mod:`camkit.engine.accel.hardware`: float32 fusion works on AVX2-only CPUs where
+  bfloat16 fusion does not), and without it activations stay separate;
 - on CPU, adaptive average pools to 1 x 1 (global pooling, squeeze-and-excitation blocks)
   run as average pools over the whole map, the same sums through a faster kernel;
 - its parameters and buffers are converted to bfloat16 once, and to channels-last layout for
   models with 2-D convolutions;
 - it is built on first use and kept while the model lives and its parameters, buffers and
   modules are unchanged (an in-place update of a weight bumps its version and rebuilds it).
+  The full fingerprint (the module tree, each tensor's identity) is recomputed only after a
+  module, parameter or buffer was assigned somewhere in the process (torch's registration
+  hooks count these); otherwise a call checks the saved tensors' version counters and the
+  modules' mode and hooks only.
 
 The copy is only used where it computes what the model computes: models in eval mode with
 no forward hooks whose forward traces (no Python branching on tensor values). Any other
@@ -27,7 +32,7 @@ model is forwarded under autocast, as before. The user's model is never modified
 from __future__ import annotations
 
 import copy
-import functools
+import itertools
 import threading
 import weakref
 from collections import Counter
@@ -37,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from camkit.engine.accel.hardware import capabilities
+
 _CONV_BN = (
     (nn.Conv1d, nn.BatchNorm1d),
     (nn.Conv2d, nn.BatchNorm2d),
@@ -44,45 +51,115 @@ _CONV_BN = (
 )
 
 _lock = threading.Lock()
-_Entry = tuple[tuple[object, ...], torch.dtype, nn.Module | None]
-# model -> (fingerprint, dtype, copy or None when the model cannot be copied this way)
-_cache: weakref.WeakKeyDictionary[nn.Module, _Entry] = weakref.WeakKeyDictionary()
+
+
+class _Entry:
+    """A built copy (or None: the model cannot be copied) and what it was built from."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: list[nn.Module],
+        dtype: torch.dtype,
+        built: nn.Module | None,
+    ) -> None:
+        self.dtype, self.built = dtype, built
+        self.generation = _generation()
+        # Not the model itself: the cache holds entries while their model lives.
+        self.submodules = modules[1:]
+        self.tensors = [*model.parameters(), *model.buffers()]
+        self.key = _fingerprint(modules, self.tensors)
+        self.versions = _versions(self.tensors)
+
+    def fresh(self, model: nn.Module, dtype: torch.dtype) -> bool:
+        """Whether the copy still computes what ``model`` computes, checked cheaply when no
+        module, parameter or buffer was assigned anywhere since it was built."""
+        if dtype != self.dtype or self.versions is None:
+            return False
+        if self.generation != _generation():
+            modules = list(model.modules())
+            tensors = [*model.parameters(), *model.buffers()]
+            if _fingerprint(modules, tensors) != self.key:
+                return False
+            self.generation = _generation()
+        return _versions(self.tensors) == self.versions and _copyable([model, *self.submodules])
+
+
+# model -> its copies, one per dtype
+_cache: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, _Entry]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def inference_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module | None:
     """A traced copy of ``model`` in ``dtype`` with batch norms folded into convolutions, or
     ``None`` when ``model`` cannot be copied faithfully (train mode, forward hooks, a forward
     that does not trace, a model without floating-point parameters)."""
-    modules = list(model.modules())
-    if any(m.training for m in modules) or _hooked(modules):
-        return None
-    key = _fingerprint(model, modules)
     with _lock:
-        cached = _cache.get(model)
-        if cached is not None and cached[0] == key and cached[1] == dtype:
-            return cached[2]
+        entries = _cache.setdefault(model, {})
+        entry = entries.get(dtype)
+        if entry is not None and entry.fresh(model, dtype):
+            return entry.built
+        modules = list(model.modules())
+        if not _copyable(modules):
+            return None
         built = _build(model, modules, dtype)
-        _cache[model] = (key, dtype, built)
+        entries[dtype] = _Entry(model, modules, dtype, built)
         return built
 
 
-def _hooked(modules: list[nn.Module]) -> bool:
-    # A traced copy runs the hooks of leaf modules but loses those of containers; rather
-    # than reason about which, a model with any forward hook is forwarded as it is.
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+# Assignments of modules, parameters and buffers anywhere in the process, counted through
+# torch's public registration hooks: while the count stands still, no model's structure
+# changed and the full fingerprint need not be recomputed.
+_assignments = itertools.count()
+_seen = [0]
 
 
-def _fingerprint(model: nn.Module, modules: list[nn.Module]) -> tuple[object, ...]:
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_inference() for t in tensors):
-        # Inference tensors keep no version counter: an in-place change cannot be seen, so
-        # the copy is rebuilt for every call.
-        return (object(),)
+def _bump(*_args: object) -> None:
+    _seen[0] = next(_assignments)
+
+
+for _register in (
+    nn.modules.module.register_module_module_registration_hook,
+    nn.modules.module.register_module_parameter_registration_hook,
+    nn.modules.module.register_module_buffer_registration_hook,
+):
+    _register(_bump)
+
+
+def _generation() -> int:
+    return _seen[0]
+
+
+def _copyable(modules: list[nn.Module]) -> bool:
+    """Eval mode and no forward hooks (a traced copy runs the hooks of leaf modules but loses
+    those of containers; rather than reason about which, a hooked model is run as it is)."""
+    try:
+        hooked = bool(
+            nn.modules.module._global_forward_hooks
+            or nn.modules.module._global_forward_pre_hooks
+            or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        )
+    except AttributeError:  # torch keeps hooks elsewhere in this build: assume some
+        return False
+    return not hooked and not any(m.training for m in modules)
+
+
+def _versions(tensors: list[Tensor]) -> tuple[object, ...] | None:
+    """The tensors' version counters (bumped by every in-place change) and storage (changed
+    by ``model.to(...)``, which assigns ``.data``), or None where the counters cannot be
+    read: inference tensors keep none, and another torch build may name them otherwise; the
+    copy is then rebuilt for every call."""
+    try:
+        return tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _fingerprint(modules: list[nn.Module], tensors: list[Tensor]) -> tuple[object, ...]:
     return (
         tuple(id(m) for m in modules),
-        tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors),
+        tuple((t.data_ptr(), t.dtype, t.device) for t in tensors),
     )
 
 
@@ -95,7 +172,7 @@ def _build(model: nn.Module, modules: list[nn.Module], dtype: torch.dtype) -> nn
     except Exception:  # untraceable forward (control flow on tensors, unsupported calls)
         return None
     _fold_batch_norms(graph_module)
-    if params[0].device.type == "cpu" and _fused_activations_work():
+    if params[0].device.type == "cpu" and fuses(dtype):
         _fuse_activations(graph_module)
     if params[0].device.type == "cpu":
         _replace_global_pools(graph_module)
@@ -207,7 +284,7 @@ _ACTIVATIONS: list[tuple[type[nn.Module], tuple[object, ...], PostOp]] = [
     (nn.Sigmoid, (torch.sigmoid,), ("sigmoid", ())),
     (nn.Tanh, (torch.tanh,), ("tanh", ())),
 ]
-_POST_OPS: dict[type[nn.Module], PostOp] = {kind: op for kind, _, op in _ACTIVATIONS}
+POST_OPS: dict[type[nn.Module], PostOp] = {kind: op for kind, _, op in _ACTIVATIONS}
 _POST_OP_FUNCTIONS: dict[object, PostOp] = {
     fn: op for _, functions, op in _ACTIVATIONS for fn in functions
 }
@@ -257,7 +334,7 @@ def _post_op(node: fx.Node, named: dict[str, nn.Module]) -> PostOp | None:
         module = named.get(str(node.target))
         if type(module) is nn.Hardtanh:
             return ("hardtanh", (float(module.min_val), float(module.max_val)))
-        return _POST_OPS.get(type(module)) if module is not None else None
+        return POST_OPS.get(type(module)) if module is not None else None
     if node.op == "call_function" and not set(node.kwargs) - {"inplace"}:
         try:
             return _POST_OP_FUNCTIONS.get(node.target)
@@ -283,39 +360,13 @@ def _fuse_activations(graph_module: fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-class _Clamp(nn.Hardtanh):
-    def __init__(self) -> None:
-        super().__init__(-0.5, 0.25)
-
-
-@functools.cache
-def _fused_activations_work() -> bool:
-    """Whether this torch build has oneDNN's fused convolution and it computes, in float32
-    and bfloat16, what the convolution followed by the activation computes."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last)
-    try:
-        for groups in (1, 4):
-            conv = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=groups)
-            cases: list[tuple[type[nn.Module], PostOp]] = [*_POST_OPS.items()]
-            cases.append((_Clamp, ("hardtanh", (-0.5, 0.25))))
-            for kind, post_op in cases:
-                with torch.no_grad():
-                    expected = kind()(conv(x))
-                    fused = ConvActivation(conv, post_op)(x)
-                    half = ConvActivation(conv.to(torch.bfloat16), post_op)(x.bfloat16())
-                conv.float()
-                if not torch.allclose(fused, expected, rtol=1e-4, atol=1e-5):
-                    return False
-                if half.dtype != torch.bfloat16 or not torch.allclose(
-                    half.float(), expected, rtol=0.05, atol=0.05
-                ):
-                    return False
-    except Exception:  # the operator is missing or has another signature in this build
-        return False
-    return True
+def fuses(dtype: torch.dtype) -> bool:
+    """Whether activations are fused into ``dtype`` convolutions on this CPU (its own probe
+    per dtype, see :mod:`camkit.engine.accel.hardware`)."""
+    caps = capabilities("cpu")
+    if dtype == torch.bfloat16:
+        return caps.fused_bf16
+    return caps.fused_fp32 and dtype == torch.float32
 
 
 def _replace_module(root: nn.Module, target: str, module: nn.Module) -> None:

@@ -1,9 +1,12 @@
 """camkit-contrib: more CAM methods for camkit, installed as a plugin distribution.
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
-``eigengradcam``, ``ablationcam`` and ``randomcam`` to ``camkit.list_methods()``; camkit
+``eigengradcam``, ``ablationcam``, ``randomcam``,
+``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
-camkit's public plugin contract.
+camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
+target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
+extractor's maps by their product; neither is a method.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import camkit
 from camkit_contrib.ablation import AblationCAM
 from camkit_contrib.baseline import RandomCAM
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
+from camkit_contrib.fem import FEM
+from camkit_contrib.finer import FinerTarget
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
+from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.refine import refine
+from camkit_contrib.seg_eigen import SegEigenCAM
 
 __version__ = "0.1.0"
 
@@ -23,17 +31,25 @@ METHODS: list[type[camkit.Method]] = [
     EigenGradCAM,
     AblationCAM,
     RandomCAM,
+    KPCACAM,
+    FEM,
+    SegEigenCAM,
 ]
 
 __all__ = [
+    "FEM",
+    "KPCACAM",
     "METHODS",
     "AblationCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerTarget",
     "GradCAMElementWise",
     "HiResCAM",
     "RandomCAM",
+    "SegEigenCAM",
     "camkit_methods",
+    "refine",
 ]
 
 
