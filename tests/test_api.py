@@ -114,3 +114,28 @@ def test_experiment_engine_table_and_per_method_run_options():
         validate({"methods": [{"name": "scorecam", "batch_size": 0}]})
     with pytest.raises(ConfigError, match=r"engine\.precison: unknown key"):
         validate({"engine": {"precison": "bf16"}, "methods": [{"name": "cam"}]})
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [{"batch_size": True}, {"batch_size": "8"}, {"batch_size": 2.0}, {"channels_last": "yes"}],
+)
+def test_experiment_run_options_are_strict_like_the_rest_of_the_file(engine):
+    from camkit.experiment import validate
+
+    key = next(iter(engine))
+    with pytest.raises(ConfigError, match=rf"engine\.{key}: "):
+        validate({"engine": engine, "methods": [{"name": "cam"}]})
+    with pytest.raises(ConfigError, match=rf"methods\[0\]\.{key}: "):
+        validate({"methods": [{"name": "scorecam", **engine}]})
+
+
+def test_the_fingerprint_ignores_a_default_engine_table_and_progress():
+    from camkit.experiment import validate
+
+    methods = [{"name": "scorecam"}]
+    bare = validate({"methods": methods}).fingerprint()
+    assert validate({"engine": {}, "methods": methods}).fingerprint() == bare
+    assert validate({"engine": {"progress": True}, "methods": methods}).fingerprint() == bare
+    assert validate({"engine": {"batch_size": 8}, "methods": methods}).fingerprint() != bare
+    assert "engine" not in validate({"methods": methods}).comparable()

@@ -593,7 +593,8 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
                 exc,
                 info.config,
                 sep=".",
-                also_allowed=(*_METHOD_KEYS, *RunOptions.model_fields),
+                also_allowed=_METHOD_KEYS,
+                then_allowed=tuple(RunOptions.model_fields),
             )
         ) from None
     ident = spec.id or info.name
@@ -670,13 +671,14 @@ def _format_errors(
     root: type[BaseModel] = ExperimentConfig,
     sep: str = ": ",
     also_allowed: tuple[str, ...] = (),
+    then_allowed: tuple[str, ...] = (),
 ) -> str:
     """One line per offending key: ``file: key.path: what is wrong (got ...)``."""
     problems: dict[str, list[str]] = {}
     for err in exc.errors():
         loc = [p for p in err["loc"] if _is_key(p)]
         if err["type"] == "extra_forbidden":
-            allowed = [*also_allowed, *_allowed_keys(root, loc)]
+            allowed = list(dict.fromkeys([*also_allowed, *_allowed_keys(root, loc), *then_allowed]))
             message = f"unknown key; expected one of: {', '.join(allowed)}"
         elif err["type"] == "missing":
             message = "missing required key"
