@@ -21,7 +21,7 @@ TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The fast test suite (the heavy architecture matrix is `nox -s matrix`)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,compat-test]")
     session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar
@@ -20,9 +20,16 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.compat._shared import CompatTypeError, Replay, eval_mode
-from camkit.errors import CamkitError, GradientError, LayerNotFoundError, TargetError, did_you_mean
+from camkit.errors import (
+    CamkitError,
+    GradientError,
+    InputError,
+    LayerNotFoundError,
+    TargetError,
+    did_you_mean,
+)
 
-__all__ = ["OutputTarget"]
+__all__ = ["NotForwardedError", "OutputTarget"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,11 @@ def camkit_target(targets: OutputTarget | list[OutputTarget], batch: int) -> Cal
         return torch.stack([v.reshape(()) for v in values])
 
     return score
+
+
+class NotForwardedError(CamkitError, AssertionError):
+    """The extractor was called before the model ran with its hooks enabled (an
+    ``AssertionError``, as in torchcam)."""
 
 
 class _CAM:
@@ -104,7 +116,8 @@ class _CAM:
         for idx, name in enumerate(self.target_names):
             hook = partial(self._hook_a, idx=idx)
             self.hook_handles.append(self.submodule_dict[name].register_forward_hook(hook))
-        self.hook_handles.append(model.register_forward_pre_hook(self._store_input))
+        # Kept apart from hook_handles, which torchcam's users count (one per layer).
+        self._input_handle = model.register_forward_pre_hook(self._store_input)
         self._hooks_enabled = enable_hooks
 
     # -- layers ---------------------------------------------------------------------------
@@ -174,6 +187,9 @@ class _CAM:
         finally:
             self._hooks_enabled = previous
 
+    def _eval_mode(self) -> AbstractContextManager[None]:
+        return eval_mode(self.model)
+
     def reset_hooks(self) -> None:
         """Clear the recorded activations, gradients and input."""
         self.hook_a: list[Tensor | None] = [None] * len(self.target_names)
@@ -186,6 +202,7 @@ class _CAM:
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles.clear()
+        self._input_handle.remove()
 
     def __enter__(self) -> _CAM:
         return self
@@ -210,7 +227,7 @@ class _CAM:
             raise TargetError(f"{type(self).__name__} does not support arbitrary output targets")
         for fmap in self.hook_a:
             if not isinstance(fmap, Tensor):
-                raise LayerNotFoundError(
+                raise NotForwardedError(
                     "no activations were recorded: forward inputs through the model (with hooks "
                     "enabled) before calling the extractor"
                 )
@@ -325,7 +342,7 @@ class _CAM:
 
     def _recorded_input(self) -> Tensor:
         if self._input is None:
-            raise LayerNotFoundError(
+            raise NotForwardedError(
                 "no model input was recorded: forward inputs through the model (with hooks "
                 "enabled) before calling the extractor"
             )
@@ -407,7 +424,7 @@ def fuse_cams(
     if not isinstance(cams, list) or not all(isinstance(c, Tensor) for c in cams):
         raise CompatTypeError("`cams` must be a list of tensors")
     if not cams:
-        raise CamkitError("`cams` cannot be an empty list")
+        raise InputError("`cams` cannot be an empty list")
     if len(cams) == 1:
         return cams[0]
     shape = target_shape or tuple(max(s) for s in zip(*(c.shape[1:] for c in cams)))
