@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from conftest import images, needs_torchcam, small_cnn
 from torch import Tensor, nn
 
-import pytest
 from camkit.compat.torchcam import methods as shim
 from camkit.compat.torchcam.methods.core import NotForwardedError
-from camkit.errors import MethodNotFoundError
-
-from conftest import images, needs_torchcam, small_cnn
+from camkit.errors import CamkitError, MethodNotFoundError
 
 ATOL = 1e-5
 
@@ -287,7 +287,9 @@ def test_fuse_cams():  # test_fuse_cams
 # -- re-expressed from torchcam's tests/test_methods_gradient.py ---------------------------
 
 
-@pytest.mark.parametrize("name", ["GradCAM", "GradCAMpp", "SmoothGradCAMpp", "XGradCAM", "LayerCAM"])
+@pytest.mark.parametrize(
+    "name", ["GradCAM", "GradCAMpp", "SmoothGradCAMpp", "XGradCAM", "LayerCAM"]
+)
 def test_img_cams_inplace_model(name):  # test_img_cams, "Inplace model" part
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -306,7 +308,9 @@ def test_img_cams_inplace_model(name):  # test_img_cams, "Inplace model" part
     assert cam.shape == (1, 24, 24) and not cam.isnan().any()
 
 
-@pytest.mark.parametrize("name", ["GradCAM", "GradCAMpp", "SmoothGradCAMpp", "XGradCAM", "LayerCAM"])
+@pytest.mark.parametrize(
+    "name", ["GradCAM", "GradCAMpp", "SmoothGradCAMpp", "XGradCAM", "LayerCAM"]
+)
 def test_video_cams(name):  # test_video_cams
     model = nn.Sequential(
         nn.Sequential(
@@ -347,7 +351,86 @@ def test_img_cams_activation(cnn, name):  # test_img_cams (activation methods)
     if name in ("SSCAM", "ISCAM"):
         kw["num_samples"] = 2
     with getattr(shim, name)(cnn, "0.3", **kw) as extractor, torch.inference_mode():
-        scores = cnn(images(2))
+        cnn(images(2))
         cams = extractor([0, 1])
     assert cams[0].shape == (2, 16, 16) and not cams[0].isnan().any()
     assert cams[0].amin() >= 0 and cams[0].amax() <= 1
+
+
+# -- re-expressed from torchcam's tests/test_utils.py and tests/test_metrics.py -------------
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 4, 3)])
+def test_overlay_mask(shape):  # test_overlay_mask
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    img = Image.fromarray(np.zeros(shape, dtype=np.uint8))
+    mask = Image.fromarray(np.full((4, 4), 255, dtype=np.uint8))
+    actual = overlay_mask(img, mask, alpha=0.7)
+    expected = np.zeros((4, 4, 3), dtype=np.uint8)
+    expected[..., 2] = 39
+    assert isinstance(actual, Image.Image)
+    assert np.abs(np.asarray(actual).astype(int) - expected).max() <= 1
+
+
+def test_overlay_mask_parity_with_a_callable_colormap():  # test_overlay_mask_parity (custom)
+    colors = pytest.importorskip("matplotlib.colors")
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    rng = np.random.default_rng(0)
+    cmap = colors.ListedColormap(["black", "red", "white"])
+    img = Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8))
+    mask = Image.fromarray(rng.random((4, 5)).astype(np.float32), mode="F")
+    overlay = mask.resize(img.size, resample=Image.Resampling.BICUBIC)
+    heat = (255 * cmap(np.asarray(overlay) ** 2)[:, :, :3]).astype(np.uint8)
+    expected = (0.5 * np.asarray(img) + 0.5 * heat).astype(np.uint8)
+    actual = np.asarray(overlay_mask(img, mask, cmap, 0.5))
+    assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_overlay_mask_errors():  # test_overlay_mask_errors
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    img, mask = Image.new("RGB", (4, 4)), Image.new("L", (4, 4))
+    with pytest.raises(TypeError, match=r"img and mask arguments need to be PIL\.Image"):
+        overlay_mask(np.zeros((4, 4, 3)), mask)
+    with pytest.raises(ValueError):
+        overlay_mask(img, mask, alpha=1.0)
+    with pytest.raises(ValueError):
+        overlay_mask(Image.new("RGBA", (4, 4)), mask)
+
+
+@needs_torchcam
+@pytest.mark.parametrize("metric", ["ClassificationMetric", "DeletionInsertionMetric"])
+def test_metrics_match_torchcam(metric):  # test_classification_metric, test_deletion_insertion_*
+    from functools import partial
+
+    from torchcam import methods as peer
+    from torchcam import metrics as peer_metrics
+
+    from camkit.compat.torchcam import metrics as shim_metrics
+
+    model, x = small_cnn(), images(2)
+    summaries = []
+    for lib, mlib in ((shim, shim_metrics), (peer, peer_metrics)):
+        with lib.GradCAM(model, "0.3") as extractor:
+            m = getattr(mlib, metric)(extractor, partial(torch.softmax, dim=-1))
+            m.update(x)
+            m.update(x, 2)
+            summaries.append(m.summary())
+    assert summaries[0].keys() == summaries[1].keys()
+    for key in summaries[0]:
+        assert summaries[0][key] == pytest.approx(summaries[1][key], abs=1e-5)
+
+
+def test_metric_summary_needs_an_update(cnn):  # test_classification_metric (empty summary)
+    from camkit.compat.torchcam.metrics import ClassificationMetric
+
+    with shim.GradCAM(cnn, "0.3") as extractor, pytest.raises(CamkitError):
+        ClassificationMetric(extractor).summary()

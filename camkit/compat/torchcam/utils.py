@@ -46,8 +46,11 @@ def overlay_mask(
         raise InputError(f"alpha must be a float in [0, 1), got {alpha!r}")
     if len(img.getbands()) not in {1, 3}:
         raise InputError(f"img must be a grayscale or RGB image, got mode {img.mode!r}")
+    # Squared in the mask's own dtype, as torchcam does (uint8 masks wrap around).
     values = np.asarray(mask.resize(img.size, resample=Image.Resampling.BICUBIC)) ** 2
     if callable(colormap):
         heat = Image.fromarray(colormap(values, bytes=True)[:, :, :3])
         return Image.blend(heat, img.convert("RGB"), alpha)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values / 255  # integer masks index a 256-colour table in torchcam
     return camkit.overlay(img, values.astype(np.float32), alpha=1 - alpha, cmap=colormap)
