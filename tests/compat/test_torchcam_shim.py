@@ -434,3 +434,15 @@ def test_metric_summary_needs_an_update(cnn):  # test_classification_metric (emp
 
     with shim.GradCAM(cnn, "0.3") as extractor, pytest.raises(CamkitError):
         ClassificationMetric(extractor).summary()
+
+
+@needs_torchcam
+def test_iscam_legacy_numerics_match_torchcam():
+    from torchcam import methods as peer
+
+    model, x = small_cnn(), images(2)
+    ours = run(shim, "ISCAM", model, "0.3", x, [1, 2], num_samples=3, legacy_numerics=True)[0]
+    theirs = run(peer, "ISCAM", model, "0.3", x, [1, 2], num_samples=3)[0]
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+    default = run(shim, "ISCAM", model, "0.3", x, [1, 2], num_samples=3)[0]
+    assert (default - theirs).abs().max() > 1e-3  # the documented formula differs

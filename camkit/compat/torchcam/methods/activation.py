@@ -186,13 +186,39 @@ class SSCAM(ScoreCAM):
         )
 
 
+class _LegacyISCAMConfig(camkit.MethodConfig):
+    batch_size: int = camkit.Field(32, gt=0)
+    num_samples: int = camkit.Field(10, gt=0)
+
+
+class _LegacyISCAM(camkit.Method):
+    r"""torchcam 0.5.0's IS-CAM scales: :math:`\sum_{j=1}^{i} j / N = i (i + 1) / (2 N)`.
+
+    A private method on camkit's plugin contract (never registered): the engine masks, scores
+    and weights as for camkit's ``iscam``, only the scales differ.
+    """
+
+    name = "iscam"
+    Config = _LegacyISCAMConfig
+
+    def weights(self, ctx: camkit.Context) -> Tensor:
+        acts, n = ctx.activations, self.config.num_samples
+        masks = camkit.normalize(acts, acts.dim() - 2)
+        i = torch.arange(1, n + 1, dtype=acts.dtype, device=acts.device)
+        scales = (i * (i + 1) / (2 * n)).reshape(1, n, *([1] * (acts.dim() - 1)))
+        scores = ctx.score((scales * masks.unsqueeze(1)).flatten(1, 2))
+        gains = scores.unflatten(1, (n, acts.shape[1])) - ctx.baseline_scores.reshape(-1, 1, 1)
+        return torch.softmax(gains.mean(1), dim=1)
+
+
 class ISCAM(ScoreCAM):
     r"""IS-CAM (camkit's ``iscam``): Score-CAM with gains averaged over scaled masks.
 
     .. math:: M_{k,i} = \sum_{j=0}^{i-1} \frac{j}{N}\, U(\hat A_k) \odot X_b
 
     This is the formula torchcam documents; torchcam 0.5.0's code sums :math:`j = 1..i`
-    instead (scales shifted by one step), see docs/migrating.md.
+    instead (every scale one step larger, the first not zero); ``legacy_numerics=True``
+    reproduces the code (see docs/migrating.md).
 
     Example:
         >>> with ISCAM(model, "layer4", num_samples=4) as cam_extractor:
@@ -206,6 +232,7 @@ class ISCAM(ScoreCAM):
         batch_size: masked inputs forwarded at once
         num_samples: integration steps
         input_shape: ``(C, H, W)`` used to locate the layer when none is given
+        legacy_numerics: reproduce torchcam 0.5.0's scales
     """
 
     _method = "iscam"
@@ -217,10 +244,18 @@ class ISCAM(ScoreCAM):
         batch_size: int = 32,
         num_samples: int = 10,
         input_shape: tuple[int, ...] = (3, 224, 224),
+        legacy_numerics: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layer, batch_size, input_shape, **kwargs)
         self.num_samples = num_samples
+        self.legacy_numerics = legacy_numerics
+
+    def _run_model(self, targets: Any) -> camkit.CAMResult:
+        if self.legacy_numerics and self._extractor is None:
+            method = _LegacyISCAM(_LegacyISCAMConfig(**self._camkit_config()))
+            self._extractor = camkit.Extractor(method, self.model, list(self.target_names))
+        return super()._run_model(targets)
 
     def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
         return {"batch_size": self.bs, "num_samples": self.num_samples}
