@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+import camkit
 from camkit.errors import CamkitError, MethodNotFoundError
 
 
@@ -29,8 +31,6 @@ def not_landed(library: str, name: str) -> type:
     """
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:
-        import camkit
-
         raise MethodNotFoundError(
             f"{library}'s {name} has not landed in camkit yet; camkit provides "
             f"{', '.join(camkit.list_methods())} (see docs/migrating.md)"
@@ -93,3 +93,41 @@ def seed_from_global_rng() -> int:
     """A seed drawn from torch's global generator: ``torch.manual_seed`` makes shims that
     sample noise reproducible, as the originals are."""
     return int(torch.randint(0, 2**62, (1,)).item())
+
+
+class _EpsilonConfig(camkit.MethodConfig):
+    eps: float = camkit.Field(1e-8, ge=0)
+
+
+class EpsilonXGradCAM(camkit.Method):
+    r"""XGrad-CAM with the peers' additive epsilon: :math:`w_k = \sum g A / (\sum A + \epsilon)`.
+
+    A private method on camkit's plugin contract (never registered), for ``legacy_numerics``:
+    for channels whose activations sum to about :math:`-\epsilon` (untrained models' near-zero
+    channels) the epsilon divides by almost zero, where camkit's ``xgradcam`` guards only
+    exact zeros.
+    """
+
+    name = "xgradcam"
+    Config = _EpsilonConfig
+    needs_gradients = True
+
+    def weights(self, ctx: camkit.Context) -> Tensor:
+        assert ctx.gradients is not None
+        acts = ctx.activations
+        dims = tuple(range(2, acts.dim()))
+        return (ctx.gradients * acts).sum(dims) / (acts.sum(dims) + self.config.eps)
+
+
+def extractor(
+    method: str | camkit.Method,
+    model: nn.Module,
+    layers: Any,
+    config: dict[str, Any],
+    **options: Any,
+) -> camkit.Extractor:
+    """``camkit.create(method, model, layers, **options, **config)`` for a method name; a
+    shim-private method instance (already configured) is bound by ``camkit.Extractor``."""
+    if isinstance(method, str):
+        return camkit.create(method, model, layers, **options, **config)
+    return camkit.Extractor(method, model, layers, **options)

@@ -302,3 +302,14 @@ def test_svd_no_side_effect():  # test_svd_no_side_effect.py, on the shim's eige
     assert torch.equal(a.isnan(), snapshot.isnan()) and torch.equal(
         a.nan_to_num(), snapshot.nan_to_num()
     )
+
+
+@needs_grad_cam
+def test_xgradcam_legacy_numerics_match_grad_cam_on_near_zero_channels():
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small(weights=None).eval()
+    compare(
+        "XGradCAM", model, [model.features[12]], images(2, 64), [5, 6], {"legacy_numerics": True}
+    )

@@ -446,3 +446,27 @@ def test_iscam_legacy_numerics_match_torchcam():
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
     default = run(shim, "ISCAM", model, "0.3", x, [1, 2], num_samples=3)[0]
     assert (default - theirs).abs().max() > 1e-3  # the documented formula differs
+
+
+@needs_torchcam
+def test_xgradcam_without_the_epsilon_on_near_zero_channels():
+    # Untrained MobileNetV3 channels sum to ~1e-10: torchcam's + 1e-8 divides by ~0 there.
+    from torchcam import methods as peer
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model, x = mobilenet_v3_small(weights=None).eval(), images(1, 64)
+    store = {}
+    handle = model.features[12].register_forward_hook(lambda _m, _i, o: store.setdefault("a", o))
+    score = model(x)[:, 5].sum()
+    handle.remove()
+    (g,) = torch.autograd.grad(score, store["a"])
+    a = store["a"].detach()
+    w = (g * a).sum((2, 3)) / a.sum((2, 3))
+    cam = torch.relu((w[:, :, None, None] * a).sum(1))
+    expected = (cam - cam.amin()) / (cam.amax() - cam.amin() + 1e-8)
+    ours = run(shim, "XGradCAM", model, "features.12", x, 5)[0]
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    theirs = run(peer, "XGradCAM", model, "features.12", x, 5)[0]
+    legacy = run(shim, "XGradCAM", model, "features.12", x, 5, legacy_numerics=True)[0]
+    torch.testing.assert_close(legacy, theirs, atol=ATOL, rtol=0)

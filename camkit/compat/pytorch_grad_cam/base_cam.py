@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import CompatTypeError, eval_mode
+from camkit.compat._shared import CompatTypeError, EpsilonXGradCAM, eval_mode, extractor
 from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from camkit.errors import ConfigError, TargetError
 
@@ -140,7 +140,7 @@ class BaseCAM:
 
     # -- camkit ---------------------------------------------------------------------------
 
-    def _camkit_method(self) -> str:
+    def _camkit_method(self) -> str | camkit.Method:
         return self.method
 
     def _camkit_config(self) -> dict[str, Any]:
@@ -148,8 +148,8 @@ class BaseCAM:
 
     def _camkit(self) -> camkit.Extractor:
         if self._extractor is None:
-            self._extractor = camkit.create(
-                self._camkit_method(), self.model, self.target_layers, **self._camkit_config()
+            self._extractor = extractor(
+                self._camkit_method(), self.model, self.target_layers, self._camkit_config()
             )
         return self._extractor
 
@@ -295,13 +295,22 @@ class GradCAMElementWise(BaseCAM):
 
 
 class XGradCAM(BaseCAM):
-    """XGrad-CAM (camkit's ``xgradcam``).
+    r"""XGrad-CAM (camkit's ``xgradcam``).
+
+    pytorch-grad-cam adds :math:`10^{-7}` to the activations' sum it divides by, which
+    divides by almost zero for channels summing to about :math:`-10^{-7}` (untrained models);
+    camkit guards only exact zeros, and ``legacy_numerics=True`` reproduces the original.
 
     Example:
         >>> grayscale_cam = XGradCAM(model, [model.layer4[-1]])(x)
     """
 
     method = "xgradcam"
+
+    def _camkit_method(self) -> str | camkit.Method:
+        if self.legacy_numerics:
+            return EpsilonXGradCAM(EpsilonXGradCAM.Config(eps=1e-7))
+        return self.method
 
 
 class LayerCAM(BaseCAM):
@@ -329,7 +338,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     method = "gradcampp"
 
-    def _camkit_method(self) -> str:
+    def _camkit_method(self) -> str | camkit.Method:
         return "layercam" if self.legacy_numerics else self.method  # ReLU(g) as pixel weights
 
     def _layer_map(
@@ -462,7 +471,7 @@ class EigenGradCAM(EigenCAM):
 
     method = "eigengradcam"
 
-    def _camkit_method(self) -> str:
+    def _camkit_method(self) -> str | camkit.Method:
         return "hirescam" if self.legacy_numerics else self.method  # weights g for g * A
 
     def _legacy_features(self, result: camkit.CAMResult, name: str, acts: Tensor) -> Tensor:

@@ -251,11 +251,10 @@ class ISCAM(ScoreCAM):
         self.num_samples = num_samples
         self.legacy_numerics = legacy_numerics
 
-    def _run_model(self, targets: Any) -> camkit.CAMResult:
-        if self.legacy_numerics and self._extractor is None:
-            method = _LegacyISCAM(_LegacyISCAMConfig(**self._camkit_config()))
-            self._extractor = camkit.Extractor(method, self.model, list(self.target_names))
-        return super()._run_model(targets)
+    def _camkit_method(self, config: dict[str, Any]) -> str | camkit.Method:
+        if self.legacy_numerics:
+            return _LegacyISCAM(_LegacyISCAMConfig(**config))
+        return self._method
 
     def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
         return {"batch_size": self.bs, "num_samples": self.num_samples}

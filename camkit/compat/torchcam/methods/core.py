@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import CompatTypeError, Replay, eval_mode
+from camkit.compat._shared import CompatTypeError, Replay, eval_mode, extractor
 from camkit.errors import (
     CamkitError,
     GradientError,
@@ -318,8 +318,8 @@ class _CAM:
         if self._replay is None:
             replay = Replay(self.model, len(self.target_names))
             config = self._camkit_config(replay_prefix="model.")
-            self._replay_extractor = camkit.create(
-                self._method, replay, replay.layer_names, channels_last=False, **config
+            self._replay_extractor = extractor(
+                self._camkit_method(config), replay, replay.layer_names, config, channels_last=False
             )
             self._replay = replay
         if not isinstance(scores, Tensor):
@@ -334,9 +334,9 @@ class _CAM:
 
     def _run_model(self, targets: Any) -> camkit.CAMResult:
         if self._extractor is None:
-            self._extractor = camkit.create(
-                self._method, self.model, list(self.target_names), **self._camkit_config()
-            )
+            config = self._camkit_config()
+            method = self._camkit_method(config)
+            self._extractor = extractor(method, self.model, list(self.target_names), config)
         with self._hooks_off(), eval_mode(self.model):
             return self._extractor(self._recorded_input(), targets)
 
@@ -347,6 +347,10 @@ class _CAM:
                 "enabled) before calling the extractor"
             )
         return self._input
+
+    def _camkit_method(self, config: dict[str, Any]) -> str | camkit.Method:
+        """camkit's method: a name for :func:`camkit.create`, or a configured instance."""
+        return self._method
 
     def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
         """camkit's configuration of the method (keyword arguments of ``camkit.create``)."""

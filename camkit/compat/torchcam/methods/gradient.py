@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import not_landed, seed_from_global_rng
+from camkit.compat._shared import EpsilonXGradCAM, not_landed, seed_from_global_rng
 from camkit.compat.torchcam.methods.core import _CAM, LayerArg
 
 __all__ = [
@@ -151,6 +151,10 @@ class XGradCAM(_GradCAM):
 
     .. math:: w_k^{(c)} = \sum_{i,j} g_k(i, j) \frac{A_k(i, j)}{\sum_{m,n} A_k(m, n)}
 
+    torchcam adds :math:`10^{-8}` to the denominator, which divides by almost zero for
+    channels summing to about :math:`-10^{-8}` (untrained models); camkit guards only exact
+    zeros, and ``legacy_numerics=True`` reproduces torchcam.
+
     Example:
         >>> with XGradCAM(model, "layer4") as cam_extractor:
         ...     scores = model(input_tensor)
@@ -158,6 +162,22 @@ class XGradCAM(_GradCAM):
     """
 
     _method = "xgradcam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerArg = None,
+        input_shape: tuple[int, ...] = (3, 224, 224),
+        legacy_numerics: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layer, input_shape, **kwargs)
+        self.legacy_numerics = legacy_numerics
+
+    def _camkit_method(self, config: dict[str, Any]) -> str | camkit.Method:
+        if self.legacy_numerics:
+            return EpsilonXGradCAM(EpsilonXGradCAM.Config(eps=1e-8))
+        return self._method
 
 
 class LayerCAM(_GradCAM):
