@@ -39,6 +39,9 @@ def build(name: str) -> nn.Module:
 def test_torchcam_matrix(arch, method, batch):
     from torchcam import methods as peer
 
+    if method == "ScoreCAM" and arch in ("vgg11", "densenet121"):
+        pytest.skip("Score-CAM forwards one masked input per channel: minutes on these models")
+
     model, layer = build(arch), ARCHS[arch][1]
     x = images(batch, 64)
     # legacy_numerics: the peers' epsilons divide by almost zero on these untrained models
