@@ -470,3 +470,46 @@ def test_xgradcam_without_the_epsilon_on_near_zero_channels():
     theirs = run(peer, "XGradCAM", model, "features.12", x, 5)[0]
     legacy = run(shim, "XGradCAM", model, "features.12", x, 5, legacy_numerics=True)[0]
     torch.testing.assert_close(legacy, theirs, atol=ATOL, rtol=0)
+
+
+# -- re-expressed from torchcam's tests/test_explain.py ------------------------------------
+
+
+@needs_torchcam
+def test_explain_matches_torchcam(tmp_path):  # test_explain (predicted and expected classes)
+    from PIL import Image
+    from torchcam.explain import explain as peer_explain
+
+    from camkit.compat.torchcam.explain import explain
+
+    model, x = small_cnn(), images(1)
+    ours = explain(model, x, expected_class_idx=4, target_layer="0.3")
+    theirs = peer_explain(model, x, expected_class_idx=4, target_layer="0.3")
+    assert ours.predicted_class_idx == theirs.predicted_class_idx
+    assert sorted(ours.cams) == sorted(theirs.cams)
+    for c in ours.cams:
+        torch.testing.assert_close(ours.cams[c][0], theirs.cams[c][0], atol=ATOL, rtol=0)
+    image = Image.new("RGB", (32, 32))
+    ours.save(tmp_path / "ours", image)
+    theirs.save(tmp_path / "theirs", image)
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == sorted(
+        p.name for p in (tmp_path / "theirs").iterdir()
+    )
+    with pytest.raises(FileExistsError):
+        ours.save(tmp_path / "ours", image)
+
+
+def test_explain_rejects_bad_requests(cnn):  # test_explain_validates_* (argument checks)
+    from camkit.compat.torchcam.explain import explain
+
+    with pytest.raises(ValueError):
+        explain(cnn.train(), images(1))
+    cnn.eval()
+    with pytest.raises(ValueError):
+        explain(cnn, images(2))
+    with pytest.raises(ValueError):
+        explain(cnn, images(1), expected_class_idx=9, target_layer="0.3")
+    with pytest.raises(TypeError):
+        explain(cnn, images(1), method=dict)
+    with torch.inference_mode(), pytest.raises(ValueError):
+        explain(cnn, images(1))

@@ -8,7 +8,7 @@ Example:
     ...     cams = cam_extractor(class_idx=100, scores=scores)
 """
 
-from camkit.compat.torchcam import methods, metrics, utils
+from camkit.compat.torchcam import explain, methods, metrics, utils
 from camkit.compat.torchcam.methods.core import fuse_cams
 
-__all__ = ["fuse_cams", "methods", "metrics", "utils"]
+__all__ = ["explain", "fuse_cams", "methods", "metrics", "utils"]
