@@ -64,9 +64,12 @@ if HAS_CONTRIB:
 def test_grad_cam_matrix(arch, method, batch):
     model = build(arch)
     legacy = method in ("GradCAMPlusPlus", "XGradCAM", "EigenCAM", "EigenGradCAM")
+    # XGrad-CAM's legacy epsilon divides by channel sums of ~1e-8 on untrained models, which
+    # amplifies the forward's float rounding (camkit may run it channels-last).
+    atol = 1e-3 if method == "XGradCAM" else 1e-4
     compare(
         method, model, ARCHS[arch][2](model), images(batch, 64), [5] * batch,
-        {"legacy_numerics": True} if legacy else {}, atol=1e-4,
+        {"legacy_numerics": True} if legacy else {}, atol=atol,
     )  # fmt: skip
 
 
