@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def matrix(session: nox.Session) -> None:
     """Every method on every architecture of the matrix (slow), contrib's methods included."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,compat-test]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "slow", *session.posargs, env=TEST_ENV)
 
