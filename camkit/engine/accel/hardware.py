@@ -1,8 +1,7 @@
 """What this process's devices can do, probed once and cached.
 
 Every fast path of the engine asks here instead of assuming a CPU feature. The probes are
-cheap (a look at the CPU's flags, one tiny operator call per fused-operator probe) and run
-on first use; their results are kept for the life of the process.
+cheap (the CPU's flags, one tiny operator call per fused-operator probe), run on first use.
 
 The environment variable ``CAMKIT_CPU_CAPS`` overrides what is found on the CPU, so that
 every branch can be exercised on any machine (tests, or a user working around a probe):
