@@ -11,8 +11,8 @@ every branch can be exercised on any machine (tests, or a user working around a 
 - ``CAMKIT_CPU_CAPS=fused_fp32,channels_last``: a full list: exactly these are on;
 - ``CAMKIT_CPU_CAPS=none``: all off.
 
-The names are those of :data:`NAMES`. Turning off a capability the CPU has is always safe
-(camkit takes the slower, portable path); turning on one it lacks may make runs slow or fail.
+Names as in :data:`NAMES`. Turning a capability off is always safe (camkit takes the slower,
+portable path); turning on one the CPU lacks may make runs slow or fail.
 """
 
 from __future__ import annotations
