@@ -11,8 +11,7 @@ every branch can be exercised on any machine (tests, or a user working around a 
 - ``CAMKIT_CPU_CAPS=fused_fp32,channels_last``: a full list: exactly these are on;
 - ``CAMKIT_CPU_CAPS=none``: all off.
 
-Names as in :data:`NAMES`. Turning a capability off is always safe (camkit takes the slower,
-portable path); turning on one the CPU lacks may make runs slow or fail.
+Names as in :data:`NAMES`. Turning one off is always safe; turning on one the CPU lacks is not.
 """
 
 from __future__ import annotations
