@@ -21,9 +21,10 @@ TEST_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The fast test suite (the heavy architecture matrix is `nox -s matrix`); with timm, so
-    its model sources and auto layers are tested, and camkit-contrib, whose methods the
-    experiment examples use."""
-    session.install("-e", ".[test,timm]")
+    its model sources and auto layers are tested, Hugging Face transformers (auto layers of its
+    classifiers), camkit-contrib, whose methods the experiment examples use, and the two peer
+    libraries the compat shims are compared with."""
+    session.install("-e", ".[test,timm,hf-test,compat-test]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "not slow", *session.posargs, env=TEST_ENV)
 
@@ -31,7 +32,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def matrix(session: nox.Session) -> None:
     """Every method on every architecture of the matrix (slow), contrib's methods included."""
-    session.install("-e", ".[test,timm]")
+    session.install("-e", ".[test,timm,compat-test]")
     session.install("./plugins/camkit-contrib")
     session.run("pytest", "-m", "slow", *session.posargs, env=TEST_ENV)
 

@@ -16,7 +16,7 @@ import camkit
 from camkit import zoo
 from camkit.engine import accel
 from camkit.engine.accel import accelerator, capabilities, hardware, quantized
-from camkit.engine.accel.inference import ConvActivation
+from camkit.engine.accel.rewrites import ConvActivation
 from camkit.errors import ConfigError, PerformanceWarning
 
 PROBED = capabilities()

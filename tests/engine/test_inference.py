@@ -17,12 +17,8 @@ from torch import Tensor, fx, nn
 import camkit
 from camkit.engine import accel
 from camkit.engine.accel import capabilities, hardware, inference
-from camkit.engine.accel.inference import (
-    ConvActivation,
-    GlobalAvgPool,
-    global_avg_pool,
-    inference_copy,
-)
+from camkit.engine.accel.inference import inference_copy
+from camkit.engine.accel.rewrites import ConvActivation, GlobalAvgPool, global_avg_pool
 from camkit.engine.options import Setup
 from camkit.engine.scoring import score_masks
 from camkit.engine.services import Services

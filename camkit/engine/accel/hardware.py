@@ -1,8 +1,7 @@
 """What this process's devices can do, probed once and cached.
 
 Every fast path of the engine asks here instead of assuming a CPU feature. The probes are
-cheap (a look at the CPU's flags, one tiny operator call per fused-operator probe) and run
-on first use; their results are kept for the life of the process.
+cheap (the CPU's flags, one tiny operator call per fused-operator probe), run on first use.
 
 The environment variable ``CAMKIT_CPU_CAPS`` overrides what is found on the CPU, so that
 every branch can be exercised on any machine (tests, or a user working around a probe):
@@ -12,8 +11,7 @@ every branch can be exercised on any machine (tests, or a user working around a 
 - ``CAMKIT_CPU_CAPS=fused_fp32,channels_last``: a full list: exactly these are on;
 - ``CAMKIT_CPU_CAPS=none``: all off.
 
-The names are those of :data:`NAMES`. Turning off a capability the CPU has is always safe
-(camkit takes the slower, portable path); turning on one it lacks may make runs slow or fail.
+Names as in :data:`NAMES`. Turning one off is always safe; turning on one the CPU lacks is not.
 """
 
 from __future__ import annotations
@@ -227,7 +225,7 @@ class _Clamp(nn.Hardtanh):
 def _fused_works(dtype: torch.dtype) -> bool:
     """Whether oneDNN's fused convolution runs in ``dtype`` in this build on this CPU and
     computes what the convolution followed by the activation computes."""
-    from camkit.engine.accel.inference import POST_OPS, ConvActivation
+    from camkit.engine.accel.rewrites import POST_OPS, ConvActivation
 
     rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (0.05, 0.05)
     gen = torch.Generator().manual_seed(0)

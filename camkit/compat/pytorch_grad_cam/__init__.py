@@ -1,0 +1,81 @@
+"""pytorch-grad-cam 1.5.7's public API, computed by camkit: change ``pytorch_grad_cam`` to
+``camkit.compat.pytorch_grad_cam`` in the import lines.
+
+Example:
+    >>> from camkit.compat.pytorch_grad_cam import GradCAM
+    >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    >>> with GradCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
+    ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
+"""
+
+from typing import Any
+
+from camkit.compat._shared import not_landed
+from camkit.compat.pytorch_grad_cam import metrics, utils
+from camkit.compat.pytorch_grad_cam.base_cam import (
+    AblationCAM,
+    AblationLayer,
+    AblationLayerVit,
+    BaseCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+
+FinerCAM = not_landed("pytorch-grad-cam", "FinerCAM")
+ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
+FEM = not_landed("pytorch-grad-cam", "FEM")
+KPCA_CAM = not_landed("pytorch-grad-cam", "KPCA_CAM")
+FullGrad = not_landed("pytorch-grad-cam", "FullGrad")
+GuidedBackpropReLUModel = not_landed("pytorch-grad-cam", "GuidedBackpropReLUModel")
+SegEigenCAM = not_landed("pytorch-grad-cam", "SegEigenCAM")
+RefineCAM = not_landed("pytorch-grad-cam", "RefineCAM")
+SESS = not_landed("pytorch-grad-cam", "SESS")
+DeepFeatureFactorization = not_landed("pytorch-grad-cam", "DeepFeatureFactorization")
+AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
+ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
+
+
+def run_dff_on_image(*args: Any, **kwargs: Any) -> Any:
+    """Not in camkit yet: Deep Feature Factorization (raises ``MethodNotFoundError``)."""
+    return DeepFeatureFactorization()
+
+
+__all__ = [
+    "FEM",
+    "KPCA_CAM",
+    "SESS",
+    "AblationCAM",
+    "AblationLayer",
+    "AblationLayerFasterRCNN",
+    "AblationLayerVit",
+    "ActivationsAndGradients",
+    "BaseCAM",
+    "DeepFeatureFactorization",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
+    "HiResCAM",
+    "LayerCAM",
+    "RandomCAM",
+    "RefineCAM",
+    "ScoreCAM",
+    "SegEigenCAM",
+    "ShapleyCAM",
+    "XGradCAM",
+    "metrics",
+    "run_dff_on_image",
+    "utils",
+]

@@ -1,0 +1,56 @@
+"""torchcam 0.5.0's ``torchcam.utils``: overlays drawn by :func:`camkit.overlay`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import camkit
+from camkit.compat._shared import CompatTypeError
+from camkit.errors import InputError
+
+__all__ = ["overlay_mask"]
+
+
+def overlay_mask(
+    img: Image.Image, mask: Image.Image, colormap: Any = "jet", alpha: float = 0.7
+) -> Image.Image:
+    """Overlay a colour-mapped mask on a background image, as torchcam does.
+
+    The mask is resized to the image (bicubic) and squared before colour mapping; the result
+    is ``alpha * img + (1 - alpha) * heatmap``. Named colormaps (``"jet"``, ``"viridis"``,
+    ``"gray"``) are camkit's, so colours differ from matplotlib's by a few levels; a callable
+    colormap (e.g. a matplotlib ``Colormap``) is applied as torchcam applies it.
+
+    Args:
+        img: background image (grayscale or RGB).
+        mask: ``(h, w)`` grayscale mask in ``[0, 1]`` (e.g. mode ``"F"``).
+        colormap: a colormap name or a callable ``cmap(values, bytes=True)``.
+        alpha: weight of the background, in ``[0, 1)``.
+
+    Returns:
+        the RGB overlay, of ``img``'s size.
+
+    Example:
+        >>> from PIL import Image
+        >>> img = Image.new("RGB", (32, 32))
+        >>> mask = Image.fromarray(np.random.rand(7, 7).astype(np.float32), mode="F")
+        >>> overlay_mask(img, mask).size
+        (32, 32)
+    """
+    if not isinstance(img, Image.Image) or not isinstance(mask, Image.Image):
+        raise CompatTypeError("img and mask arguments need to be PIL.Image")
+    if not isinstance(alpha, float) or not 0 <= alpha < 1:
+        raise InputError(f"alpha must be a float in [0, 1), got {alpha!r}")
+    if len(img.getbands()) not in {1, 3}:
+        raise InputError(f"img must be a grayscale or RGB image, got mode {img.mode!r}")
+    # Squared in the mask's own dtype, as torchcam does (uint8 masks wrap around).
+    values = np.asarray(mask.resize(img.size, resample=Image.Resampling.BICUBIC)) ** 2
+    if callable(colormap):
+        heat = Image.fromarray(colormap(values, bytes=True)[:, :, :3])
+        return Image.blend(heat, img.convert("RGB"), alpha)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values / 255  # integer masks index a 256-colour table in torchcam
+    return camkit.overlay(img, values.astype(np.float32), alpha=1 - alpha, cmap=colormap)
