@@ -168,6 +168,7 @@ def _softmax_targets(lib, classes=(1, 2)):
     return [lib.ClassifierOutputSoftmaxTarget(c) for c in classes]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # in the original
 @needs_grad_cam
 @pytest.mark.parametrize("percentile", [10, 55, 90])
 @pytest.mark.parametrize("name", ["ROADMostRelevantFirst", "ROADLeastRelevantFirst"])
@@ -193,6 +194,7 @@ def test_road_matches_grad_cam_without_noise(name, percentile):
     np.testing.assert_allclose(after - clean, ours, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # in the original
 @needs_grad_cam
 @pytest.mark.parametrize(
     "name", ["ROADMostRelevantFirstAverage", "ROADLeastRelevantFirstAverage", "ROADCombined"]
