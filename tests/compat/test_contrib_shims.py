@@ -337,3 +337,40 @@ def test_without_contrib_the_error_says_how_to_install_it(lib, name, monkeypatch
     layer = layers(model) if lib is shim else "0.3"
     with pytest.raises(MethodNotFoundError, match=r"pip install \./plugins/camkit-contrib"):
         getattr(lib, name)(model, layer)
+
+
+# -- ResNet-18 (slow) ---------------------------------------------------------------------
+
+
+@needs_grad_cam
+@needs_contrib
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["FEM", "SegEigenCAM", "FinerCAM", "RefineCAM"])
+def test_grad_cam_shims_match_on_resnet18(resnet, name):
+    target_layers = [resnet.layer3[-1], resnet.layer4[-1]]
+    base = {"base_method": "LayerCAM"} if name == "RefineCAM" else {}
+    x = images(2, size=128)  # FEM's k = 2 needs more than 5 locations (camkit's LayerError)
+    theirs_cam = getattr(grad_cam(), name)(
+        resnet, target_layers, **{k: getattr(grad_cam(), v) for k, v in base.items()}
+    )
+    ours_cam = getattr(shim, name)(
+        resnet, target_layers, **{k: getattr(shim, v) for k, v in base.items()}
+    )
+    np.testing.assert_allclose(ours_cam(x, None), theirs_cam(x, None), atol=1e-4, rtol=0)
+
+
+@needs_torchcam
+@needs_contrib
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["FinerCAM", "RefineCAM"])
+def test_torchcam_shims_match_on_resnet18(resnet, name):
+    import torchcam.methods as peer
+
+    x = images(2, size=64)
+    layer = ["layer3", "layer4"]
+    maps = []
+    for lib in (peer, tc_shim):
+        with getattr(lib, name)(resnet, layer, base_method=lib.LayerCAM) as extractor:
+            maps.append(extractor([1, 2], resnet(x)))
+    for ours, theirs in zip(maps[1], maps[0]):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
