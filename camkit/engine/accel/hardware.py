@@ -225,7 +225,7 @@ class _Clamp(nn.Hardtanh):
 def _fused_works(dtype: torch.dtype) -> bool:
     """Whether oneDNN's fused convolution runs in ``dtype`` in this build on this CPU and
     computes what the convolution followed by the activation computes."""
-    from camkit.engine.accel.inference import POST_OPS, ConvActivation
+    from camkit.engine.accel.rewrites import POST_OPS, ConvActivation
 
     rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (0.05, 0.05)
     gen = torch.Generator().manual_seed(0)
