@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -37,6 +39,21 @@ def not_landed(library: str, name: str) -> type:
         )
 
     return type(name, (), {"__init__": __init__, "__doc__": f"Not in camkit yet: {name}."})
+
+
+def contrib(name: str) -> ModuleType:
+    """``camkit_contrib``, which the shim ``name`` is computed with, or a clear error.
+
+    Example:
+        >>> FinerTarget = contrib("FinerCAM").FinerTarget
+    """
+    try:
+        return importlib.import_module("camkit_contrib")
+    except ImportError as exc:
+        raise MethodNotFoundError(
+            f"{name} is computed by camkit-contrib, which is not installed: "
+            "pip install ./plugins/camkit-contrib"
+        ) from exc
 
 
 @contextmanager

@@ -16,6 +16,8 @@ SHIMS = [
     "camkit.compat.pytorch_grad_cam.utils.reshape_transforms",
     "camkit.compat.pytorch_grad_cam.metrics.cam_mult_image",
     "camkit.compat.pytorch_grad_cam.metrics.road",
+    "camkit.compat.pytorch_grad_cam.finer_cam",
+    "camkit.compat.torchcam.methods.wrappers",
 ]
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from camkit.compat._shared import not_landed
 from camkit.compat.pytorch_grad_cam import metrics, utils
 from camkit.compat.pytorch_grad_cam.base_cam import (
+    FEM,
+    KPCA_CAM,
     AblationCAM,
     AblationLayer,
     AblationLayerVit,
@@ -26,17 +28,14 @@ from camkit.compat.pytorch_grad_cam.base_cam import (
     LayerCAM,
     RandomCAM,
     ScoreCAM,
+    SegEigenCAM,
     XGradCAM,
 )
+from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 
-FinerCAM = not_landed("pytorch-grad-cam", "FinerCAM")
 ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
-FEM = not_landed("pytorch-grad-cam", "FEM")
-KPCA_CAM = not_landed("pytorch-grad-cam", "KPCA_CAM")
 FullGrad = not_landed("pytorch-grad-cam", "FullGrad")
 GuidedBackpropReLUModel = not_landed("pytorch-grad-cam", "GuidedBackpropReLUModel")
-SegEigenCAM = not_landed("pytorch-grad-cam", "SegEigenCAM")
-RefineCAM = not_landed("pytorch-grad-cam", "RefineCAM")
 SESS = not_landed("pytorch-grad-cam", "SESS")
 DeepFeatureFactorization = not_landed("pytorch-grad-cam", "DeepFeatureFactorization")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")

@@ -24,6 +24,8 @@ from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputT
 from camkit.errors import ConfigError, TargetError
 
 __all__ = [
+    "FEM",
+    "KPCA_CAM",
     "AblationCAM",
     "AblationLayer",
     "AblationLayerVit",
@@ -37,6 +39,7 @@ __all__ = [
     "LayerCAM",
     "RandomCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "XGradCAM",
 ]
 
@@ -184,6 +187,10 @@ class BaseCAM:
         """The maps of one input batch, without augmentation."""
         param = next(self.model.parameters(), None)
         x = input_tensor.to(param.device) if param is not None else input_tensor
+        return self._maps(x, camkit_targets(targets, x.shape[0]), eigen_smooth)
+
+    def _maps(self, x: Tensor, targets: Any, eigen_smooth: bool) -> np.ndarray:
+        """The ``(B, H, W)`` maps of ``x`` for camkit's ``targets``."""
         activations: list[Tensor] = []
         handles = []
         if self._needs_activations(eigen_smooth):
@@ -191,7 +198,7 @@ class BaseCAM:
                 handles.append(layer.register_forward_hook(self._recorder(activations)))
         try:
             with eval_mode(self.model):
-                result = self._camkit()(x, camkit_targets(targets, x.shape[0]))
+                result = self._camkit()(x, targets)
         finally:
             for handle in handles:
                 handle.remove()
@@ -433,11 +440,12 @@ class AblationCAM(BaseCAM):
 
 
 class EigenCAM(BaseCAM):
-    """Eigen-CAM (camkit's ``eigencam``): the activations' first principal component, its
-    sign chosen to agree with the activations' mean.
+    """Eigen-CAM (camkit's ``eigencam`` with ``center=True``): the centred activations' first
+    principal component, as pytorch-grad-cam computes it, its sign chosen to agree with the
+    activations' mean.
 
-    pytorch-grad-cam centres the activations and keeps whatever sign the SVD returns (after
-    the ReLU a flipped map shows the complement); ``legacy_numerics=True`` reproduces that.
+    pytorch-grad-cam keeps whatever sign the SVD returns (after the ReLU a flipped map shows
+    the complement); ``legacy_numerics=True`` reproduces that with NumPy's SVD.
 
     Example:
         >>> grayscale_cam = EigenCAM(model, [model.layer4[-1]])(x)
@@ -445,6 +453,9 @@ class EigenCAM(BaseCAM):
 
     method = "eigencam"
     smoothable = False
+
+    def _camkit_config(self) -> dict[str, Any]:
+        return {**self._config, "center": True}
 
     def _layer_map(
         self, result: camkit.CAMResult, name: str, acts: Tensor | None, eigen_smooth: bool
@@ -459,7 +470,8 @@ class EigenCAM(BaseCAM):
 
 
 class EigenGradCAM(EigenCAM):
-    """Eigen-Grad-CAM (camkit's ``eigengradcam``): Eigen-CAM of gradients times activations.
+    """Eigen-Grad-CAM (camkit's ``eigengradcam`` with ``center=True``): Eigen-CAM of
+    gradients times activations.
 
     ``legacy_numerics=True`` reproduces pytorch-grad-cam's centred, sign-ambiguous projection.
 
@@ -471,6 +483,9 @@ class EigenGradCAM(EigenCAM):
 
     def _camkit_method(self) -> str | camkit.Method:
         return "hirescam" if self.legacy_numerics else self.method  # weights g for g * A
+
+    def _camkit_config(self) -> dict[str, Any]:
+        return dict(self._config) if self.legacy_numerics else super()._camkit_config()
 
     def _legacy_features(self, result: camkit.CAMResult, name: str, acts: Tensor) -> Tensor:
         return self._weighted(result.weights[name], acts)
@@ -492,3 +507,67 @@ class RandomCAM(BaseCAM):
 
     def _camkit_config(self) -> dict[str, Any]:
         return {**self._config, "seed": int(np.random.randint(0, 2**31 - 1))}
+
+
+class KPCA_CAM(BaseCAM):
+    """KPCA-CAM (camkit's ``kpcacam``): the activations' first kernel principal component, its
+    sign chosen to agree with the activations' mean (scikit-learn's, in the original, makes
+    the largest-magnitude entry positive, so after the ReLU the original may show the
+    complement).
+
+    Example:
+        >>> grayscale_cam = KPCA_CAM(model, [model.layer4[-1]], kernel="rbf")(x)
+    """
+
+    method = "kpcacam"
+    smoothable = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module],
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        kernel: str = "sigmoid",
+        gamma: float | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, uses_gradients=False, **kw)
+        self.kernel = kernel
+        self.gamma = gamma
+        self._config.update(kernel=kernel, gamma=gamma)
+
+
+class FEM(BaseCAM):
+    """FEM (camkit's ``fem``): channels weighted by their share of locations above
+    ``mean + k * std``.
+
+    Example:
+        >>> grayscale_cam = FEM(model, [model.layer4[-1]], k=2)(x)
+    """
+
+    method = "fem"
+    smoothable = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module],
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        k: float = 2,
+        **kw: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, uses_gradients=False, **kw)
+        self.k = k
+        self._config["k"] = k
+
+
+class SegEigenCAM(BaseCAM):
+    """Seg-Eigen-CAM (camkit's ``segeigencam``): the first principal component of
+    ``|gradients| * activations``, flipped when its most extreme value is negative.
+
+    Example:
+        >>> grayscale_cam = SegEigenCAM(model, [model.layer4[-1]])(x)
+    """
+
+    method = "segeigencam"
+    smoothable = False

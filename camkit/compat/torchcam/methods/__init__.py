@@ -3,15 +3,14 @@
 from camkit.compat.torchcam.methods.activation import CAM, ISCAM, SSCAM, ScoreCAM
 from camkit.compat.torchcam.methods.core import OutputTarget
 from camkit.compat.torchcam.methods.gradient import (
-    FinerCAM,
     GradCAM,
     GradCAMpp,
     LayerCAM,
     LeGrad,
-    RefineCAM,
     SmoothGradCAMpp,
     XGradCAM,
 )
+from camkit.compat.torchcam.methods.wrappers import FinerCAM, RefineCAM
 
 __all__ = [
     "CAM",

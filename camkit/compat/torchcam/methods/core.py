@@ -281,9 +281,12 @@ class _CAM:
         Returns:
             one ``(N, h, w)`` map per target layer.
         """
-        batch = self._batch()
-        chosen: Any = camkit_target(targets, batch) if targets is not None else class_idx
-        result = self._run(chosen, scores, bool(kwargs.get("retain_graph", False)))
+        chosen: Any = camkit_target(targets, self._batch()) if targets is not None else class_idx
+        return self._cams(chosen, scores, normalized, bool(kwargs.get("retain_graph", False)))
+
+    def _cams(self, chosen: Any, scores: Any, normalized: bool, retain_graph: bool) -> list[Tensor]:
+        """One ``(N, h, w)`` map per target layer for camkit's ``targets`` ``chosen``."""
+        result = self._run(chosen, scores, retain_graph)
         cams = self._maps(result)
         return [self._normalize(cam) if normalized else cam for cam in cams]
 

@@ -18,12 +18,10 @@ from camkit.compat._shared import EpsilonXGradCAM, not_landed, seed_from_global_
 from camkit.compat.torchcam.methods.core import _CAM, LayerArg
 
 __all__ = [
-    "FinerCAM",
     "GradCAM",
     "GradCAMpp",
     "LayerCAM",
     "LeGrad",
-    "RefineCAM",
     "SmoothGradCAMpp",
     "XGradCAM",
 ]
@@ -201,5 +199,3 @@ class LayerCAM(_GradCAM):
 
 
 LeGrad = not_landed("torchcam", "LeGrad")
-RefineCAM = not_landed("torchcam", "RefineCAM")
-FinerCAM = not_landed("torchcam", "FinerCAM")
