@@ -102,8 +102,8 @@ def _score(report: dict[str, Any]) -> list[str]:
         "## Score family",
         "",
         f"Median of {s['score_repeats']} runs after a warm-up call, interleaved. Limit: "
-        "C x N bare forwards (fp32, the model as given) in chunks of the method's batch "
-        "size; ratio = exact / limit. For each reduced precision: its time, its speed-up "
+        "C x N bare forwards (fp32, the model as given) in chunks of the run option "
+        "batch_size; ratio = exact / limit. For each reduced precision: its time, its speed-up "
         'over exact (`precision="fp32"`), the Pearson r of its maps against exact mode\'s '
         "(the lowest over the batch), and what the engine ran (docs/methods.md, Precision). "
         "Peak: rise of peak RSS during one exact call, and during bare channels-last chunk "

@@ -117,16 +117,13 @@ LATENCY_SECONDS = 1.0
 MOST_REPEATS = 60
 
 
-@functools.cache
 def method_kind(name: str) -> str:
-    """``"gradient"`` (the method needs gradients), ``"perturbation"`` (it forwards more
-    than the explained input: seen on the tiny model) or ``"activation"``."""
-    if camkit.method_info(name).needs_gradients:
+    """``"gradient"`` (the method needs gradients), ``"perturbation"`` (it declares many
+    forwards and no gradients) or ``"activation"``."""
+    info = camkit.method_info(name)
+    if info.needs_gradients:
         return "gradient"
-    model = build_model("tiny")
-    x = make_input("tiny", 1)
-    extractor = camkit.create(name, model, MODELS["tiny"].layer, progress=False)
-    return "perturbation" if len(forward_sizes(model, lambda: extractor(x))) > 1 else "activation"
+    return "perturbation" if info.many_forwards else "activation"
 
 
 def noise_draws(name: str, config: dict[str, Any], x: Tensor) -> Fn | None:
@@ -159,7 +156,7 @@ def make_input(model_name: str, batch: int) -> Tensor:
 
 def method_config(name: str, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The keywords ``camkit.create`` gets: the model's overrides, ``num_samples`` where the
-    method has one, ``batch_size`` for perturbation methods."""
+    method has one, the run option ``batch_size`` for perturbation methods."""
     config = dict(MODELS[model_name].configs.get(name, {}))
     fields = camkit.method_info(name).config.model_fields
     if "num_samples" in fields:
@@ -269,7 +266,7 @@ def bench_perturbation(
         p: camkit.create(name, model, spec.layer, progress=False, **config, precision=p)
         for p in args.precisions
     }
-    chunk = int(config["batch_size"])
+    chunk = exact.options.batch_size
     samples = int(config.get("num_samples", 1))
     channels = layer_channels(model, resolve(model, spec.layer)[1], x)
     nominal = batch * channels * samples

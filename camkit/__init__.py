@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from camkit._version import __version__
 
 if TYPE_CHECKING:
     from camkit import errors, targets, tasks
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
         register_plugin,
         unregister_plugin,
     )
-    from camkit.engine import CAMResult, Extractor, fuse, normalize
+    from camkit.engine import CAMResult, Extractor, RunOptions, fuse
+    from camkit.engine.layers import LayerSpec
     from camkit.explainer import explain
-    from camkit.method import Context, Field, Method, MethodConfig, hookimpl
+    from camkit.method import Context, Field, Method, MethodConfig, hookimpl, minmax_normalize
     from camkit.registry import MethodInfo, PluginInfo
     from camkit.viz import overlay
 
@@ -48,13 +49,15 @@ _LAZY = {
     "CAMResult": "camkit.engine",
     "Extractor": "camkit.engine",
     "fuse": "camkit.engine",
-    "normalize": "camkit.engine",
+    "RunOptions": "camkit.engine",
+    "LayerSpec": "camkit.engine.layers",
     "explain": "camkit.explainer",
     "Context": "camkit.method",
     "Field": "camkit.method",
     "Method": "camkit.method",
     "MethodConfig": "camkit.method",
     "hookimpl": "camkit.method",
+    "minmax_normalize": "camkit.method",
     "MethodInfo": "camkit.registry",
     "PluginInfo": "camkit.registry",
     "overlay": "camkit.viz",
@@ -65,10 +68,12 @@ __all__ = [
     "Context",
     "Extractor",
     "Field",
+    "LayerSpec",
     "Method",
     "MethodConfig",
     "MethodInfo",
     "PluginInfo",
+    "RunOptions",
     "__version__",
     "create",
     "errors",
@@ -79,7 +84,7 @@ __all__ = [
     "list_plugins",
     "make_config",
     "method_info",
-    "normalize",
+    "minmax_normalize",
     "overlay",
     "register_plugin",
     "targets",

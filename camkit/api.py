@@ -10,6 +10,7 @@ from torch import nn
 
 from camkit.engine import Extractor
 from camkit.engine.layers import LayerSpec
+from camkit.engine.options import describe, run_options, split_options
 from camkit.engine.outputs import Layout
 from camkit.errors import ConfigError
 from camkit.method import MethodConfig
@@ -47,12 +48,7 @@ def make_config(name: str, **config: Any) -> MethodConfig:
     try:
         return info.config(**config)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}"
-            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid config for method {info.name!r}: {problems}") from None
+        raise ConfigError(f"invalid config for method {info.name!r}: {describe(exc)}") from None
 
 
 def create(
@@ -63,9 +59,7 @@ def create(
     input_shape: Sequence[int] | None = None,
     layout: Layout = "auto",
     grid: tuple[int, int] | None = None,
-    progress: bool | None = None,
-    channels_last: bool | None = None,
-    **config: Any,
+    **options: Any,
 ) -> Extractor:
     """Create an extractor for method ``name`` on ``model``.
 
@@ -78,23 +72,23 @@ def create(
         layout: how to read the layer's output: ``"auto"``, ``"nchw"``, ``"nhwc"`` or
             ``"tokens"``.
         grid: ``(h, w)`` of a token grid when it is not square.
-        progress: show progress bars for long scoring work (``None``: when on a terminal).
-        channels_last: the layout of the model's forward passes (the explained input and the
-            scoring service's masked inputs): ``None`` lets camkit forward channels-last
-            copies of 4-D inputs where torch's convolutions run them faster, ``False`` always
-            forwards them as given (for models with operations that ignore strides),
-            ``True`` always channels-last.
-        **config: the method's configuration, validated by its ``Config``.
+        **options: run options (:class:`camkit.RunOptions`: ``batch_size``, ``precision``,
+            ``channels_last``, ``progress``) and the method's configuration (validated by its
+            ``Config``), split by name; a key neither declares is a :class:`ConfigError`.
+
+    Example:
+        >>> cam = camkit.create("scorecam", model, "layer4", batch_size=64, precision="bf16")
+        >>> res = cam(images)
     """
     info = registry.info(name)
+    run, config = split_options(options, info.config.model_fields, info.name)
     method = info.cls(make_config(info.name, **config))
     return Extractor(
         method,
         model,
         layer,
+        options=run_options(**run),
         input_shape=input_shape,
         layout=layout,
         grid=grid,
-        progress=progress,
-        channels_last=channels_last,
     )

@@ -140,7 +140,8 @@ def explain(
             ``[0, 1]`` RGB, shorter side 224, unless this is given).
         top: how many predictions to report.
         name: the stem of saved files (default: the file's stem, or ``"image"``).
-        **options: method options (e.g. ``batch_size``), given to every method.
+        **options: run options (:class:`camkit.RunOptions`, e.g. ``batch_size``) and method
+            options, given to every method.
 
     Example:
         >>> result = camkit.explain("cat.jpg", "torchvision:resnet18")  # doctest: +SKIP

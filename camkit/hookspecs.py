@@ -32,7 +32,11 @@ def camkit_methods() -> list[type[Method]]:  # type: ignore[empty-body]
     plugin is registered at run time.
 
     Each class subclasses :class:`camkit.Method` and sets ``name`` (lower-case letters, digits
-    and hyphens), ``summary``, ``Config`` and either ``weights()`` or ``map()``. A name or alias
-    that another plugin already claims raises :class:`camkit.errors.PluginError` naming both
-    distributions; nothing is overwritten.
+    and hyphens), ``summary``, ``Config`` and either ``weights()`` or ``map()``, and declares
+    what it needs: ``needs_gradients`` (it reads ``ctx.gradients``), ``many_forwards`` (it
+    runs the model many times per image, through ``ctx.score``, ``ctx.score_layer`` or
+    ``ctx.gradients_at``). ``Config`` holds only the weight strategy's parameters: how the
+    model is run (``batch_size``, ``precision``, ...) is the engine's
+    :class:`camkit.RunOptions`. A name or alias that another plugin already claims raises
+    :class:`camkit.errors.PluginError` naming both distributions; nothing is overwritten.
     """

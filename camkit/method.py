@@ -8,16 +8,22 @@ upsampling, fusion) is the engine's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pluggy
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-__all__ = ["Context", "Field", "Method", "MethodConfig", "hookimpl"]
+__all__ = [
+    "Context",
+    "Field",
+    "Method",
+    "MethodConfig",
+    "ModelServices",
+    "hookimpl",
+    "minmax_normalize",
+]
 
 #: Marks a plugin's implementation of a camkit hook (see :mod:`camkit.hookspecs`).
 hookimpl = pluggy.HookimplMarker("camkit")
@@ -33,16 +39,40 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-@dataclass(eq=False)
+class ModelServices(Protocol):
+    """What the engine provides for one call: every pass through the model goes through it.
+
+    Methods never see this object; they use :class:`Context`, which wraps it for one layer.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    scores: Tensor
+    baseline_scores: Tensor
+    model: nn.Module
+
+    def activations(self, layer: str) -> Tensor: ...
+    def prefix_tokens(self, layer: str) -> int: ...
+    def gradients(self, layer: str) -> Tensor: ...
+    def score(
+        self, masks: Tensor, *, noise_std: float, generator: torch.Generator | None
+    ) -> Tensor: ...
+    def score_layer(self, layer: str, masks: Tensor) -> Tensor: ...
+    def gradients_at(self, layer: str, inputs: Tensor) -> Tensor: ...
+    def module(self, name: str) -> nn.Module: ...
+
+
 class Context:
     """What the engine captured for one target layer, and the services a method may use.
+
+    Every forward and backward pass a method asks for goes through the engine's services
+    for the call: chunked by the run option ``batch_size``, in the run options' precision and
+    memory layout, with progress bars and health checks.
 
     Attributes:
         layer: the target layer's dotted name.
         activations: ``(B, C, h, w)`` (or ``(B, C, t, h, w)``) output of the layer on the
             clean input, already in channels-first layout.
-        gradients: d(target score)/d(activations), same shape, or ``None`` when the method
-            does not declare ``needs_gradients`` (computed on first access).
         inputs: ``(B, C_in, H, W)`` the input the model was explained on.
         targets: ``(B,)`` long class indices (``-1`` for callable targets).
         scores: the model's clean output scores, usually ``(B, num_classes)``.
@@ -53,28 +83,30 @@ class Context:
             ``0`` for feature maps.
     """
 
-    layer: str
-    activations: Tensor
-    inputs: Tensor
-    targets: Tensor
-    scores: Tensor
-    baseline_scores: Tensor
-    model: nn.Module
-    _score: Callable[..., Tensor] = field(repr=False)
-    _gradients_at: Callable[[Tensor], Tensor] = field(repr=False)
-    _module: Callable[[str], nn.Module] = field(repr=False)
-    _batch_size: int = field(default=32, repr=False)
-    _score_layer: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
-    _gradients: Tensor | Callable[[], Tensor | None] | None = field(default=None, repr=False)
-    prefix_tokens: int = 0
+    def __init__(self, layer: str, services: ModelServices) -> None:
+        self.layer = layer
+        self._services = services
+        self.activations = services.activations(layer)
+        self.inputs = services.inputs
+        self.targets = services.targets
+        self.scores = services.scores
+        self.baseline_scores = services.baseline_scores
+        self.model = services.model
+        self.prefix_tokens = services.prefix_tokens(layer)
+
+    def __repr__(self) -> str:
+        return f"Context(layer={self.layer!r}, activations={tuple(self.activations.shape)})"
 
     @property
-    def gradients(self) -> Tensor | None:
-        """d(target score)/d(activations), or ``None`` when the method does not declare
-        ``needs_gradients``. The backward pass runs when a method first reads them."""
-        if callable(self._gradients):
-            self._gradients = self._gradients()
-        return self._gradients
+    def gradients(self) -> Tensor:
+        """``(B, C, h, w)`` d(target score)/d(activations), like :attr:`activations`.
+
+        The backward pass runs when a method first reads them (one pass for every layer).
+
+        Raises:
+            PluginError: the method does not declare ``needs_gradients = True``.
+        """
+        return self._services.gradients(self.layer)
 
     def score(
         self,
@@ -95,10 +127,13 @@ class Context:
             generator: random source for the noise.
 
         Returns:
-            ``(B, M)`` target scores, computed in chunks of the method's ``batch_size`` under
-            ``torch.inference_mode()``. Identical masks of one image are forwarded once.
+            ``(B, M)`` target scores under ``torch.inference_mode()``. Identical masks of one
+            image are forwarded once.
+
+        Example:
+            >>> gains = ctx.score(minmax_normalize(ctx.activations)) - ctx.baseline_scores[:, None]
         """
-        return self._score(masks, noise_std=noise_std, generator=generator)
+        return self._services.score(masks, noise_std=noise_std, generator=generator)
 
     def score_layer(self, masks: Tensor) -> Tensor:
         """Target scores with this layer's output multiplied channel-wise by each mask.
@@ -110,12 +145,13 @@ class Context:
                 one chunk at a time.
 
         Returns:
-            ``(B, M)`` target scores, computed in chunks of the method's ``batch_size`` under
-            ``torch.inference_mode()``.
+            ``(B, M)`` target scores under ``torch.inference_mode()``.
+
+        Example:
+            >>> B, C = ctx.activations.shape[:2]
+            >>> ablated = ctx.score_layer((1 - torch.eye(C)).expand(B, C, C))
         """
-        if self._score_layer is None:
-            raise NotImplementedError("this Context was built without a layer scoring service")
-        return self._score_layer(masks)
+        return self._services.score_layer(self.layer, masks)
 
     def gradients_at(self, inputs: Tensor) -> Tensor:
         """Gradients at this layer for other inputs (e.g. noisy copies of :attr:`inputs`).
@@ -126,23 +162,50 @@ class Context:
                 scored for the target of its image.
 
         Returns:
-            ``(N * B, C, h, w)`` gradients, computed in chunks of the method's batch size.
+            ``(N * B, C, h, w)`` gradients.
+
+        Example:
+            >>> noisy = ctx.inputs + 0.1 * torch.randn_like(ctx.inputs)
+            >>> grads = ctx.gradients_at(noisy)
         """
-        return self._gradients_at(inputs)
+        return self._services.gradients_at(self.layer, inputs)
 
     def module(self, name: str) -> nn.Module:
-        """Resolve another submodule of the model by the same rules as target layers."""
-        return self._module(name)
+        """Resolve another submodule of the model by the same rules as target layers.
+
+        Example:
+            >>> classifier = ctx.module("fc")
+        """
+        return self._services.module(name)
 
     @staticmethod
     def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-        """A random generator seeded with ``seed`` (a fresh random seed when ``None``)."""
+        """A random generator seeded with ``seed`` (a fresh random seed when ``None``).
+
+        Example:
+            >>> gen = ctx.generator(self.config.seed, ctx.inputs.device)
+        """
         gen = torch.Generator(device=device)
         if seed is None:
             gen.seed()
         else:
             gen.manual_seed(seed)
         return gen
+
+
+def minmax_normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
+    """Min-max normalize each map over its last ``spatial_dims`` dimensions.
+
+    ``(m - min) / (max - min)`` per map; a constant map becomes all zeros, never NaN.
+
+    Example:
+        >>> masks = minmax_normalize(ctx.activations)  # (B, C, h, w), each channel in [0, 1]
+    """
+    flat = maps.flatten(-spatial_dims)
+    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
+    # A constant map has m - lo == 0 exactly, so any positive span gives zeros.
+    span = (hi - lo).clamp_min_(torch.finfo(flat.dtype).tiny)
+    return (flat - lo).div_(span).view(maps.shape)
 
 
 class Method:
@@ -159,6 +222,11 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     needs_gradients: ClassVar[bool] = False
+    #: The method runs the model many times per image (:meth:`Context.score`,
+    #: :meth:`Context.score_layer`, :meth:`Context.gradients_at`). It declares only *that*;
+    #: how those forwards run (``batch_size``, ``precision``, layout) is the engine's run
+    #: options' business.
+    many_forwards: ClassVar[bool] = False
     relu: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from camkit import hookspecs
+from camkit._version import __version__
 from camkit.errors import MethodNotFoundError, PluginError, did_you_mean
 from camkit.method import Method, MethodConfig
 
@@ -38,6 +39,7 @@ class MethodInfo:
     version: str
     aliases: tuple[str, ...] = ()
     cls: type[Method] = field(default=Method, repr=False)
+    many_forwards: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The config's JSON schema (defaults and constraints included)."""
@@ -56,7 +58,7 @@ class PluginInfo:
     error: BaseException | None = None
 
 
-def normalize_name(name: str) -> str:
+def canonical_name(name: str) -> str:
     """Lookup form of a method name: case and ``_``/``-`` do not matter."""
     return name.strip().lower().replace("_", "-")
 
@@ -79,13 +81,13 @@ class Registry:
                 self._load()
 
     def _load(self) -> None:
-        from camkit import __version__, methods
+        from camkit import methods
 
         pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         pm.add_hookspecs(hookspecs)
         self._methods, self._aliases, self._plugins = {}, {}, {}
         disabled = {
-            normalize_name(n) for n in os.environ.get("CAMKIT_DISABLE_PLUGINS", "").split(",") if n
+            canonical_name(n) for n in os.environ.get("CAMKIT_DISABLE_PLUGINS", "").split(",") if n
         }
         self._add(pm, methods, BUILTIN, BUILTIN, __version__)
         if os.environ.get("CAMKIT_NO_PLUGIN_AUTOLOAD", "") not in ("", "0"):
@@ -94,7 +96,7 @@ class Registry:
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "unknown"
-            if {normalize_name(ep.name), normalize_name(dist)} & disabled:
+            if {canonical_name(ep.name), canonical_name(dist)} & disabled:
                 pm.set_blocked(ep.name)
                 self._plugins[ep.name] = PluginInfo(ep.name, dist, version, "blocked")
                 continue
@@ -147,7 +149,7 @@ class Registry:
         new_names: dict[str, MethodInfo] = {}
         for info in infos:
             for claimed in (info.name, *info.aliases):
-                key = normalize_name(claimed)
+                key = canonical_name(claimed)
                 owner = self._owner_of(key) or (new_names.get(key))
                 if owner is not None:
                     pm.unregister(plugin)
@@ -161,7 +163,7 @@ class Registry:
         for info in infos:
             self._methods[info.name] = info
             for alias in info.aliases:
-                self._aliases[normalize_name(alias)] = info.name
+                self._aliases[canonical_name(alias)] = info.name
         self._plugins[name] = PluginInfo(name, dist, version, "ok", [i.name for i in infos])
 
     def _owner_of(self, key: str) -> MethodInfo | None:
@@ -196,6 +198,7 @@ class Registry:
             version=version,
             aliases=tuple(cls.aliases),
             cls=cls,
+            many_forwards=cls.many_forwards,
         )
 
     # -- public -------------------------------------------------------------------------
@@ -219,7 +222,7 @@ class Registry:
             for method in info.methods if info else []:
                 removed = self._methods.pop(method)
                 for alias in removed.aliases:
-                    self._aliases.pop(normalize_name(alias), None)
+                    self._aliases.pop(canonical_name(alias), None)
 
     def reload(self) -> None:
         """Forget everything and rediscover plugins (after installing one, or in tests)."""
@@ -233,17 +236,17 @@ class Registry:
 
     def info(self, name: str) -> MethodInfo:
         self._ensure_loaded()
-        key = normalize_name(name)
+        key = canonical_name(name)
         owner = self._owner_of(key)
         if owner is not None:
             return owner
         for plugin in self._plugins.values():
-            if plugin.status == "broken" and normalize_name(plugin.name) == key:
+            if plugin.status == "broken" and canonical_name(plugin.name) == key:
                 raise PluginError(
                     f"method {name!r} comes from plugin {plugin.name!r} "
                     f"(distribution {plugin.distribution!r}), which failed to load: {plugin.error}"
                 ) from plugin.error
-            if plugin.status == "blocked" and normalize_name(plugin.name) == key:
+            if plugin.status == "blocked" and canonical_name(plugin.name) == key:
                 raise MethodNotFoundError(
                     f"method {name!r} is provided by plugin {plugin.name!r}, which "
                     "CAMKIT_DISABLE_PLUGINS blocks"

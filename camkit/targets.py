@@ -13,7 +13,7 @@ targets here do, and are differentiable, so every method can use them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,17 @@ __all__ = [
     "OutputTarget",
     "SegmentationTarget",
     "SimilarityTarget",
+    "TargetFn",
+    "Targets",
     "box_iou",
 ]
+
+#: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
+#: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
+TargetFn = Callable[..., Tensor]
+#: What an extractor's ``targets=`` accepts: ``None`` (each image's predicted class), a class
+#: index, one per image (a list or a 1-D tensor), or a :data:`TargetFn`.
+Targets = int | Sequence[int] | Tensor | TargetFn | None
 
 
 def _per_image(value: Tensor, index: Tensor, what: str) -> Tensor:

@@ -20,12 +20,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit.api import create, method_info, register_plugin, unregister_plugin
-from camkit.engine import CAMResult, Extractor
-from camkit.engine.layers import LayerSpec
-from camkit.engine.targets import Targets
+from camkit import (
+    CAMResult,
+    Extractor,
+    LayerSpec,
+    Method,
+    create,
+    hookimpl,
+    method_info,
+    register_plugin,
+    unregister_plugin,
+)
 from camkit.errors import CamkitError
-from camkit.method import Method, hookimpl
+from camkit.targets import Targets
 
 __all__ = ["TinyCNN", "check_method", "no_hooks_left", "tiny_inputs", "tiny_model"]
 

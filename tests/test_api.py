@@ -34,7 +34,7 @@ def test_config_is_frozen():
     [
         ({"fc_layer": 3}, r"invalid config for method 'cam': fc_layer: .*string.* \(got 3\)"),
         ({"fc_layer": ["fc"]}, r"fc_layer: .*\(got \['fc'\]\)"),
-        ({"fc": "fc"}, r"invalid config for method 'cam': fc: Extra inputs are not permitted"),
+        ({"fc": "fc"}, r"invalid config for method 'cam': fc: unknown option .*config: fc_layer"),
     ],
 )
 def test_bad_config_is_rejected_at_create(tiny, config, match):
@@ -45,7 +45,10 @@ def test_bad_config_is_rejected_at_create(tiny, config, match):
 
 
 def test_unknown_key_for_a_method_without_options(tiny):
-    with pytest.raises(ConfigError, match=r"'gradcam': batch_sz: Extra inputs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'gradcam': batch_sz: unknown option \(got 8\)\. Did you mean 'batch_size'\?",
+    ):
         camkit.create("grad-cam", tiny, "features", batch_sz=8)
 
 
@@ -58,3 +61,81 @@ def test_every_problem_is_reported_at_once():
 def test_unknown_method_in_make_config():
     with pytest.raises(MethodNotFoundError, match="'nope'"):
         camkit.make_config("nope")
+
+
+def test_create_splits_run_options_from_the_method_config(tiny):
+    cam = camkit.create("sscam", tiny, "features", batch_size=7, precision="bf16", num_samples=2)
+    assert cam.options == camkit.RunOptions(batch_size=7, precision="bf16")
+    assert cam.method.config.num_samples == 2
+    assert "batch_size" not in type(cam.method.config).model_fields
+    # Any method takes run options: how the model runs is not the method's business.
+    assert camkit.create("gradcam", tiny, "features", channels_last=False).options == (
+        camkit.RunOptions(channels_last=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"batch_size": 0}, r"invalid run options: batch_size: .*greater than 0 \(got 0\)"),
+        ({"batch_size": True}, r"batch_size: .*valid integer \(got True\)"),
+        ({"precision": "fp16"}, r"precision: .*'fp32', 'bf16' or 'auto' \(got 'fp16'\)"),
+        ({"progress": "no"}, r"progress: .*valid boolean \(got 'no'\)"),
+        (
+            {"precison": "bf16"},
+            r"precison: unknown option .*Did you mean 'precision'\?.*num_samples",
+        ),
+    ],
+)
+def test_run_options_are_validated_once_at_create(tiny, options, match):
+    with pytest.raises(ConfigError, match=match):
+        camkit.create("sscam", tiny, "features", **options)
+
+
+def test_methods_declare_that_they_run_many_forwards():
+    many = {n for n in camkit.list_methods() if camkit.method_info(n).many_forwards}
+    assert {"scorecam", "sscam", "iscam", "smoothgradcampp"} <= many
+    assert not many & {"cam", "gradcam", "gradcampp", "xgradcam", "layercam"}
+
+
+def test_experiment_engine_table_and_per_method_run_options():
+    from camkit.experiment import validate
+
+    config = validate(
+        {
+            "engine": {"batch_size": 8, "precision": "bf16"},
+            "methods": [{"name": "scorecam", "batch_size": 4}, {"name": "gradcam"}],
+        }
+    )
+    assert config.engine == camkit.RunOptions(batch_size=8, precision="bf16")
+    assert config.methods[0].options == {"batch_size": 4}  # overrides [engine] for scorecam
+    assert config.methods[1].options == {}
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.batch_size: .*greater than 0"):
+        validate({"methods": [{"name": "scorecam", "batch_size": 0}]})
+    with pytest.raises(ConfigError, match=r"engine\.precison: unknown key"):
+        validate({"engine": {"precison": "bf16"}, "methods": [{"name": "cam"}]})
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [{"batch_size": True}, {"batch_size": "8"}, {"batch_size": 2.0}, {"channels_last": "yes"}],
+)
+def test_experiment_run_options_are_strict_like_the_rest_of_the_file(engine):
+    from camkit.experiment import validate
+
+    key = next(iter(engine))
+    with pytest.raises(ConfigError, match=rf"engine\.{key}: "):
+        validate({"engine": engine, "methods": [{"name": "cam"}]})
+    with pytest.raises(ConfigError, match=rf"methods\[0\]\.{key}: "):
+        validate({"methods": [{"name": "scorecam", **engine}]})
+
+
+def test_the_fingerprint_ignores_a_default_engine_table_and_progress():
+    from camkit.experiment import validate
+
+    methods = [{"name": "scorecam"}]
+    bare = validate({"methods": methods}).fingerprint()
+    assert validate({"engine": {}, "methods": methods}).fingerprint() == bare
+    assert validate({"engine": {"progress": True}, "methods": methods}).fingerprint() == bare
+    assert validate({"engine": {"batch_size": 8}, "methods": methods}).fingerprint() != bare
+    assert "engine" not in validate({"methods": methods}).comparable()

@@ -20,25 +20,22 @@ import camkit
 from benchmarks import harness, scenarios
 
 SCORE_PLUGIN = """
-from typing import Literal
-
 import torch
 
 import camkit
 
 
 class Config(camkit.MethodConfig):
-    batch_size: int = 4
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     num_samples: int = 3
 
 
 class ScoreLike(camkit.Method):
     name = "bench-scorelike"
     Config = Config
+    many_forwards = True
 
     def weights(self, ctx):
-        masks = camkit.normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
+        masks = camkit.minmax_normalize(ctx.activations).repeat(1, self.config.num_samples, 1, 1)
         scores = ctx.score(masks).unflatten(1, (self.config.num_samples, -1)).mean(1)
         return torch.softmax(scores - ctx.baseline_scores[:, None], dim=1)
 
@@ -136,7 +133,7 @@ def test_backward_count_sees_the_passes_a_method_makes() -> None:
     assert not model._backward_pre_hooks  # the counting hook is gone
 
 
-def test_method_kinds_are_seen_from_what_the_methods_do() -> None:
+def test_method_kinds_follow_what_the_methods_declare() -> None:
     assert scenarios.method_kind("cam") == "activation"
     assert scenarios.method_kind("gradcam") == "gradient"
     assert scenarios.method_kind("scorecam") == "perturbation"

@@ -36,7 +36,6 @@ class PoweredGradCAM(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         return ctx.gradients.mean((2, 3)) ** self.config.power
 
 
@@ -164,7 +163,7 @@ def test_plugin_config_is_validated(tiny):
     camkit.register_plugin(THIS_MODULE, name="test-plugin")
     with pytest.raises(ConfigError, match=r"'powered-gradcam': power: .*greater than 0 \(got -1\)"):
         camkit.create("powered-gradcam", tiny, "features", power=-1)
-    with pytest.raises(ConfigError, match=r"exponent: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"exponent: unknown option .*config: power"):
         camkit.create("powered-gradcam", tiny, "features", exponent=2)
 
 

@@ -130,7 +130,6 @@ class EpsilonXGradCAM(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         acts = ctx.activations
         dims = tuple(range(2, acts.dim()))
         return (ctx.gradients * acts).sum(dims) / (acts.sum(dims) + self.config.eps)
@@ -144,7 +143,9 @@ def extractor(
     **options: Any,
 ) -> camkit.Extractor:
     """``camkit.create(method, model, layers, **options, **config)`` for a method name; a
-    shim-private method instance (already configured) is bound by ``camkit.Extractor``."""
+    shim-private method instance (already configured) is bound by ``camkit.Extractor``, with
+    the run options (``batch_size``, ...) of ``config`` and ``options``."""
     if isinstance(method, str):
         return camkit.create(method, model, layers, **options, **config)
-    return camkit.Extractor(method, model, layers, **options)
+    run = {k: v for k, v in {**config, **options}.items() if k in camkit.RunOptions.model_fields}
+    return camkit.Extractor(method, model, layers, options=camkit.RunOptions(**run))

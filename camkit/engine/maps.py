@@ -1,4 +1,5 @@
-"""Map arithmetic shared by every method: weighted sums, normalization, resizing, fusion."""
+"""Map arithmetic shared by every method: weighted sums, resizing, fusion (min-max
+normalization is the contract's :func:`camkit.minmax_normalize`, which methods use too)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camkit.errors import InputError
-
-
-def normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
-    """Min-max normalize each map over its last ``spatial_dims`` dimensions.
-
-    ``(m - min) / (max - min)`` per map; a constant map becomes all zeros, never NaN.
-    """
-    flat = maps.flatten(-spatial_dims)
-    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
-    # A constant map has m - lo == 0 exactly, so any positive span gives zeros.
-    span = (hi - lo).clamp_min_(torch.finfo(flat.dtype).tiny)
-    return (flat - lo).div_(span).view(maps.shape)
+from camkit.method import minmax_normalize
 
 
 def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -78,23 +68,53 @@ def fuse(maps: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
     """Fuse maps of several layers: normalize each, resize to a common size, take the max.
 
     Args:
-        maps: ``(B, h_i, w_i)`` maps (or ``(B, t_i, h_i, w_i)``), one per layer.
+        maps: a list of ``(B, h_i, w_i)`` maps (or ``(B, t_i, h_i, w_i)``), one per layer,
+            finite floats.
         size: the output's spatial size; by default the largest of the inputs' sizes.
 
     Returns:
         ``(B, *size)`` float32 maps in ``[0, 1]``.
+
+    Raises:
+        InputError: anything else (a bare tensor instead of a list, maps of different batch
+            sizes or ranks, non-finite values, a bad ``size``), saying what was given.
+
+    Example:
+        >>> fused = camkit.fuse([res.layer_maps["layer3"], res.layer_maps["layer4"]])
     """
-    maps = list(maps)
-    if not maps or not all(isinstance(m, Tensor) for m in maps):
-        raise InputError("fuse() needs a non-empty list of map tensors")
-    spatial = {m.dim() - 1 for m in maps}
-    if len(spatial) != 1 or len({m.shape[0] for m in maps}) != 1:
-        shapes = [tuple(m.shape) for m in maps]
-        raise InputError(f"fuse() needs maps of one batch size and rank, got shapes {shapes}")
-    dims = spatial.pop()
+    dims = _checked_maps(maps)
     if size is None:
         size = [max(m.shape[1 + d] for m in maps) for d in range(dims)]
-    fused = [resize(normalize(m.float(), dims), size) for m in maps]
+    elif not (
+        isinstance(size, Sequence)
+        and len(size) == dims
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise InputError(f"fuse() needs size=None or {dims} positive ints, got {size!r}")
+    fused = [resize(minmax_normalize(m.float(), dims), size) for m in maps]
     out = fused[0] if len(fused) == 1 else torch.stack(fused).amax(0)
     # Interpolation weights sum to one only to float rounding; ``out`` is a new tensor.
     return out.clamp_(max=1.0)
+
+
+def _checked_maps(maps: object) -> int:
+    """The spatial rank of a valid list of maps for :func:`fuse` (else an InputError)."""
+    if isinstance(maps, Tensor):
+        raise InputError(
+            f"fuse() takes a list of maps, one (B, h, w) tensor per layer, not one tensor (got "
+            f"shape {tuple(maps.shape)}); pass [maps] to fuse a single map"
+        )
+    if not isinstance(maps, Sequence) or not maps or not all(isinstance(m, Tensor) for m in maps):
+        raise InputError("fuse() needs a non-empty list of map tensors")
+    shapes = [tuple(m.shape) for m in maps]
+    spatial = {m.dim() - 1 for m in maps}
+    if len(spatial) != 1 or len({m.shape[0] for m in maps}) != 1:
+        raise InputError(f"fuse() needs maps of one batch size and rank, got shapes {shapes}")
+    dims = spatial.pop()
+    if dims not in (2, 3) or any(m.numel() == 0 for m in maps):
+        raise InputError(f"fuse() needs non-empty (B, h, w) or (B, t, h, w) maps, got {shapes}")
+    if not all(m.is_floating_point() for m in maps):
+        raise InputError(f"fuse() needs floating-point maps, got {[m.dtype for m in maps]}")
+    if not all(bool(torch.isfinite(m).all()) for m in maps):
+        raise InputError("fuse() was given maps with NaN or Inf values")
+    return dims

@@ -1,12 +1,13 @@
-"""The scoring service: target scores of many perturbed copies of the input, in chunks.
+"""The masked scoring pass: target scores of many perturbed copies of the input, in chunks.
 
-Perturbation methods (the Score-CAM family, ablation) need one forward pass per mask, so
-their cost is that of the forward passes, and the service spends as little as it can beside
+Perturbation methods (the Score-CAM family) need one forward pass per mask, so their cost
+is that of the forward passes, and the pass spends as little as it can beside
 them. Its rules:
 
-- it never builds all ``B x M`` perturbed inputs: it walks the masks in chunks of
-  ``batch_size``, upsampling each chunk's masks only when it is forwarded, so memory is
-  bounded by ``batch_size`` inputs plus the low-resolution masks;
+- it never builds all ``B x M`` perturbed inputs: it walks the masks in chunks of the run
+  option ``batch_size`` (the services' one chunk loop), upsampling each chunk's masks only
+  when it is forwarded, so memory is bounded by ``batch_size`` inputs plus the
+  low-resolution masks;
 - the buffers a chunk is built in are allocated once per call and reused by every chunk;
 - identical masks of one image (e.g. constant channels, whose normalized map is all zeros)
   are forwarded once;
@@ -14,7 +15,7 @@ them. Its rules:
 - image inputs of convolutional models are forwarded in channels-last layout, which the
   CPU's convolution kernels run faster; the model itself is never converted (its weights
   stay as they are), and a model that rejects channels-last inputs (e.g. one that calls
-  ``.view`` on its features) gets contiguous ones instead;
+  ``.view`` on its features) gets contiguous ones instead (the services' one fallback);
 - masks are upsampled as two small matrix products (``Wy @ m @ Wx^T``), the interpolation
   matrices of :func:`camkit.engine.maps.resize`;
 - ``precision="bf16"`` forwards bfloat16 inputs through a bfloat16 inference copy of the
@@ -28,190 +29,119 @@ them. Its rules:
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
-from camkit.engine.accel import accelerator
 from camkit.engine.maps import interpolation_matrix
-from camkit.engine.outputs import scores_of
-from camkit.errors import ConfigError, PluginError
+from camkit.errors import PluginError
 
-#: Chunks of work after which a progress bar is worth showing (when ``progress=None``).
-PROGRESS_AFTER = 8
-
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
+if TYPE_CHECKING:
+    from camkit.engine.services import Services
 
 
-class Scorer:
-    """Forward ``mask * input`` for many masks and return the target score of each.
+def score_masks(
+    door: Services,
+    masks: Tensor,
+    *,
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Target scores ``(B, M)`` of the inputs multiplied by ``(B, M, *spatial)`` masks.
 
-    Args:
-        model: the model; it is only called, never converted or modified.
-        inputs: ``(B, C_in, H, W)`` (or ``(B, C_in, T, H, W)``) the clean inputs.
-        score: ``fn(outputs, index) -> (N,)``: the target score of each output row, where
-            ``index[i]`` is the image row ``i`` was made from.
-        batch_size: masked inputs per forward pass.
-        progress: show a progress bar (``None``: when the work is long and stderr is a
-            terminal).
-        desc: the progress bar's label.
-        precision: ``"fp32"`` (exact), ``"bf16"`` (bfloat16 forwards) or ``"auto"``
-            (bfloat16 where the hardware runs it natively, else exact).
-        channels_last: forward channels-last inputs (``None``: for 4-D inputs of models
-            with 2-D convolutions).
+    Each mask is upsampled (bilinear, or trilinear for videos) to the input size, given
+    ``noise_std`` Gaussian noise drawn from ``generator`` (one draw per mask, in mask order,
+    so the result does not depend on ``batch_size``), and multiplied into its own image.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        score: Callable[[Tensor, Tensor], Tensor],
-        *,
-        batch_size: int = 32,
-        progress: bool | None = None,
-        desc: str = "scoring",
-        precision: str = "fp32",
-        channels_last: bool | None = None,
-    ) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.inputs = inputs.detach()
-        self.score_rows = score
-        self.batch_size = batch_size
-        self.progress = progress
-        self.desc = desc
-        self.accel = accelerator(model, precision=precision, channels_last=channels_last)
-
-    def __call__(
-        self, masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Target scores ``(B, M)`` of the inputs multiplied by ``(B, M, *spatial)`` masks.
-
-        Each mask is upsampled (bilinear, or trilinear for videos) to the input size,
-        given ``noise_std`` Gaussian noise drawn from ``generator`` (one draw per mask, in
-        mask order, so the result does not depend on ``batch_size``), and multiplied into
-        its own image.
-        """
-        inputs = self.inputs
-        batch, spatial = inputs.shape[0], tuple(inputs.shape[2:])
-        if masks.dim() != 2 + len(spatial) or masks.shape[0] != batch:
-            raise PluginError(
-                f"score() needs masks of shape (B={batch}, M, *spatial) with "
-                f"{len(spatial)} spatial dims, got {tuple(masks.shape)}"
-            )
-        masks = masks.detach().to(inputs.device, inputs.dtype)
-        count = masks.shape[1]
-        if count == 0:
-            return torch.empty((batch, 0), device=inputs.device, dtype=torch.float32)
-        flat = masks.reshape(batch * count, *masks.shape[2:])
-        if noise_std > 0:
-            todo, inverse = torch.arange(flat.shape[0], device=flat.device), None
-        else:
-            todo, inverse = _distinct(flat, batch, count)
-        scores = torch.empty(todo.numel(), device=inputs.device, dtype=torch.float32)
-        self._score_all(flat, todo, count, scores, noise_std, generator)
-        result = scores if inverse is None else scores[inverse]
-        return result.reshape(batch, count)
-
-    def _score_all(
-        self,
-        flat: Tensor,
-        todo: Tensor,
-        count: int,
-        scores: Tensor,
-        noise_std: float,
-        generator: torch.Generator | None,
-    ) -> None:
-        """Fill ``scores[i]`` with the score of mask ``flat[todo[i]]``, chunk by chunk."""
-        inputs = self.inputs
-        spatial = tuple(inputs.shape[2:])
-        plan = self.accel.scoring(inputs)
-        channels_last, model, autocast = plan.channels_last, plan.model, plan.autocast
-        copied = plan.dtype != inputs.dtype
-        size = min(self.batch_size, todo.numel())
-        # With the bfloat16 copy, masks are built in bfloat16 and NCHW layout (products
-        # vectorize along rows there), then one copy lays each chunk out channels-last.
-        work = plan.dtype
-        mask_layout = channels_last and not copied
-        flat = flat.to(work)
-        low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=work)
-        up = torch.empty((size, *spatial), device=inputs.device, dtype=work)
-        # Noise is drawn in float32 whatever the precision: the same draws as exact mode; a
-        # bfloat16 copy of it is added (a mixed-dtype sum is 10x slower on CPU).
-        noise = torch.empty_like(up, dtype=inputs.dtype) if noise_std > 0 else None
-        noise_work = None if noise is None or work == noise.dtype else torch.empty_like(up)
-        perturbed = torch.empty(
-            (size, *inputs.shape[1:]),
-            device=inputs.device,
-            dtype=work,
-            memory_format=torch.channels_last if mask_layout else torch.contiguous_format,
+    inputs = door.inputs
+    batch, spatial = inputs.shape[0], tuple(inputs.shape[2:])
+    if masks.dim() != 2 + len(spatial) or masks.shape[0] != batch:
+        raise PluginError(
+            f"score() needs masks of shape (B={batch}, M, *spatial) with "
+            f"{len(spatial)} spatial dims, got {tuple(masks.shape)}"
         )
-        staged = (
-            torch.empty_like(perturbed, memory_format=torch.channels_last)
-            if copied and channels_last
-            else None
-        )
-        source = inputs.to(work)
-        if mask_layout:
-            source = source.contiguous(memory_format=torch.channels_last)
-        image = todo // count
-        # Chunks are split into runs of one image on the host, once, so filling a chunk
-        # needs no gather of input copies and no device synchronization.
-        image_host = image.cpu()
-        starts = range(0, todo.numel(), self.batch_size)
-        show = (
-            self.progress
-            if self.progress is not None
-            else (len(starts) >= PROGRESS_AFTER and sys.stderr.isatty())
-        )
-        with torch.inference_mode(), _autocast(inputs.device, autocast):
-            for start in tqdm(starts, desc=self.desc, disable=not show, leave=False):
-                stop = min(start + self.batch_size, todo.numel())
-                n = stop - start
-                torch.index_select(flat, 0, todo[start:stop], out=low[:n])
-                _upsample(low[:n], up[:n])
-                if noise is not None:
-                    for row in noise[:n]:
-                        torch.randn(row.shape, generator=generator, out=row)
-                    drawn = noise[:n] if noise_work is None else noise_work[:n].copy_(noise[:n])
-                    up[:n].add_(drawn, alpha=noise_std)
-                images, runs = torch.unique_consecutive(image_host[start:stop], return_counts=True)
-                offset = 0
-                for b, run in zip(images.tolist(), runs.tolist()):
-                    rows = slice(offset, offset + run)
-                    torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
-                    offset += run
-                batch_in = perturbed[:n] if staged is None else staged[:n].copy_(perturbed[:n])
-                try:
-                    out = scores_of(model(batch_in))
-                except RuntimeError:
-                    if not (channels_last and start == 0):
-                        raise
-                    # The model needs contiguous inputs (e.g. it calls .view on its features).
-                    channels_last, staged = False, None
-                    self.accel.rejected_channels_last()
-                    perturbed = perturbed.contiguous()
-                    out = scores_of(model(batch_in.contiguous()))
-                if out.dtype in (torch.bfloat16, torch.float16):
-                    out = out.float()  # scores (a softmax, say) are computed in float32
-                scores[start:stop] = self.score_rows(out, image[start:stop]).float()
+    masks = masks.detach().to(inputs.device, inputs.dtype)
+    count = masks.shape[1]
+    if count == 0:
+        return torch.empty((batch, 0), device=inputs.device, dtype=torch.float32)
+    flat = masks.reshape(batch * count, *masks.shape[2:])
+    if noise_std > 0:
+        todo, inverse = torch.arange(flat.shape[0], device=flat.device), None
+    else:
+        todo, inverse = _distinct(flat, batch, count)
+    scores = torch.empty(todo.numel(), device=inputs.device, dtype=torch.float32)
+    _score_all(door, flat, todo, count, scores, noise_std, generator)
+    result = scores if inverse is None else scores[inverse]
+    return result.reshape(batch, count)
 
 
-@contextmanager
-def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    # One autocast region for the whole call, so each weight is cast to bfloat16 once.
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        yield
+def _score_all(
+    door: Services,
+    flat: Tensor,
+    todo: Tensor,
+    count: int,
+    scores: Tensor,
+    noise_std: float,
+    generator: torch.Generator | None,
+) -> None:
+    """Fill ``scores[i]`` with the score of mask ``flat[todo[i]]``, chunk by chunk."""
+    inputs = door.inputs
+    spatial = tuple(inputs.shape[2:])
+    plan = door.accel.scoring(inputs)
+    channels_last, model = plan.channels_last, plan.model
+    copied = plan.dtype != inputs.dtype
+    size = min(door.options.batch_size, todo.numel())
+    # With the bfloat16 copy, masks are built in bfloat16 and NCHW layout (products
+    # vectorize along rows there), then one copy lays each chunk out channels-last.
+    work = plan.dtype
+    mask_layout = channels_last and not copied
+    flat = flat.to(work)
+    low = torch.empty((size, *flat.shape[1:]), device=flat.device, dtype=work)
+    up = torch.empty((size, *spatial), device=inputs.device, dtype=work)
+    # Noise is drawn in float32 whatever the precision: the same draws as exact mode; a
+    # bfloat16 copy of it is added (a mixed-dtype sum is 10x slower on CPU).
+    noise = torch.empty_like(up, dtype=inputs.dtype) if noise_std > 0 else None
+    noise_work = None if noise is None or work == noise.dtype else torch.empty_like(up)
+    perturbed = torch.empty(
+        (size, *inputs.shape[1:]),
+        device=inputs.device,
+        dtype=work,
+        memory_format=torch.channels_last if mask_layout else torch.contiguous_format,
+    )
+    staged = (
+        torch.empty_like(perturbed, memory_format=torch.channels_last)
+        if copied and channels_last
+        else None
+    )
+    source = inputs.to(work)
+    if mask_layout:
+        source = source.contiguous(memory_format=torch.channels_last)
+    image = todo // count
+    # Chunks are split into runs of one image on the host, once, so filling a chunk
+    # needs no gather of input copies and no device synchronization.
+    image_host = image.cpu()
+    with door.inference(plan):
+        for start, stop in door.chunks(todo.numel(), "scoring"):
+            n = stop - start
+            torch.index_select(flat, 0, todo[start:stop], out=low[:n])
+            _upsample(low[:n], up[:n])
+            if noise is not None:
+                for row in noise[:n]:
+                    torch.randn(row.shape, generator=generator, out=row)
+                drawn = noise[:n] if noise_work is None else noise_work[:n].copy_(noise[:n])
+                up[:n].add_(drawn, alpha=noise_std)
+            images, runs = torch.unique_consecutive(image_host[start:stop], return_counts=True)
+            offset = 0
+            for b, run in zip(images.tolist(), runs.tolist()):
+                rows = slice(offset, offset + run)
+                torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
+                offset += run
+            batch_in = perturbed[:n] if staged is None else staged[:n].copy_(perturbed[:n])
+            out, laid_out = door.run(model, batch_in, channels_last)
+            if laid_out != channels_last:  # the model rejected channels-last: keep to that
+                channels_last, staged, perturbed = False, None, perturbed.contiguous()
+            scores[start:stop] = door.target_scores(out, image[start:stop])
 
 
 def _upsample(masks: Tensor, out: Tensor) -> None:

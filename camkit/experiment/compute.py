@@ -123,7 +123,9 @@ def method_rerun(
         return extractor(model.normalize(x), targets=wanted).maps
 
     def maps_of(network: nn.Module) -> Tensor:
-        method = camkit.create(spec.name, network, spec.layer, progress=False, **spec.options)
+        # The method as the run made it: its config and its run options (progress off).
+        options = {**spec.options, **extractor.options.model_dump()}
+        method = camkit.create(spec.name, network, spec.layer, **options)
         return method(model.normalize(images), targets=targets).maps
 
     def randomization(mode: Mode) -> RandomizationResult:

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
 )
 
+from camkit.engine.options import RunOptions
 from camkit.errors import CamkitError, ConfigError
 from camkit.registry import registry
 
@@ -99,6 +100,12 @@ _Share = Annotated[float, Strict(), Field(gt=0, lt=1)]
 ROAD_REMOVED = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: ROAD's shares of imputed pixels: at most one per percent.
 MAX_SHARES = 99
+
+
+#: ``[engine]`` as :meth:`ExperimentConfig.comparable` writes it when the file has none.
+_DEFAULT_ENGINE = {
+    k: v for k, v in RunOptions.model_validate({}).model_dump().items() if k != "progress"
+}
 
 
 class _Section(BaseModel):
@@ -301,6 +308,10 @@ class ExperimentConfig(_Section):
     batch_size: int = Field(
         16, ge=1, le=MAX_BATCH, description="images per forward pass and per shard"
     )
+    engine: RunOptions = Field(
+        default_factory=lambda: RunOptions.model_validate({}),
+        description="run options of every method (see camkit.create)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -327,11 +338,15 @@ class ExperimentConfig(_Section):
 
     def comparable(self) -> dict[str, Any]:
         """:meth:`resolved` without ``output.folder``, ``data.on_error`` and the options of
-        metrics not computed: the keys that change results (skipping a broken file changes
-        no other image's result; runs from before an option existed resume)."""
+        metrics not computed, and the ``[engine]`` table when it is the default one: the keys
+        that change results (skipping a broken file changes no other image's result; runs from
+        before an option or a table existed resume)."""
         data = self.resolved()
         data["output"].pop("folder")
         data["data"].pop("on_error")
+        data["engine"].pop("progress")  # progress bars change no result
+        if data["engine"] == _DEFAULT_ENGINE:
+            data.pop("engine")
         for key, names in METRIC_OPTIONS.items():
             if not set(names) & set(self.metrics.compute):
                 data["metrics"].pop(key)
@@ -565,11 +580,22 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
         info = registry.info(spec.name)
     except CamkitError as exc:
         raise ConfigError(f"{where}.name: {exc}") from None
+    # Run options given to one method override the [engine] table for it.
+    run = {k: v for k, v in spec.options.items() if k in RunOptions.model_fields}
+    own = {k: v for k, v in spec.options.items() if k not in run or k in info.config.model_fields}
     try:
-        method_config = info.config(**spec.options)
+        RunOptions(**run)
+        method_config = info.config(**own)
     except ValidationError as exc:
         raise ConfigError(
-            _format_errors(where, exc, info.config, sep=".", also_allowed=_METHOD_KEYS)
+            _format_errors(
+                where,
+                exc,
+                info.config,
+                sep=".",
+                also_allowed=_METHOD_KEYS,
+                then_allowed=tuple(RunOptions.model_fields),
+            )
         ) from None
     ident = spec.id or info.name
     if not _ID.match(ident):
@@ -583,7 +609,9 @@ def _validated_method(spec: MethodSpec, where: str, seen: set[str]) -> MethodSpe
             "same method a distinct id"
         )
     seen.add(ident)
-    return MethodSpec(name=info.name, id=ident, layer=spec.layer, **method_config.model_dump())
+    return MethodSpec(
+        name=info.name, id=ident, layer=spec.layer, **run, **method_config.model_dump()
+    )
 
 
 def _complete(config: ExperimentConfig, where: str) -> None:
@@ -643,13 +671,14 @@ def _format_errors(
     root: type[BaseModel] = ExperimentConfig,
     sep: str = ": ",
     also_allowed: tuple[str, ...] = (),
+    then_allowed: tuple[str, ...] = (),
 ) -> str:
     """One line per offending key: ``file: key.path: what is wrong (got ...)``."""
     problems: dict[str, list[str]] = {}
     for err in exc.errors():
         loc = [p for p in err["loc"] if _is_key(p)]
         if err["type"] == "extra_forbidden":
-            allowed = [*also_allowed, *_allowed_keys(root, loc)]
+            allowed = list(dict.fromkeys([*also_allowed, *_allowed_keys(root, loc), *then_allowed]))
             message = f"unknown key; expected one of: {', '.join(allowed)}"
         elif err["type"] == "missing":
             message = "missing required key"

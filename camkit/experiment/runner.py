@@ -221,7 +221,12 @@ def _load(
     for i, spec in enumerate(config.methods):
         try:
             extractors.append(
-                camkit.create(spec.name, model, spec.layer, progress=False, **spec.options)
+                camkit.create(
+                    spec.name,
+                    model,
+                    spec.layer,
+                    **{**config.engine.model_dump(), "progress": False, **spec.options},
+                )
             )
         except LayerError as exc:
             raise ConfigError(f"{where}: methods[{i}].layer: {exc}") from None

@@ -33,7 +33,6 @@ class GradCAM(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
-        assert ctx.gradients is not None
         return ctx.gradients.flatten(2).mean(-1)
 
 
@@ -69,7 +68,6 @@ class GradCAMpp(Method):
         # With D2 = g^2 and D3 = g^3, alpha = 1 / (2 + sum(A) g) wherever g != 0, and only
         # g > 0 counts (ReLU): the same weights as plusplus_weights(g, g**2, g**3, A) in half
         # the tensor operations, and without g^3 underflowing for tiny gradients.
-        assert ctx.gradients is not None
         g, acts = ctx.gradients, ctx.activations
         dims = _spatial(acts)
         denom = (acts.sum(dims, keepdim=True) * g).add_(2)
@@ -101,9 +99,6 @@ class SmoothGradCAMppConfig(MethodConfig):
     seed: int | None = Field(
         None, description="seed of the noise; the same seed gives the same map (None: random)"
     )
-    batch_size: int = Field(
-        32, gt=0, description="noisy copies forwarded and back-propagated at once"
-    )
 
 
 class SmoothGradCAMpp(GradCAMpp):
@@ -133,6 +128,7 @@ class SmoothGradCAMpp(GradCAMpp):
     )
     aliases = ("smooth-grad-cam++", "smoothgradcam++")
     Config = SmoothGradCAMppConfig
+    many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
         n, x = self.config.num_samples, ctx.inputs
@@ -166,7 +162,6 @@ class XGradCAM(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
-        assert ctx.gradients is not None
         acts, dims = ctx.activations, _spatial(ctx.activations)
         total = acts.sum(dims)
         nonzero = total != 0
@@ -197,5 +192,4 @@ class LayerCAM(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
-        assert ctx.gradients is not None
         return torch.relu(ctx.gradients)

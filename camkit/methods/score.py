@@ -10,34 +10,20 @@ own positions (a constant channel gives the all-zero mask):
 
 The engine's scoring service (:meth:`camkit.Context.score`) upsamples each mask bilinearly to
 the input size (:math:`U`), multiplies it into its image and forwards the results in chunks of
-``batch_size``, scoring identical masks once. :math:`Y^{(c)}(X)` is the target class's score
-(logit) for input :math:`X`, and :math:`X_b` the explained input.
+the run option ``batch_size`` (at the run option ``precision``), scoring identical masks
+once. :math:`Y^{(c)}(X)` is the target class's score (logit) for input :math:`X`, and
+:math:`X_b` the explained input.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 from torch import Tensor
 
-from camkit.engine import normalize
-from camkit.method import Context, Field, Method, MethodConfig
+from camkit.method import Context, Field, Method, MethodConfig, minmax_normalize
 
 
-class PerturbationConfig(MethodConfig):
-    batch_size: int = Field(
-        32, gt=0, description="masked inputs forwarded at once; memory is bounded by this many"
-    )
-    precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32",
-        description="precision of the masked forwards: 'fp32' (exact), 'bf16' (a bfloat16 "
-        "inference copy of the model, for speed; activations, scores and maps stay float32) "
-        "or 'auto' (bf16 where the hardware runs bfloat16 natively, else fp32)",
-    )
-
-
-class SSCAMConfig(PerturbationConfig):
+class SSCAMConfig(MethodConfig):
     num_samples: int = Field(35, gt=0, description="noisy copies of each mask to average over")
     std: float = Field(
         2.0, ge=0, description="standard deviation of the Gaussian noise added to each mask"
@@ -47,7 +33,7 @@ class SSCAMConfig(PerturbationConfig):
     )
 
 
-class ISCAMConfig(PerturbationConfig):
+class ISCAMConfig(MethodConfig):
     num_samples: int = Field(10, gt=0, description="integration steps N")
 
 
@@ -87,10 +73,10 @@ class ScoreCAM(Method):
         "Networks, CVPR Workshops 2020"
     )
     aliases = ("score-cam",)
-    Config: ClassVar[type[MethodConfig]] = PerturbationConfig
+    many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
-        masks = normalize(ctx.activations, ctx.activations.dim() - 2)
+        masks = minmax_normalize(ctx.activations, ctx.activations.dim() - 2)
         return torch.softmax(self.gains(ctx, masks), dim=1)
 
     def gains(self, ctx: Context, masks: Tensor) -> Tensor:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from camkit.engine.outputs import scores_of
+from camkit.engine.batching import score_rows
 from camkit.metrics.checks import (
     check_classes,
     check_images,
@@ -33,7 +32,8 @@ def target_scores(
         batch_size: images per forward pass.
 
     Returns:
-        ``(N,)`` float32 scores, computed under ``torch.inference_mode()``.
+        ``(N,)`` float32 scores, computed under ``torch.inference_mode()`` through the engine's
+        chunked scoring.
 
     Raises:
         InputError, TargetError, ModelOutputError: see :mod:`camkit.metrics.checks`.
@@ -46,14 +46,13 @@ def target_scores(
     check_images(images)
     check_targets(targets, images.shape[0])
     check_positive_int(batch_size, "batch_size")
-    out = []
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start : start + batch_size]
-            logits = scores_of(model(chunk)).float()
-            index = targets[start : start + batch_size].to(logits.device).long()
-            check_classes(index, logits, chunk.shape[0])
-            if softmax:
-                logits = logits.softmax(1)
-            out.append(logits.gather(1, index[:, None])[:, 0].cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+
+    def score(logits: Tensor, rows: slice) -> Tensor:
+        logits = logits.float()
+        index = targets[rows].to(logits.device).long()
+        check_classes(index, logits, index.shape[0])
+        if softmax:
+            logits = logits.softmax(1)
+        return logits.gather(1, index[:, None])[:, 0].cpu()
+
+    return score_rows(model, images, score, batch_size=batch_size)

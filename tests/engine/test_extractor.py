@@ -18,7 +18,6 @@ class GradientTimesActivation(camkit.Method):
     relu = False
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         return ctx.gradients
 
 
@@ -148,3 +147,49 @@ def test_repr_names_method_and_layers(tiny):
     assert repr(camkit.create("gradcam", tiny, "features")) == (
         "Extractor(method='gradcam', layers=['features'])"
     )
+
+
+class ReadsGradientsUndeclared(camkit.Method):
+    """Reads ``ctx.gradients`` without declaring ``needs_gradients``."""
+
+    name = "test-undeclared-gradients"
+
+    def weights(self, ctx: camkit.Context) -> Tensor:
+        return ctx.gradients.mean((2, 3))
+
+
+def test_gradients_of_a_method_that_did_not_declare_them_are_a_plugin_error(tiny):
+    extractor = camkit.Extractor(ReadsGradientsUndeclared(), tiny, "features")
+    with pytest.raises(
+        PluginError,
+        match=r"'test-undeclared-gradients' reads ctx.gradients.*"
+        r"needs_gradients = True",
+    ):
+        extractor(torch.randn(2, 3, 16, 16))
+
+
+def test_context_is_built_from_the_call_services(tiny):
+    seen: list[camkit.Context] = []
+
+    class Probe(camkit.Method):
+        name = "test-probe-context"
+        needs_gradients = True
+
+        def weights(self, ctx: camkit.Context) -> Tensor:
+            seen.append(ctx)
+            return ctx.gradients.mean((2, 3))
+
+    x = torch.randn(2, 3, 16, 16)
+    res = camkit.Extractor(Probe(), tiny, "features")(x)
+    (ctx,) = seen
+    assert ctx.layer == "features" and torch.equal(ctx.inputs, x)
+    assert torch.equal(ctx.targets, res.targets) and torch.equal(ctx.scores, res.scores)
+    torch.testing.assert_close(
+        ctx.baseline_scores, res.scores.gather(1, res.targets[:, None])[:, 0]
+    )
+    # The gradients are d(target score)/d(activations): check against autograd directly.
+    feats = tiny.features(x).detach().requires_grad_(True)
+    head = tiny.fc(tiny.pool(feats).flatten(1)).gather(1, res.targets[:, None]).sum()
+    (expected,) = torch.autograd.grad(head, feats)
+    torch.testing.assert_close(ctx.gradients, expected)
+    assert ctx.gradients.shape == ctx.activations.shape

@@ -197,6 +197,26 @@ def test_auto_runs_a_model_that_cannot_be_copied_as_it_is(caps) -> None:  # type
     assert plan.mode == "model" and plan.model is model and not plan.autocast
 
 
+@pytest.mark.parametrize(
+    ("override", "precision", "mode"),
+    [
+        ("-bf16,-fused_bf16", "auto", "model"),  # no int8 or float32 copy either
+        ("-bf16,-fused_bf16", "bf16", "bf16-autocast"),
+        ("+bf16", "auto", "bf16-autocast"),
+        ("", "fp32", "model"),
+    ],
+)
+def test_a_hooked_pass_never_runs_a_copy(caps, override: str, precision: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Layer-masked scoring hooks the model's own layer: every plan calls the model itself."""
+    caps(override)
+    model, x = _shapes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerformanceWarning)
+        plan = accelerator(model, precision=precision).scoring(x, hooked=True)
+    assert plan.mode == mode and plan.model is model and plan.dtype == x.dtype
+    assert plan.autocast == (mode == "bf16-autocast")
+
+
 def test_channels_last_follows_its_capability(caps) -> None:  # type: ignore[no-untyped-def]
     model, x = _shapes()
     caps("-channels_last")

@@ -19,7 +19,9 @@ from camkit.engine import accel
 from camkit.engine.accel import capabilities, hardware, inference
 from camkit.engine.accel.inference import inference_copy
 from camkit.engine.accel.rewrites import ConvActivation, GlobalAvgPool, global_avg_pool
-from camkit.engine.scoring import Scorer
+from camkit.engine.options import Setup
+from camkit.engine.scoring import score_masks
+from camkit.engine.services import Services
 
 
 def needs(name: str) -> pytest.MarkDecorator:
@@ -301,10 +303,12 @@ def test_scorer_bf16_uses_the_copy_or_autocast(
         return wrapper
 
     monkeypatch.setattr(accel, "inference_copy", spy)
-    exact = Scorer(model, x, _gather(targets), batch_size=5)(masks)
+    exact_setup = Setup.of(model, camkit.RunOptions(batch_size=5))
+    fast_setup = Setup.of(model, camkit.RunOptions(batch_size=5, precision="bf16"))
+    exact = score_masks(Services.standalone(exact_setup, x, _gather(targets)), masks)
     with warnings.catch_warnings():  # where bfloat16 is emulated (see test_hardware.py)
         warnings.simplefilter("ignore", camkit.errors.PerformanceWarning)
-        fast = Scorer(model, x, _gather(targets), batch_size=5, precision="bf16")(masks)
+        fast = score_masks(Services.standalone(fast_setup, x, _gather(targets)), masks)
     assert fast.dtype == torch.float32
     spread = float(exact.max() - exact.min())
     torch.testing.assert_close(fast, exact, rtol=0, atol=0.05 * spread)

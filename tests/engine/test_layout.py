@@ -76,7 +76,6 @@ def test_methods_see_contiguous_activations_and_gradients() -> None:
         needs_gradients = True
 
         def weights(self, ctx: camkit.Context) -> Tensor:
-            assert ctx.gradients is not None
             seen.extend([ctx.activations.is_contiguous(), ctx.gradients.is_contiguous()])
             return ctx.gradients.mean((2, 3))
 
@@ -209,3 +208,38 @@ def test_the_option_applies_to_the_scoring_service(option: bool | None, layouts:
     # the masked inputs channels-last.
     camkit.create("scorecam", model, "conv2", channels_last=option, batch_size=4)(_inputs(1))
     assert len(model.layouts) == 3 and set(model.layouts) == layouts
+
+
+class _Ablation(camkit.Method):
+    """Weights from ``ctx.score_layer``: each channel switched off in turn."""
+
+    name = "test-layout-ablation"
+    many_forwards = True
+
+    def weights(self, ctx: camkit.Context) -> Tensor:
+        batch, channels = ctx.activations.shape[:2]
+        keep = (1 - torch.eye(channels)).expand(batch, channels, channels)
+        return ctx.baseline_scores[:, None] - ctx.score_layer(keep)
+
+
+@pytest.mark.parametrize("method", ["smoothgradcampp", "scorecam", "ablation"])
+def test_every_pass_falls_back_for_a_model_that_rejects_channels_last(method: str) -> None:
+    """The services' one fallback serves every pass: the same maps as forwards as given, and
+    after the first rejection nothing is laid out channels-last again."""
+    x = _inputs(3)
+    results = []
+    for option in (None, False):
+        torch.manual_seed(0)
+        model = Net(view=True).eval()
+        if method == "ablation":
+            extractor = camkit.Extractor(
+                _Ablation(), model, "conv2", options=camkit.RunOptions(channels_last=option)
+            )
+        else:
+            options = {"num_samples": 3, "seed": 0} if method == "smoothgradcampp" else {}
+            extractor = camkit.create(method, model, "conv2", channels_last=option, **options)
+        results.append(extractor(x).maps)
+        assert model.layouts.count("nhwc") == (1 if option is None else 0)
+        assert "nhwc" not in model.layouts[1:]
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)

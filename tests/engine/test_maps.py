@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import camkit
-from camkit.engine.maps import normalize, resize, weighted_sum
+from camkit.engine.maps import resize, weighted_sum
 from camkit.errors import InputError
+from camkit.method import minmax_normalize as normalize
 
 
 def test_normalize_is_per_sample():
@@ -132,3 +133,26 @@ def test_fused_maps_stay_in_the_unit_interval():
     maps = torch.rand(64, 7, 7, generator=torch.Generator().manual_seed(2))
     out = camkit.fuse([maps], size=(224, 224))
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("maps", "size", "match"),
+    [
+        (torch.rand(2, 4, 4), None, r"a list of maps.*not one tensor \(got shape \(2, 4, 4\)\)"),
+        ([torch.rand(2, 4, 4), "x"], None, "non-empty list of map tensors"),
+        ([torch.rand(2, 4)], None, r"\(B, h, w\) or \(B, t, h, w\) maps, got \[\(2, 4\)\]"),
+        ([torch.rand(2, 0, 4)], None, "non-empty"),
+        (
+            [torch.ones(1, 2, 2, dtype=torch.long)],
+            None,
+            "floating-point maps, got \\[torch.int64\\]",
+        ),
+        ([torch.tensor([[[0.0, float("nan")], [1.0, 2.0]]])], None, "NaN or Inf"),
+        ([torch.rand(1, 2, 2)], (4,), r"size=None or 2 positive ints, got \(4,\)"),
+        ([torch.rand(1, 2, 2)], (4, 0), "positive ints"),
+    ],
+)
+def test_fuse_validates_like_an_extractor(maps, size, match):
+    """A bare tensor (``res.maps`` by mistake) would otherwise be read as B maps of batch H."""
+    with pytest.raises(InputError, match=match):
+        camkit.fuse(maps, size=size)

@@ -1,5 +1,5 @@
-"""The scoring service against a naive loop: each mask upsampled, multiplied into its image
-and forwarded alone, in NCHW layout and fp32."""
+"""The masked scoring pass against a naive loop: each mask upsampled, multiplied into its
+image and forwarded alone, in NCHW layout and fp32."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
-from camkit.engine.scoring import Scorer
-from camkit.errors import ConfigError, PluginError
+from camkit.engine.options import Setup
+from camkit.engine.scoring import score_masks
+from camkit.engine.services import Services
+from camkit.errors import PluginError
 
 SIZE = 16
 
@@ -74,11 +76,25 @@ def make_model(seed: int = 0, **kwargs: bool) -> nn.Module:
     return model
 
 
-def target_score(targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    def score(rows: Tensor, index: Tensor) -> Tensor:
+def target_score(targets: Tensor) -> Callable[[Tensor, Tensor | None], Tensor]:
+    def score(rows: Tensor, index: Tensor | None) -> Tensor:
+        assert index is not None
         return rows.gather(1, targets[index].unsqueeze(1)).squeeze(1)
 
     return score
+
+
+class Scorer:
+    """The masked scoring pass of standalone services on ``x``, called like a function."""
+
+    def __init__(
+        self, model: nn.Module, x: Tensor, score: Callable[..., Tensor], **options: object
+    ) -> None:
+        setup = Setup.of(model, camkit.RunOptions.model_validate(options))
+        self.door = Services.standalone(setup, x, score)
+
+    def __call__(self, masks: Tensor, **kwargs: object) -> Tensor:
+        return score_masks(self.door, masks, **kwargs)  # type: ignore[arg-type]
 
 
 def naive_scores(
@@ -270,32 +286,23 @@ def test_bf16_is_close_to_fp32(data: tuple[Tensor, Tensor, Tensor]) -> None:
     assert not torch.equal(fast, exact)  # bf16 really ran in reduced precision
 
 
-def test_rejects_bad_settings_and_masks(data: tuple[Tensor, Tensor, Tensor]) -> None:
+def test_rejects_bad_masks(data: tuple[Tensor, Tensor, Tensor]) -> None:
     x, masks, targets = data
     model = make_model()
-    with pytest.raises(ConfigError, match="precision"):
-        Scorer(model, x, target_score(targets), precision="fp16")
-    with pytest.raises(ConfigError, match="batch_size"):
-        Scorer(model, x, target_score(targets), batch_size=0)
     with pytest.raises(PluginError, match=r"\(B=2, M, \*spatial\)"):
         Scorer(model, x, target_score(targets))(masks[0])
     empty = Scorer(model, x, target_score(targets))(masks[:, :0])
     assert empty.shape == (2, 0)
 
 
-class _ScoreConfig(camkit.MethodConfig):
-    batch_size: int = 32
-    precision: Literal["fp32", "bf16"] = "fp32"
-
-
 class _ScoreMethod(camkit.Method):
     """Weights are the raw masked scores: enough to see what the engine's scorer did."""
 
     name = "test-scoring-precision"
-    Config = _ScoreConfig
+    many_forwards = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        return ctx.score(camkit.normalize(ctx.activations))
+        return ctx.score(camkit.minmax_normalize(ctx.activations))
 
 
 class _Plugin:
@@ -305,7 +312,7 @@ class _Plugin:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_extractor_passes_the_config_precision(
+def test_extractor_passes_the_run_options_precision(
     data: tuple[Tensor, Tensor, Tensor], precision: str
 ) -> None:
     x, _, _ = data

@@ -25,10 +25,10 @@ REFERENCE = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "scorecam": {"batch_size": 32, "precision": "fp32"},
-    "sscam": {"batch_size": 32, "precision": "fp32", "num_samples": 35, "std": 2.0, "seed": None},
-    "iscam": {"batch_size": 32, "precision": "fp32", "num_samples": 10},
-    "smoothgradcampp": {"num_samples": 4, "std": 0.3, "seed": None, "batch_size": 32},
+    "scorecam": {},
+    "sscam": {"num_samples": 35, "std": 2.0, "seed": None},
+    "iscam": {"num_samples": 10},
+    "smoothgradcampp": {"num_samples": 4, "std": 0.3, "seed": None},
     "gradcampp": {},
     "xgradcam": {},
     "layercam": {},

@@ -220,6 +220,7 @@ CASES: dict[str, Callable[[pytest.MonkeyPatch], object]] = {
     # map helpers
     "fuse-empty": lambda mp: camkit.fuse([]),
     "fuse-mismatch": lambda mp: camkit.fuse([torch.zeros(2, 3, 3), torch.zeros(1, 3, 3)]),
+    "fuse-bare-tensor": lambda mp: camkit.fuse(torch.zeros(2, 3, 3)),  # type: ignore[arg-type]
     # experiments (tests/experiment/test_user_errors.py has every case)
     "experiment-output-is-a-file": lambda mp: _in_experiment_folder(mp, "output-file"),
     "experiment-folder-locked": lambda mp: _in_experiment_folder(mp, "locked"),

@@ -387,9 +387,7 @@ class ScoreCAM(BaseCAM):
         self.batch_size = 16
 
     def _camkit(self) -> camkit.Extractor:
-        if self._extractor is not None and self._extractor.method.config.batch_size != (
-            self.batch_size
-        ):
+        if self._extractor is not None and self._extractor.options.batch_size != self.batch_size:
             self._extractor = None
         return super()._camkit()
 

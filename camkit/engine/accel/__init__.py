@@ -93,7 +93,7 @@ class Accelerator:
         faster = self._convs and capabilities(x.device).channels_last
         return faster and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
-    def scoring(self, inputs: Tensor) -> ForwardPlan:
+    def scoring(self, inputs: Tensor, *, hooked: bool = False) -> ForwardPlan:
         """How to forward batches of perturbed copies of ``inputs`` (under inference mode).
 
         ``"fp32"``: the model as given. ``"bf16"``: its bfloat16 inference copy, or the
@@ -102,6 +102,10 @@ class Accelerator:
         off CPU, the model as given and, on CPU, an int8 copy calibrated on ``inputs`` when
         its scores follow the model's, else a float32 inference copy (batch norms folded,
         activations fused), else the model as given.
+
+        ``hooked``: the forwards need hooks on the model's own modules to run (e.g. to mask
+        a layer's output), so the plan never calls a copy: ``"bf16"`` runs under autocast,
+        ``"auto"`` without native bfloat16 runs the model as given.
         """
         layout = inputs.dim() == 4 and self._layout_ok
         layout = layout and (
@@ -111,12 +115,13 @@ class Accelerator:
         if precision == "bf16":
             if not capabilities(inputs.device).bf16_native:
                 _warn_emulated_bf16(inputs.device)
-            copied = inference_copy(self.model, torch.bfloat16)
+            copied = None if hooked else inference_copy(self.model, torch.bfloat16)
             if copied is not None:
                 return ForwardPlan(copied, torch.bfloat16, False, layout, "bf16-copy")
             return ForwardPlan(self.model, inputs.dtype, True, layout, "bf16-autocast")
-        if precision == "fp32" or inputs.dtype != torch.float32 or inputs.device.type != "cpu":
-            # The float32 and int8 copies are measured faster on CPUs only.
+        if hooked or precision == "fp32" or inputs.dtype != torch.float32:
+            return ForwardPlan(self.model, inputs.dtype, False, layout)
+        if inputs.device.type != "cpu":  # the float32 and int8 copies are faster on CPUs only
             return ForwardPlan(self.model, inputs.dtype, False, layout)
         quantized = int8_copy(self.model, inputs) if capabilities("cpu").int8 else None
         if quantized is not None:

@@ -32,7 +32,6 @@ class GradCAMTopK(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         alpha = ctx.gradients.flatten(2).mean(-1)  # (B, C): the Grad-CAM weights
         top = alpha.topk(min(self.config.k, alpha.shape[1]), dim=1).indices
         return torch.zeros_like(alpha).scatter(1, top, alpha.gather(1, top))

@@ -187,7 +187,6 @@ class SSCAM(ScoreCAM):
 
 
 class _LegacyISCAMConfig(camkit.MethodConfig):
-    batch_size: int = camkit.Field(32, gt=0)
     num_samples: int = camkit.Field(10, gt=0)
 
 
@@ -200,10 +199,11 @@ class _LegacyISCAM(camkit.Method):
 
     name = "iscam"
     Config = _LegacyISCAMConfig
+    many_forwards = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
         acts, n = ctx.activations, self.config.num_samples
-        masks = camkit.normalize(acts, acts.dim() - 2)
+        masks = camkit.minmax_normalize(acts, acts.dim() - 2)
         i = torch.arange(1, n + 1, dtype=acts.dtype, device=acts.device)
         scales = (i * (i + 1) / (2 * n)).reshape(1, n, *([1] * (acts.dim() - 1)))
         scores = ctx.score((scales * masks.unsqueeze(1)).flatten(1, 2))
@@ -253,7 +253,7 @@ class ISCAM(ScoreCAM):
 
     def _camkit_method(self, config: dict[str, Any]) -> str | camkit.Method:
         if self.legacy_numerics:
-            return _LegacyISCAM(_LegacyISCAMConfig(**config))
+            return _LegacyISCAM(_LegacyISCAMConfig(num_samples=config["num_samples"]))
         return self._method
 
     def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:

@@ -8,12 +8,6 @@ from torch import Tensor
 import camkit
 
 
-class AblationConfig(camkit.MethodConfig):
-    batch_size: int = camkit.Field(
-        32, gt=0, description="ablated forward passes per model call (memory vs. speed)"
-    )
-
-
 class AblationCAM(camkit.Method):
     r"""Ablation-CAM: each channel weighted by the relative score drop when it is zeroed.
 
@@ -24,9 +18,9 @@ class AblationCAM(camkit.Method):
 
     where :math:`y^{(c)}` is the target score and :math:`y^{(c)}_k` the target score with
     channel :math:`k` of the layer set to zero. Needs one forward pass per channel and image,
-    batched by ``batch_size``, and no gradients. Dividing by :math:`y^{(c)}` only rescales the
-    map (and flips it when the score is negative); when the score is exactly 0 the undivided
-    drop is used.
+    batched by the run option ``batch_size``, and no gradients. Dividing by :math:`y^{(c)}`
+    only rescales the map (and flips it when the score is negative); when the score is exactly
+    0 the undivided drop is used.
     """
 
     name = "ablationcam"
@@ -36,7 +30,7 @@ class AblationCAM(camkit.Method):
         "via Gradient-free Localization, WACV 2020"
     )
     aliases = ("ablation-cam",)
-    Config = AblationConfig
+    many_forwards = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
         batch, channels = ctx.activations.shape[:2]

@@ -158,6 +158,4 @@ class EigenGradCAM(camkit.Method):
     relu = False
 
     def map(self, ctx: camkit.Context) -> Tensor:
-        grads = ctx.gradients
-        assert grads is not None, "needs_gradients methods always receive gradients"
-        return first_component(grads * ctx.activations, center=self.config.center)
+        return first_component(ctx.gradients * ctx.activations, center=self.config.center)

@@ -33,7 +33,6 @@ class HiResCAM(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         return ctx.gradients
 
 
@@ -62,6 +61,5 @@ class GradCAMElementWise(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
-        assert ctx.gradients is not None
         grads = ctx.gradients
         return grads * (grads * ctx.activations > 0)

@@ -57,9 +57,9 @@ def refine(maps: Iterable[Tensor], size: Sequence[int] | None = None) -> Tensor:
     mode = "bilinear" if dims == 2 else "trilinear"
     product = torch.ones(maps[0].shape[0], *size, device=maps[0].device)
     for layer_map in maps:
-        normalized = camkit.normalize(layer_map.float(), dims)
+        normalized = camkit.minmax_normalize(layer_map.float(), dims)
         resized = F.interpolate(
             normalized[:, None], size=tuple(size), mode=mode, align_corners=False
         )
         product = product * resized[:, 0]
-    return camkit.normalize(product, dims)
+    return camkit.minmax_normalize(product, dims)

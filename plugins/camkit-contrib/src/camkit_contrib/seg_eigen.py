@@ -42,9 +42,7 @@ class SegEigenCAM(camkit.Method):
     needs_gradients = True
 
     def map(self, ctx: camkit.Context) -> Tensor:
-        grads = ctx.gradients
-        assert grads is not None, "needs_gradients methods always receive gradients"
-        weighted = grads.abs() * ctx.activations
+        weighted = ctx.gradients.abs() * ctx.activations
         projection = principal_projection(weighted, center=True)
         flip = projection.amin(-1).abs() > projection.amax(-1).abs()
         signed = torch.where(flip.unsqueeze(-1), -projection, projection)

@@ -1,4 +1,7 @@
-"""Turning the ``targets`` argument into class indices and a scoring function."""
+"""Targeting: turning the ``targets`` argument into class indices and a scoring function.
+
+(The ready-made target callables users pass are the public module :mod:`camkit.targets`.)
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,7 @@ import torch
 from torch import Tensor
 
 from camkit.errors import ModelOutputError, TargetError
-
-#: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
-#: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
-TargetFn = Callable[..., Tensor]
-Targets = int | Sequence[int] | Tensor | TargetFn | None
+from camkit.targets import TargetFn, Targets
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 import camkit
-from camkit.engine.targets import resolve_targets
+from camkit.engine.targeting import resolve_targets
 from camkit.errors import TargetError
 
 # Rows are images, columns classes; the predicted classes are 2 and 0.
