@@ -101,9 +101,11 @@ def ablationcam(model: nn.Module, layer: str, x: Tensor, score: RawScore) -> Ten
     acts = activations(model, layer, x)
     module = model.get_submodule(layer)
     maps = []
+    with torch.no_grad():  # the clean scores of the batch, as it is explained
+        cleans = score(model(x), list(range(x.shape[0])))
     for b in range(x.shape[0]):
         with torch.no_grad():
-            clean = score(model(x[b : b + 1]), [b])[0]
+            clean = cleans[b]
             drops = []
             for k in range(acts.shape[1]):
 

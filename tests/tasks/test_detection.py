@@ -122,8 +122,10 @@ REFERENCES = {
 def test_box_maps_match_the_reference(detector: str, method: str) -> None:
     model, x, boxes, labels = _case(detector)
     expected = REFERENCES[method](model, LAYER, x, reference.detection_score(boxes, labels))
-    # batch_size 5 mixes both images' perturbed copies in one forward.
-    options = {} if method == "gradcam" else {"batch_size": 5}
+    # Laid out and batched as the reference runs them: a detector's boxes (top-k,
+    # thresholds, NMS) jump with float rounding, and CPU kernels round differently for other
+    # layouts and batch sizes (AVX2-only CPUs), so those runs are not comparable to the bit.
+    options = {"channels_last": False} | ({} if method == "gradcam" else {"batch_size": 1})
     res = camkit.create(method, model, LAYER, **options)(x, DetectionTarget(boxes, labels))
     got = res.layer_maps[LAYER]
     assert float(expected.amax()) > 0

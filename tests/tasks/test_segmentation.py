@@ -108,8 +108,10 @@ def _check_gradcam(name: str, layer: str, kind: str) -> None:
     res = camkit.create("gradcam", model, layer)(x, targets=make(clean, c))
     scale = expected.amax()
     assert float(scale) > 0
+    # 1e-4 of the map's peak: ResNet-50's float32 sums round differently in camkit's
+    # channels-last forward than in the reference's on some CPUs (AVX2-only kernels).
     torch.testing.assert_close(
-        res.layer_maps[layer] / scale, expected / scale, rtol=1e-4, atol=1e-5
+        res.layer_maps[layer] / scale, expected / scale, rtol=1e-4, atol=1e-4
     )
     torch.testing.assert_close(res.scores, clean)
 
