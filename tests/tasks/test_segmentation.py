@@ -113,7 +113,7 @@ def _check_gradcam(name: str, layer: str, kind: str) -> None:
     torch.testing.assert_close(
         res.layer_maps[layer] / scale, expected / scale, rtol=1e-4, atol=1e-4
     )
-    torch.testing.assert_close(res.scores, clean)
+    torch.testing.assert_close(res.scores, clean, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
