@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -34,18 +35,35 @@ def _methods(args: argparse.Namespace) -> int:
         print(f"no method matches {pattern!r}; `camkit methods` lists them all", file=sys.stderr)
         return 1
     _print_table(
-        ("name", "gradients", "distribution", "summary"),
+        ("name", "needs", "source", "distribution", "summary"),
         [
-            (
-                i.name,
-                "yes" if i.needs_gradients else "no",
-                f"{i.distribution} {i.version}",
-                i.summary,
-            )
+            (i.name, _needs(i), _source(i.paper), f"{i.distribution} {i.version}", i.summary)
             for i in rows
         ],
     )
     return 0
+
+
+def _needs(info: camkit.MethodInfo) -> str:
+    """What a call costs beyond one forward pass: ``gradients`` (one backward pass),
+    ``forwards`` (a forward pass per channel, mask or noisy copy), both, or ``activations``
+    (nothing more)."""
+    parts = [
+        name
+        for name, needed in (("gradients", info.needs_gradients), ("forwards", info.many_forwards))
+        if needed
+    ]
+    return "+".join(parts) or "activations"
+
+
+def _source(paper: str) -> str:
+    """``"Selvaraju 2017"`` from ``"Selvaraju et al., Grad-CAM: ..., ICCV 2017"``."""
+    if not paper:
+        return "-"
+    # "A variant of Eigen-CAM: Muhammad & Yeasin, ..." names the variant's source after ": "
+    author = paper.split(",")[0].rpartition(": ")[2].replace(" et al.", "").strip()
+    years = re.findall(r"\b(?:19|20)\d\d\b", paper)
+    return f"{author} {years[-1]}" if years else author
 
 
 def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
@@ -55,6 +73,8 @@ def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
         "summary": info.summary,
         "paper": info.paper,
         "needs_gradients": info.needs_gradients,
+        "many_forwards": info.many_forwards,
+        "needs": _needs(info),
         "distribution": info.distribution,
         "version": info.version,
         "config": info.schema(),
@@ -73,6 +93,7 @@ def _method_detail(name: str, as_json: bool) -> int:
     if info.aliases:
         print(f"  aliases: {', '.join(info.aliases)}")
     print(f"  needs gradients: {'yes' if info.needs_gradients else 'no'}")
+    print(f"  forward passes: {'one per channel, mask or sample' if info.many_forwards else 'one'}")
     schema = info.schema()
     props = schema.get("properties", {})
     if not props:

@@ -47,11 +47,13 @@ def test_methods_table(capsys):
     code, out, _ = run(capsys, "methods")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["name", "gradients", "distribution", "summary"]
+    assert lines[0].split() == ["name", "needs", "source", "distribution", "summary"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == set(camkit.list_methods())
-    assert rows["gradcam"][1:4] == ["yes", "camkit", camkit.__version__]
-    assert rows["cam"][1] == "no"
+    assert rows["gradcam"][1:6] == ["gradients", "Selvaraju", "2017", "camkit", camkit.__version__]
+    assert rows["cam"][1:4] == ["activations", "Zhou", "2016"]
+    assert rows["scorecam"][1] == "forwards"
+    assert rows["smoothgradcampp"][1] == "gradients+forwards"
 
 
 def test_methods_pattern(capsys):
@@ -69,6 +71,7 @@ def test_method_detail(capsys, spelling):
     assert "paper: Selvaraju" in out
     assert "aliases: grad-cam" in out
     assert "needs gradients: yes" in out
+    assert "forward passes: one\n" in out
 
 
 def test_method_detail_shows_the_config(capsys):
@@ -83,7 +86,9 @@ def test_methods_json(capsys):
     data = json.loads(out)
     assert [d["name"] for d in data] == camkit.list_methods()
     gradcam = next(d for d in data if d["name"] == "gradcam")
-    assert gradcam["needs_gradients"] is True
+    assert gradcam["needs_gradients"] is True and gradcam["needs"] == "gradients"
+    sscam = next(d for d in data if d["name"] == "sscam")
+    assert sscam["many_forwards"] is True and sscam["needs"] == "forwards"
     assert gradcam["distribution"] == "camkit" and gradcam["version"] == camkit.__version__
     assert gradcam["aliases"] == ["grad-cam"]
     cam = next(d for d in data if d["name"] == "cam")
