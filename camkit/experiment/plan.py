@@ -76,6 +76,7 @@ def prepare_folder(
     data: dict[str, Any],
     overwrite: bool,
     baselines: Sequence[str] = (),
+    located: dict[str, list[str]] | None = None,
 ) -> None:
     """Make ``folder`` (claimed and locked by the caller) ready for ``config``: new,
     resumable, or (``overwrite``) cleared of camkit's earlier results.
@@ -83,6 +84,8 @@ def prepare_folder(
     Args:
         data: the fingerprint of the images (:meth:`~camkit.experiment.data.Source.fingerprint`).
         baselines: the random baselines the run will write (recorded in the manifest).
+        located: method id -> the layers found on the first image, for methods whose
+            ``layer`` is left to camkit (noted in ``config.resolved.toml``).
 
     Raises:
         ConfigError: the folder holds results of another config, or of other data, and
@@ -113,7 +116,7 @@ def prepare_folder(
     record_in_manifest(
         folder, [str(m.id) for m in config.methods], list(config.output.formats), baselines
     )
-    files.write_text(folder / RESOLVED_FILE, files.dumps_toml(config.resolved()))
+    files.write_text(folder / RESOLVED_FILE, files.dumps_toml(config.resolved()) + _notes(located))
     files.write_text(
         record,
         json.dumps(
@@ -270,3 +273,13 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
             d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")
         ]
     return [] if old == new else [f"{path}: {quote(old)} -> {quote(new)}"]
+
+
+def _notes(located: dict[str, list[str]] | None) -> str:
+    """Comments naming the layers camkit located: a comment, so that the file still reads
+    (and fingerprints) as the config that was given."""
+    if not located:
+        return ""
+    lines = ["", "# Layers located on the first image (methods without `layer`):"]
+    lines += [f"#   {method}: {', '.join(layers)}" for method, layers in located.items()]
+    return "\n".join(lines) + "\n"

@@ -101,7 +101,12 @@ def run(
                 claim(folder, overwrite)
                 lock.acquire()
                 chance = baselines.NAMES if config.metrics.baselines else ()
-                prepare_folder(folder, config, source.fingerprint(), overwrite, chance)
+                located = {
+                    str(spec.id): extractor.layers or []
+                    for spec, extractor in zip(config.methods, extractors)
+                    if spec.layer is None
+                }
+                prepare_folder(folder, config, source.fingerprint(), overwrite, chance, located)
             except CamkitError as exc:
                 problem = exc
         problem = world.from_rank0(problem)

@@ -163,6 +163,10 @@ def test_a_changed_config_is_refused_unless_overwrite(small_config):
     assert result.computed == 4 and result.skipped == 0
     resolved = (result.folder / "config.resolved.toml").read_text()
     assert 'layer = "block"' in resolved
+    # cam's layer is located on the first image, and named in a comment
+    assert resolved.endswith(
+        "# Layers located on the first image (methods without `layer`):\n#   cam: features\n"
+    )
 
 
 def test_a_foreign_folder_is_refused_even_with_overwrite(small_config, tmp_path):
