@@ -67,9 +67,12 @@ def registered() -> Iterator[None]:
 def test_methods_table(registered, capsys):
     assert main(["methods", "test-*"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["name", "gradients", "distribution", "summary"]
-    assert lines[1].split()[:4] == ["test-plain", "no", "test-cli-plugin", "runtime"]
-    assert lines[2].split()[:4] == ["test-rich", "yes", "test-cli-plugin", "runtime"]
+    assert lines[0].split() == ["name", "needs", "source", "distribution", "summary"]
+    assert lines[1].split()[:2] == ["test-plain", "activations"]
+    assert lines[2].split()[:6] == [
+        "test-rich", "gradients", "Nobody", "2024", "test-cli-plugin", "runtime",
+    ]  # fmt: skip
+    assert "test-cli-plugin runtime" in lines[1]
     assert lines[2].endswith("a method with every kind of option")
     # Columns line up: every summary starts where the header's does.
     col = lines[0].index("summary")
@@ -90,14 +93,15 @@ def test_methods_json(registered, capsys):
 def test_method_detail_shows_schema_defaults_and_constraints(registered, capsys):
     assert main(["methods", "test-rich-alias"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[:5] == [
+    assert out.splitlines()[:6] == [
         "test-rich (test-cli-plugin runtime)",
         "  a method with every kind of option",
         "  paper: Nobody, A Paper, 2024",
         "  aliases: test-rich-alias",
         "  needs gradients: yes",
+        "  forward passes: one",
     ]
-    fields = [line.strip() for line in out.splitlines()[6:]]
+    fields = [line.strip() for line in out.splitlines()[7:]]
     assert fields == [
         "batch_size: int = 16  (> 0, <= 512)",
         "rows per forward pass",
