@@ -1,20 +1,26 @@
-"""The public face of camkit: create extractors, list and describe methods, fuse maps."""
+"""The public face of camkit: create extractors, list and describe methods, fuse maps.
+
+Listing and describing methods imports no torch (``camkit methods`` answers at once); the
+engine is imported by the first :func:`create`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from torch import nn
 
-from camkit.engine import Extractor
-from camkit.engine.layers import LayerSpec
-from camkit.engine.options import describe, run_options, split_options
-from camkit.engine.outputs import Layout
 from camkit.errors import ConfigError
 from camkit.method import MethodConfig
 from camkit.registry import MethodInfo, PluginInfo, registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from camkit.engine import Extractor
+    from camkit.engine.layers import LayerSpec
+    from camkit.engine.outputs import Layout
 
 
 def list_methods(pattern: str | None = None) -> list[str]:
@@ -48,6 +54,8 @@ def make_config(name: str, **config: Any) -> MethodConfig:
     try:
         return info.config(**config)
     except ValidationError as exc:
+        from camkit.engine.options import describe
+
         raise ConfigError(f"invalid config for method {info.name!r}: {describe(exc)}") from None
 
 
@@ -80,6 +88,9 @@ def create(
         >>> cam = camkit.create("scorecam", model, "layer4", batch_size=64, precision="bf16")
         >>> res = cam(images)
     """
+    from camkit.engine import Extractor
+    from camkit.engine.options import run_options, split_options
+
     info = registry.info(name)
     run, config = split_options(options, info.config.model_fields, info.name)
     method = info.cls(make_config(info.name, **config))

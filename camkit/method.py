@@ -8,12 +8,14 @@ upsampling, fusion) is the engine's job.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pluggy
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 __all__ = [
     "Context",
@@ -185,6 +187,8 @@ class Context:
         Example:
             >>> gen = ctx.generator(self.config.seed, ctx.inputs.device)
         """
+        import torch
+
         gen = torch.Generator(device=device)
         if seed is None:
             gen.seed()
@@ -201,6 +205,8 @@ def minmax_normalize(maps: Tensor, spatial_dims: int = 2) -> Tensor:
     Example:
         >>> masks = minmax_normalize(ctx.activations)  # (B, C, h, w), each channel in [0, 1]
     """
+    import torch
+
     flat = maps.flatten(-spatial_dims)
     lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
     # A constant map has m - lo == 0 exactly, so any positive span gives zeros.

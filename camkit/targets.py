@@ -14,12 +14,12 @@ targets here do, and are differentiable, so every method can use them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from camkit.errors import TargetError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 __all__ = [
     "ClassTarget",
@@ -32,12 +32,25 @@ __all__ = [
     "box_iou",
 ]
 
-#: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the batch
-#: image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
-TargetFn = Callable[..., Tensor]
-#: What an extractor's ``targets=`` accepts: ``None`` (each image's predicted class), a class
-#: index, one per image (a list or a 1-D tensor), or a :data:`TargetFn`.
-Targets = int | Sequence[int] | Tensor | TargetFn | None
+if TYPE_CHECKING:
+    #: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the
+    #: batch image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
+    TargetFn = Callable[..., Tensor]
+    #: What an extractor's ``targets=`` accepts: ``None`` (each image's predicted class), a
+    #: class index, one per image (a list or a 1-D tensor), or a :data:`TargetFn`.
+    Targets = int | Sequence[int] | Tensor | TargetFn | None
+else:
+
+    def __getattr__(name: str) -> Any:
+        # The aliases name torch's Tensor: built on first use, so that importing this module
+        # (which method plugins may do) imports no torch.
+        if name not in ("TargetFn", "Targets"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from torch import Tensor
+
+        fn = Callable[..., Tensor]
+        globals().update(TargetFn=fn, Targets=int | Sequence[int] | Tensor | fn | None)
+        return globals()[name]
 
 
 def _per_image(value: Tensor, index: Tensor, what: str) -> Tensor:
@@ -59,6 +72,8 @@ class ClassTarget:
     """
 
     def __init__(self, class_index: int | Sequence[int] | Tensor) -> None:
+        import torch
+
         classes = torch.as_tensor(class_index)
         if classes.dim() > 1 or classes.is_floating_point() or classes.dtype == torch.bool:
             raise TargetError(
@@ -163,14 +178,16 @@ class SegmentationTarget:
         *,
         pixel: tuple[int, int] | None = None,
     ) -> None:
+        import torch
+
         if not isinstance(class_index, int) or isinstance(class_index, bool):
             raise TargetError(
                 f"SegmentationTarget's class_index must be an int, got {class_index!r}"
             )
         if (mask is None) == (pixel is None):
             raise TargetError("SegmentationTarget needs a mask or a pixel=(row, col), not both")
-        if mask is not None and (not isinstance(mask, Tensor) or mask.dim() < 2):
-            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() < 2):
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TargetError(
                 f"SegmentationTarget's mask must be an (H, W) or (B, H, W) tensor, got {got}"
             )
@@ -196,8 +213,10 @@ class SegmentationTarget:
             >>> SegmentationTarget.predicted(scores, 1).mask
             tensor([[[False,  True]]])
         """
-        if not isinstance(scores, Tensor) or scores.dim() < 3:
-            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        import torch
+
+        if not isinstance(scores, torch.Tensor) or scores.dim() < 3:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise TargetError(
                 f"SegmentationTarget.predicted needs the clean (B, K, H, W) scores, got {got}"
             )
@@ -265,10 +284,12 @@ class SimilarityTarget:
     """
 
     def __init__(self, reference: Tensor) -> None:
-        if not isinstance(reference, Tensor) or reference.dim() not in (1, 2):
+        import torch
+
+        if not isinstance(reference, torch.Tensor) or reference.dim() not in (1, 2):
             got = (
                 tuple(reference.shape)
-                if isinstance(reference, Tensor)
+                if isinstance(reference, torch.Tensor)
                 else type(reference).__name__
             )
             raise TargetError(f"SimilarityTarget's reference must be (D,) or (B, D), got {got}")
@@ -288,6 +309,8 @@ class SimilarityTarget:
         return cls(embed(model, images).mean(0))
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
         embedding = scores.flatten(1)
         reference = self.reference.to(scores.device, scores.dtype)
         if reference.shape[-1] != embedding.shape[1]:
@@ -314,6 +337,8 @@ def box_iou(boxes: Tensor, reference: Tensor) -> Tensor:
         >>> box_iou(torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2]]), torch.tensor([0.0, 0, 2, 2]))
         tensor([1.0000, 0.3333])
     """
+    import torch
+
     reference = reference.unsqueeze(-2)
     low = torch.maximum(boxes[..., :2], reference[..., :2])
     high = torch.minimum(boxes[..., 2:], reference[..., 2:])
@@ -352,6 +377,8 @@ class DetectionTarget:
     """
 
     def __init__(self, box: Tensor | Sequence[float], class_index: int | Sequence[int] | Tensor):
+        import torch
+
         box = torch.as_tensor(box).detach()
         if box.dim() not in (1, 2) or box.shape[-1] != 4 or not box.is_floating_point():
             raise TargetError(
@@ -362,6 +389,8 @@ class DetectionTarget:
         self.classes = ClassTarget(class_index).classes
 
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        import torch
+
         if scores.dim() != 3 or scores.shape[2] != 6:
             raise TargetError(
                 "DetectionTarget needs a detector's output (a list of dicts with boxes, scores "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import weakref
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from camkit.errors import LayerError, TargetError
 from camkit.method import Context, Field, Method, MethodConfig
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class CAMConfig(MethodConfig):
@@ -60,6 +62,8 @@ class CAM(Method):
         return weight.index_select(0, ctx.targets.to(weight.device))
 
     def _classifier(self, ctx: Context) -> nn.Linear | nn.Conv2d:
+        from torch import nn
+
         channels = ctx.activations.shape[1]
         if self.config.fc_layer is not None:
             module = ctx.module(self.config.fc_layer)

@@ -7,10 +7,12 @@ the score (logit) of target class :math:`c`, and :math:`g_k(i, j) = \\partial Y^
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from camkit.method import Context, Field, Method, MethodConfig
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def _spatial(t: Tensor) -> tuple[int, ...]:
@@ -68,6 +70,8 @@ class GradCAMpp(Method):
         # With D2 = g^2 and D3 = g^3, alpha = 1 / (2 + sum(A) g) wherever g != 0, and only
         # g > 0 counts (ReLU): the same weights as plusplus_weights(g, g**2, g**3, A) in half
         # the tensor operations, and without g^3 underflowing for tiny gradients.
+        import torch
+
         g, acts = ctx.gradients, ctx.activations
         dims = _spatial(acts)
         denom = (acts.sum(dims, keepdim=True) * g).add_(2)
@@ -84,6 +88,8 @@ class GradCAMpp(Method):
             activations: ``(B, C, h, w)`` the activations :math:`A` whose sum enters
                 :math:`\alpha`.
         """
+        import torch
+
         dims = _spatial(activations)
         denom = 2 * d2 + activations.sum(dims, keepdim=True) * d3
         nonzero = denom != 0
@@ -131,6 +137,8 @@ class SmoothGradCAMpp(GradCAMpp):
     many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
+        import torch
+
         n, x = self.config.num_samples, ctx.inputs
         gen = ctx.generator(self.config.seed, x.device)
         noise = torch.randn((n, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
@@ -162,6 +170,8 @@ class XGradCAM(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
+        import torch
+
         acts, dims = ctx.activations, _spatial(ctx.activations)
         total = acts.sum(dims)
         nonzero = total != 0
@@ -192,4 +202,6 @@ class LayerCAM(Method):
     needs_gradients = True
 
     def weights(self, ctx: Context) -> Tensor:
+        import torch
+
         return torch.relu(ctx.gradients)

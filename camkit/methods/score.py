@@ -17,10 +17,13 @@ once. :math:`Y^{(c)}(X)` is the target class's score (logit) for input :math:`X`
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from camkit.method import Context, Field, Method, MethodConfig, minmax_normalize
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 
 class SSCAMConfig(MethodConfig):
@@ -76,6 +79,8 @@ class ScoreCAM(Method):
     many_forwards = True
 
     def weights(self, ctx: Context) -> Tensor:
+        import torch
+
         masks = minmax_normalize(ctx.activations, ctx.activations.dim() - 2)
         return torch.softmax(self.gains(ctx, masks), dim=1)
 
@@ -137,6 +142,8 @@ class ISCAM(ScoreCAM):
     Config = ISCAMConfig
 
     def gains(self, ctx: Context, masks: Tensor) -> Tensor:
+        import torch
+
         n = self.config.num_samples
         i = torch.arange(1, n + 1, dtype=masks.dtype, device=masks.device)
         scales = (i * (i - 1) / (2 * n)).reshape(1, n, *([1] * (masks.dim() - 1)))

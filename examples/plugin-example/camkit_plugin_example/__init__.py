@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
+
+if TYPE_CHECKING:  # torch is imported when the method runs, not when camkit lists it
+    from torch import Tensor
 
 
 class TopKConfig(camkit.MethodConfig):
@@ -32,6 +34,8 @@ class GradCAMTopK(camkit.Method):
     needs_gradients = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
+        import torch
+
         alpha = ctx.gradients.flatten(2).mean(-1)  # (B, C): the Grad-CAM weights
         top = alpha.topk(min(self.config.k, alpha.shape[1]), dim=1).indices
         return torch.zeros_like(alpha).scatter(1, top, alpha.gather(1, top))

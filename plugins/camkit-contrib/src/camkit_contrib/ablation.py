@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class AblationCAM(camkit.Method):
@@ -33,6 +35,8 @@ class AblationCAM(camkit.Method):
     many_forwards = True
 
     def weights(self, ctx: camkit.Context) -> Tensor:
+        import torch
+
         batch, channels = ctx.activations.shape[:2]
         keep = 1 - torch.eye(channels, device=ctx.activations.device)
         ablated = ctx.score_layer(keep.expand(batch, channels, channels))

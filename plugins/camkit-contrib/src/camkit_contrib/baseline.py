@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class RandomConfig(camkit.MethodConfig):
@@ -37,6 +39,8 @@ class RandomCAM(camkit.Method):
     Config = RandomConfig
 
     def weights(self, ctx: camkit.Context) -> Tensor:
+        import torch
+
         batch, channels = ctx.activations.shape[:2]
         uniform = torch.rand(batch, channels, generator=ctx.generator(self.config.seed))
         return (2 * uniform - 1).to(ctx.activations.device, ctx.activations.dtype)

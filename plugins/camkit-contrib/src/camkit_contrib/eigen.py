@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def feature_rows(features: Tensor, *, center: bool) -> Tensor:
@@ -37,6 +39,8 @@ def principal_projection(features: Tensor, *, center: bool) -> Tensor:
         >>> principal_projection(torch.randn(2, 8, 4, 4), center=True).shape
         torch.Size([2, 16])
     """
+    import torch
+
     rows = feature_rows(features, center=center)
     _, _, vh = torch.linalg.svd(rows, full_matrices=False)
     return (rows @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)
@@ -45,6 +49,8 @@ def principal_projection(features: Tensor, *, center: bool) -> Tensor:
 def sign_by_channel_mean(projection: Tensor, features: Tensor) -> Tensor:
     """``(B, N)`` projections flipped where they correlate negatively (Pearson) with the
     ``(B, C, *spatial)`` features' mean over channels, so salient locations come out high."""
+    import torch
+
     batch, channels = features.shape[:2]
     mean = features.reshape(batch, channels, -1).float().mean(1)
     covariance = (

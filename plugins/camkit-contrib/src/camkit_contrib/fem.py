@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
 from camkit.errors import LayerError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class FEMConfig(camkit.MethodConfig):

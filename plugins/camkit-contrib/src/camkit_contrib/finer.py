@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Literal
 
 from camkit.errors import TargetError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Weighting = Literal["mean", "softmax"]
 
@@ -66,6 +66,8 @@ class FinerTarget:
         strength: float = 0.6,
         weighting: Weighting = "mean",
     ) -> None:
+        import torch
+
         if weighting not in ("mean", "softmax"):
             raise TargetError(
                 f"FinerTarget's weighting must be 'mean' or 'softmax', got {weighting!r}"

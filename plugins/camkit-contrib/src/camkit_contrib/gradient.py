@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class HiResCAM(camkit.Method):

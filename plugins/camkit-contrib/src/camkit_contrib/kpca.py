@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Literal
 
 import camkit
 from camkit_contrib.eigen import feature_rows, sign_by_channel_mean
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Kernel = Literal["linear", "poly", "rbf", "sigmoid", "cosine"]
 
@@ -32,6 +32,8 @@ def kernel_matrix(
         >>> kernel_matrix(torch.randn(1, 5, 3), "rbf", 0.5).shape
         torch.Size([1, 5, 5])
     """
+    import torch
+
     dot = rows @ rows.transpose(1, 2)
     if kernel == "linear":
         return dot
@@ -72,6 +74,8 @@ def kernel_first_component(features: Tensor, kernel: Kernel, gamma: float | None
         >>> kernel_first_component(torch.randn(2, 8, 4, 4), "sigmoid").shape
         torch.Size([2, 4, 4])
     """
+    import torch
+
     # float64: the Gram matrix of h*w locations is ill-conditioned in float32
     rows = feature_rows(features, center=True).double()
     gram = kernel_matrix(rows, kernel, 1.0 / rows.shape[-1] if gamma is None else gamma)

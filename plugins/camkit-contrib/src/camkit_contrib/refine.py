@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
 from camkit.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def refine(maps: Iterable[Tensor], size: Sequence[int] | None = None) -> Tensor:
@@ -43,8 +43,11 @@ def refine(maps: Iterable[Tensor], size: Sequence[int] | None = None) -> Tensor:
         >>> refine(res.layer_maps.values(), size=(16, 16)).shape
         torch.Size([2, 16, 16])
     """
+    import torch
+    import torch.nn.functional as F
+
     maps = list(maps)
-    if not maps or not all(isinstance(m, Tensor) for m in maps):
+    if not maps or not all(isinstance(m, torch.Tensor) for m in maps):
         raise InputError("refine() needs a non-empty list of map tensors")
     if len({m.dim() for m in maps}) != 1 or len({m.shape[0] for m in maps}) != 1:
         shapes = [tuple(m.shape) for m in maps]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 import camkit
 from camkit_contrib.eigen import principal_projection
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class SegEigenCAM(camkit.Method):
@@ -42,6 +44,8 @@ class SegEigenCAM(camkit.Method):
     needs_gradients = True
 
     def map(self, ctx: camkit.Context) -> Tensor:
+        import torch
+
         weighted = ctx.gradients.abs() * ctx.activations
         projection = principal_projection(weighted, center=True)
         flip = projection.amin(-1).abs() > projection.amax(-1).abs()
