@@ -13,6 +13,7 @@ targets here do, and are differentiable, so every method can use them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 __all__ = [
+    "ALL_POSITIVE",
+    "AllPositive",
     "ClassTarget",
     "DetectionTarget",
     "OutputTarget",
@@ -32,12 +35,87 @@ __all__ = [
     "box_iou",
 ]
 
+#: The string form of :class:`AllPositive`: ``targets="all-positive"``.
+ALL_POSITIVE = "all-positive"
+
+
+class AllPositive:
+    r"""One map per positive label of a multi-label (sigmoid) classifier.
+
+    ``targets=AllPositive()`` (or the string ``"all-positive"``) makes an extractor explain
+    every ``(image, label)`` pair whose logit is above ``threshold`` on the clean image:
+    :math:`y_k > t`, by default :math:`t = 0`, i.e. :math:`\sigma(y_k) > 0.5`. The batch is
+    expanded to one row per pair, ordered by image then label; the result's ``images`` and
+    ``targets`` (or ``pairs``) say which image and label each map belongs to. An image with
+    no positive label gets no row (``result.images`` does not list it); a batch without any
+    gives an empty result (``maps`` of shape ``(0, H, W)``). Finding the pairs costs one
+    forward pass of the batch under inference mode, before the usual call on the pairs.
+
+    Args:
+        threshold: the logit a label must exceed (``> threshold``, strictly). For a threshold
+            on the probability use :meth:`at_probability`.
+
+    Example:
+        >>> res = camkit.create("gradcam", tagger, "layer4")(images, targets="all-positive")
+        >>> res.pairs                  # [(image, label), ...], one per row of res.maps
+        [(0, 2), (0, 5), (1, 2)]
+    """
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+        ):
+            raise TargetError(f"AllPositive's threshold must be a finite number, got {threshold!r}")
+        self.threshold = float(threshold)
+
+    @classmethod
+    def at_probability(cls, probability: float) -> AllPositive:
+        r"""Positive where the sigmoid is above ``probability`` (in ``(0, 1)``): the logit
+        threshold :math:`\lograc{p}{1 - p}`.
+
+        Example:
+            >>> AllPositive.at_probability(0.5).threshold
+            0.0
+        """
+        if (
+            isinstance(probability, bool)
+            or not isinstance(probability, (int, float))
+            or not 0 < probability < 1
+        ):
+            raise TargetError(
+                f"AllPositive.at_probability needs a probability in (0, 1), got {probability!r}"
+            )
+        return cls(math.log(probability / (1 - probability)))
+
+    def pairs(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """``(images, labels)``: two ``(R,)`` long tensors on the CPU, the positive pairs of
+        the clean ``(B, K)`` logits, ordered by image then label.
+
+        Example:
+            >>> AllPositive().pairs(torch.tensor([[2.0, -1.0, 0.5], [-3.0, -1.0, -1.0]]))
+            (tensor([0, 0]), tensor([0, 2]))
+        """
+        if scores.dim() != 2:
+            raise TargetError(
+                f"targets='all-positive' needs (B, num_labels) logits (a multi-label "
+                f"classifier's output); the model's scores have shape {tuple(scores.shape)}"
+            )
+        images, labels = (scores.detach() > self.threshold).nonzero(as_tuple=True)
+        return images.cpu(), labels.cpu()
+
+    def __repr__(self) -> str:
+        return f"AllPositive(threshold={self.threshold})"
+
+
 if TYPE_CHECKING:
     #: ``fn(scores) -> (N,)`` or ``fn(scores, index) -> (N,)``, where ``index[i]`` is the
     #: batch image that row ``i`` of ``scores`` comes from (rows may be perturbed copies).
     TargetFn = Callable[..., Tensor]
     #: What an extractor's ``targets=`` accepts: ``None`` (each image's predicted class), a
-    #: class index, one per image (a list or a 1-D tensor), or a :data:`TargetFn`.
+    #: class index, one per image (a list or a 1-D tensor), or a :data:`TargetFn` (and, as
+    #: it expands the batch, ``"all-positive"`` / :class:`AllPositive`).
     Targets = int | Sequence[int] | Tensor | TargetFn | None
 else:
 

@@ -21,9 +21,10 @@ from camkit.engine.maps import fuse, weighted_sum
 from camkit.engine.options import RunOptions, Setup
 from camkit.engine.outputs import Layout, check_layout
 from camkit.engine.services import Services
+from camkit.engine.targeting import all_positive, positive_pairs
 from camkit.errors import CamkitError, InputError, PluginError
 from camkit.method import Context, Method
-from camkit.targets import Targets
+from camkit.targets import AllPositive, Targets
 
 
 @dataclass
@@ -39,6 +40,9 @@ class CAMResult:
         scores: the model's clean scores, usually ``(B, num_classes)``.
         targets: ``(B,)`` long class indices explained (``-1`` under a callable target).
         method: the method's name.
+        layers: the target layers' names.
+        images: ``(R,)`` long, under ``targets="all-positive"``: the batch image each row
+            explains (with label ``targets[r]``); ``None`` when row ``i`` is image ``i``.
     """
 
     maps: Tensor
@@ -48,6 +52,13 @@ class CAMResult:
     targets: Tensor
     method: str = ""
     layers: list[str] = field(default_factory=list)
+    images: Tensor | None = None
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(image, target)`` of each row: ``(images[r], targets[r])``, or ``(r, targets[r])``."""
+        images = range(len(self.targets)) if self.images is None else self.images.tolist()
+        return list(zip(images, self.targets.tolist()))
 
 
 class Extractor:
@@ -105,17 +116,21 @@ class Extractor:
     def __repr__(self) -> str:
         return f"Extractor(method={self.method.name!r}, layers={self.layers!r})"
 
-    def __call__(self, x: Tensor, targets: Targets = None) -> CAMResult:
+    def __call__(self, x: Tensor, targets: Targets | AllPositive | str = None) -> CAMResult:
         """Explain ``x`` for ``targets``.
 
         Args:
             x: ``(B, C, H, W)`` images (or ``(B, C, T, H, W)`` videos), finite floats on the
                 model's device.
             targets: ``None`` (each image's predicted class), an int, a list or 1-D tensor of
-                ``B`` ints, or a callable ``fn(scores) -> (B,)`` (optionally
-                ``fn(scores, index)``, see :mod:`camkit.targets`).
+                ``B`` ints, a callable ``fn(scores) -> (B,)`` (optionally
+                ``fn(scores, index)``, see :mod:`camkit.targets`), or ``"all-positive"`` /
+                :class:`~camkit.targets.AllPositive` (one row per positive label, see
+                :attr:`CAMResult.images`).
         """
         x = validated_input(x, self._modules)
+        if isinstance(targets, (str, AllPositive)):
+            return self._positive_labels(x, all_positive(targets))
         layers = self._layers_for(x)
         method = self.method
         with preserved_buffers(self.model, self._buffered):
@@ -138,6 +153,18 @@ class Extractor:
         )
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _positive_labels(self, x: Tensor, spec: AllPositive) -> CAMResult:
+        """One row per positive ``(image, label)`` pair of the clean logits."""
+        with preserved_buffers(self.model, self._buffered):
+            images, labels, scores = positive_pairs(spec, self.model, x)
+        if not len(images):  # no image has a positive label: nothing to explain
+            empty = x.new_zeros((0, *x.shape[2:]), dtype=torch.float32)
+            layers = [name for name, _ in self._layers_for(x)]
+            return CAMResult(empty, {}, {}, scores[:0], labels, self.method.name, layers, images)
+        result = self(x[images.to(x.device)], labels)
+        result.images = images
+        return result
 
     def _layers_for(self, x: Tensor) -> list[tuple[str, nn.Module]]:
         if self._layers is None:

@@ -1,4 +1,5 @@
-"""Targeting: turning the ``targets`` argument into class indices and a scoring function.
+"""Targeting: turning the ``targets`` argument into class indices and a scoring function,
+and ``targets="all-positive"`` into one ``(image, label)`` row per positive label.
 
 (The ready-made target callables users pass are the public module :mod:`camkit.targets`.)
 """
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camkit.errors import ModelOutputError, TargetError
-from camkit.targets import TargetFn, Targets
+from camkit.engine.checks import NON_FINITE_INPUT, all_finite, check_input
+from camkit.engine.outputs import scores_of
+from camkit.errors import InputError, ModelOutputError, TargetError, did_you_mean
+from camkit.targets import ALL_POSITIVE, AllPositive, TargetFn, Targets
 
 
 @dataclass
@@ -67,6 +70,45 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
     return ResolvedTargets(indices, raw)
 
 
+def all_positive(targets: str | AllPositive) -> AllPositive:
+    """The :class:`AllPositive` that ``targets`` names (a string other than
+    ``"all-positive"`` is a :class:`TargetError`)."""
+    if isinstance(targets, AllPositive):
+        return targets
+    key = targets.strip().lower().replace("_", "-")
+    if key == ALL_POSITIVE:
+        return AllPositive()
+    raise TargetError(
+        f"unknown targets {targets!r}: the string target is {ALL_POSITIVE!r} (one map per "
+        f"positive label of a multi-label classifier).{did_you_mean(key, [ALL_POSITIVE])} "
+        "Class names are not targets: pass the class index"
+    )
+
+
+def positive_pairs(
+    spec: AllPositive, model: Callable[[Tensor], object], x: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(images, labels, scores)``: the model's clean ``(B, K)`` logits of ``x`` (one forward
+    under inference mode) and their positive ``(image, label)`` pairs (:meth:`AllPositive.pairs`).
+    """
+    try:
+        with torch.inference_mode():
+            scores = scores_of(model(x))
+    except Exception as exc:
+        if not all_finite(x):  # a model may fail on NaN: say so
+            raise InputError(NON_FINITE_INPUT) from exc
+        raise
+    images, labels = spec.pairs(scores)
+    bad = ~torch.isfinite(scores).all(1)
+    if bool(bad.any()):
+        check_input(x)  # a non-finite input is the cause
+        raise ModelOutputError(
+            f"the logits of image {int(bad.nonzero()[0, 0])} are not finite, so which of its "
+            "labels are positive is undefined (targets='all-positive')"
+        )
+    return images, labels, scores
+
+
 def check_scores(scores: Tensor) -> None:
     """One target score per image, each finite (else a :class:`ModelOutputError`)."""
     _finite(scores, None)
@@ -113,9 +155,11 @@ def _as_indices(targets: Any, batch: int) -> Tensor:
             raise TargetError(f"targets must be class indices (ints), got {list(targets)!r}")
         indices = torch.tensor([int(t) for t in targets], dtype=torch.long)
     else:
+        if isinstance(targets, str):
+            all_positive(targets)  # "did you mean 'all-positive'?"
         raise TargetError(
             "targets must be None (the predicted class), an int, a list of ints, a 1-D tensor "
-            f"or array, or a callable, not {type(targets).__name__}"
+            f"or array, a callable, or 'all-positive', not {type(targets).__name__}"
         )
     if indices.numel() != batch:
         raise TargetError(f"got {indices.numel()} targets for a batch of {batch} images")

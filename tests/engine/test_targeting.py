@@ -85,7 +85,7 @@ def test_callable_returning_the_wrong_shape():
         (True, r"not a bool"),
         ([True, False], r"class indices \(ints\)"),
         ([1.0, 2.0], r"class indices \(ints\)"),
-        ("cat", r"not str"),
+        ("cat", r"unknown targets 'cat': the string target is 'all-positive'"),
         (1.5, r"not float"),
     ],
 )
