@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
 #: Runs the listing commands in a fresh interpreter and prints what it saw as JSON.
 PROBE = r'''
 import ast, contextlib, importlib.abc, io, json, sys, time
@@ -96,15 +98,17 @@ def probe(extra_path: Path | None = None) -> dict[str, Any]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("CAMKIT_DISABLE_PLUGINS", "CAMKIT_NO_PLUGIN_AUTOLOAD", "PYTHONPATH")
+        if k not in ("CAMKIT_DISABLE_PLUGINS", "CAMKIT_NO_PLUGIN_AUTOLOAD")
     }
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
+    # The checkout first (as pytest's pythonpath does), then the extra distribution.
+    paths = [str(ROOT), *([str(extra_path)] if extra_path else []), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     done = subprocess.run(
         [sys.executable, "-c", PROBE],
         capture_output=True,
         text=True,
         env={**env, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
