@@ -79,7 +79,7 @@ class FullGrad(camkit.Method):
     )
     aliases = ("full-grad",)
     Config = FullGradConfig
-    needs_gradients = False  # its own pass differentiates to the input (bias_gradients)
+    needs_gradients = True  # a backward pass, to the input (ctx.bias_gradients)
     relu = False  # every term is non-negative
 
     def map(self, ctx: camkit.Context) -> Tensor:

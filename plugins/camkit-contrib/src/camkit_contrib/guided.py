@@ -81,6 +81,7 @@ class GuidedBackprop(camkit.Method):
     )
     aliases = ("guided-backprop", "guided-backpropagation")
     Config = GuidedConfig
+    needs_gradients = True  # a backward pass, to the input (ctx.guided_gradients)
     relu = False  # the aggregate decides the sign
 
     def __init__(self, config: camkit.MethodConfig | None = None) -> None:
@@ -123,7 +124,6 @@ class GuidedGradCAM(GuidedBackprop):
         "Localization, ICCV 2017"
     )
     aliases = ("guided-gradcam", "guided-grad-cam")
-    needs_gradients = True
 
     def values(self, ctx: camkit.Context) -> Tensor:
         """``(B, C_in, H, W)`` guided gradients times the Grad-CAM mask."""
