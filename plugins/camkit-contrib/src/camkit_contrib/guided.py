@@ -86,7 +86,8 @@ class GuidedBackprop(camkit.Method):
 
     def __init__(self, config: camkit.MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.kept: Tensor | None = None  # the full result, for guided_backprop()
+        self.keep = False  # set by guided_backprop() / guided_gradcam(), which read `kept`
+        self.kept: Tensor | None = None
 
     def values(self, ctx: camkit.Context) -> Tensor:
         """``(B, C_in, H, W)`` the guided gradients."""
@@ -94,7 +95,8 @@ class GuidedBackprop(camkit.Method):
 
     def map(self, ctx: camkit.Context) -> Tensor:
         values = self.values(ctx)
-        self.kept = values.detach()
+        if self.keep:
+            self.kept = values.detach()
         return aggregate(values.float(), self.config.channels)
 
 
@@ -133,6 +135,7 @@ class GuidedGradCAM(GuidedBackprop):
 def _run(
     method: GuidedBackprop, model: nn.Module, x: Tensor, layer: Any, targets: Any, options: Any
 ) -> Tensor:
+    method.keep = True
     camkit.Extractor(method, model, layer, options=camkit.RunOptions(**options))(x, targets)
     assert method.kept is not None
     return method.kept
