@@ -62,6 +62,8 @@ class ModelServices(Protocol):
     def score_layer(self, layer: str, masks: Tensor) -> Tensor: ...
     def gradients_at(self, layer: str, inputs: Tensor) -> Tensor: ...
     def module(self, name: str) -> nn.Module: ...
+    def guided_gradients(self) -> Tensor: ...
+    def bias_gradients(self) -> tuple[Tensor, list[tuple[str, Tensor]]]: ...
 
 
 class Context:
@@ -172,6 +174,38 @@ class Context:
         """
         return self._services.gradients_at(self.layer, inputs)
 
+    def guided_gradients(self) -> Tensor:
+        """The gradient of the target score with respect to the input, through guided ReLUs.
+
+        Every ReLU the forward calls (``nn.ReLU``, ``F.relu``, ``torch.relu``, in place or
+        not) passes back only positive gradients at positive inputs (Springenberg et al.,
+        2015); the model's modules are not changed. One forward and backward pass per call,
+        chunked by ``batch_size``, shared by every layer that asks.
+
+        Returns:
+            ``(B, C_in, H, W)`` gradients, like :attr:`inputs`.
+
+        Example:
+            >>> saliency = ctx.guided_gradients().abs().amax(1)  # (B, H, W)
+        """
+        return self._services.guided_gradients()
+
+    def bias_gradients(self) -> tuple[Tensor, list[tuple[str, Tensor]]]:
+        """The full gradients (Srinivas & Fleuret, 2019): the input gradient and the
+        bias-gradient of every convolution and batch norm with a bias.
+
+        Returns:
+            ``(input_gradient, terms)``: ``(B, C_in, H, W)`` d(target)/d(input), and for each
+            application of a layer with a bias, in forward order, ``(name, b * dY/dz)``: its
+            ``(B, C, h, w)`` bias (a batch norm's effective bias from its running statistics)
+            times the gradient at its output. One forward and backward pass per call.
+
+        Example:
+            >>> grad, terms = ctx.bias_gradients()
+            >>> total = (grad * ctx.inputs).abs().sum(1)
+        """
+        return self._services.bias_gradients()
+
     def module(self, name: str) -> nn.Module:
         """Resolve another submodule of the model by the same rules as target layers.
 
@@ -245,7 +279,9 @@ class Method:
     def map(self, ctx: Context) -> Tensor:
         """Return the ``(B, h, w)`` map before ReLU, for methods that are no weighted sum.
 
-        Only override this when the map is not ``sum_k w_k A_k``; otherwise implement
+        The map is at the layer's resolution, or at the input's (``(B, H, W)``) for methods
+        built on input gradients (:meth:`Context.guided_gradients`). Only override this when
+        the map is not ``sum_k w_k A_k``; otherwise implement
         :meth:`weights` and let the engine form the sum.
         """
         raise NotImplementedError

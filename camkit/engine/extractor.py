@@ -204,7 +204,8 @@ class Extractor:
             cam = weighted_sum(weights, acts)
             weights = weights.detach()
         expected = (acts.shape[0], *acts.shape[2:])
-        if tuple(cam.shape) != expected:
+        at_input = weights is None and tuple(cam.shape) == (acts.shape[0], *ctx.inputs.shape[2:])
+        if tuple(cam.shape) != expected and not at_input:
             raise PluginError(
                 f"method {method.name!r} returned a map of shape {tuple(cam.shape)} for layer "
                 f"{ctx.layer!r}; expected {expected}"

@@ -27,6 +27,7 @@ from camkit.engine.batching import chunks
 from camkit.engine.capture import Capture, check_gradients, grad_enabled
 from camkit.engine.checks import NON_FINITE_INPUT, all_finite, check_input, total_is_finite
 from camkit.engine.gradients_at import gradients_at
+from camkit.engine.input_passes import InputPasses
 from camkit.engine.layer_scoring import score_layer
 from camkit.engine.layers import resolve
 from camkit.engine.options import Setup
@@ -37,9 +38,10 @@ from camkit.errors import CamkitError, InputError, PluginError
 from camkit.targets import Targets
 
 
-class Services:
+class Services(InputPasses):
     """Every pass through the model for one call, with its chunking, layout, precision,
     progress and checks (the object behind each :class:`camkit.Context` of the call).
+    Input-gradient passes come from :class:`~camkit.engine.input_passes.InputPasses`.
 
     Args:
         setup: what the extractor fixes for all its calls.

@@ -108,6 +108,10 @@ ARCHS: dict[str, Arch] = {
 SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0, "k": 1.0}
 
 
+#: Methods built on input gradients: their map is at the input's resolution.
+INPUT_MAPS = {"fullgrad", "guidedbackprop", "guidedgradcam"}
+
+
 def _config(method: str) -> dict[str, Any]:
     fields = camkit.method_info(method).config.model_fields
     return {key: value for key, value in SMALL_CONFIG.items() if key in fields}
@@ -168,7 +172,8 @@ def test_method_on_architecture(arch: str, method: str) -> None:
     assert torch.equal(res.targets, scores.argmax(1))
 
     layer_map = res.layer_maps[spec.resolved]
-    assert layer_map.shape == (x.shape[0], *spec.grid)
+    grid = tuple(x.shape[2:]) if method in INPUT_MAPS else spec.grid
+    assert layer_map.shape == (x.shape[0], *grid)
     if spec.resolved in res.weights:
         weights = res.weights[spec.resolved]
         summed = (

@@ -32,10 +32,9 @@ from camkit.compat.pytorch_grad_cam.base_cam import (
     XGradCAM,
 )
 from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
+from camkit.compat.pytorch_grad_cam.guided import FullGrad, GuidedBackpropReLUModel
 
 ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
-FullGrad = not_landed("pytorch-grad-cam", "FullGrad")
-GuidedBackpropReLUModel = not_landed("pytorch-grad-cam", "GuidedBackpropReLUModel")
 SESS = not_landed("pytorch-grad-cam", "SESS")
 DeepFeatureFactorization = not_landed("pytorch-grad-cam", "DeepFeatureFactorization")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")

@@ -1,12 +1,13 @@
 """camkit-contrib: more CAM methods for camkit, installed as a plugin distribution.
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
-``eigengradcam``, ``ablationcam``, ``randomcam``,
-``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
+``eigengradcam``, ``ablationcam``, ``randomcam``, ``kpcacam``, ``fem``, ``segeigencam``,
+``fullgrad``, ``guidedbackprop`` and ``guidedgradcam`` to ``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
 camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
 target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
-extractor's maps by their product; neither is a method.
+extractor's maps by their product; neither is a method. :func:`guided_backprop` and
+:func:`guided_gradcam` return the full ``(B, C_in, H, W)`` guided gradients.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from camkit_contrib.baseline import RandomCAM
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
 from camkit_contrib.fem import FEM
 from camkit_contrib.finer import FinerTarget
+from camkit_contrib.fullgrad import FullGrad
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
+from camkit_contrib.guided import GuidedBackprop, GuidedGradCAM, guided_backprop, guided_gradcam
 from camkit_contrib.kpca import KPCACAM
 from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
@@ -34,6 +37,9 @@ METHODS: list[type[camkit.Method]] = [
     KPCACAM,
     FEM,
     SegEigenCAM,
+    FullGrad,
+    GuidedBackprop,
+    GuidedGradCAM,
 ]
 
 __all__ = [
@@ -44,11 +50,16 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "FinerTarget",
+    "FullGrad",
     "GradCAMElementWise",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
     "RandomCAM",
     "SegEigenCAM",
     "camkit_methods",
+    "guided_backprop",
+    "guided_gradcam",
     "refine",
 ]
 
