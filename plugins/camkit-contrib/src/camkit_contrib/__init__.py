@@ -2,11 +2,13 @@
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
 ``eigengradcam``, ``ablationcam``, ``randomcam``,
-``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
-finds them through this package's entry point in the ``camkit`` group. The methods use only
-camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
-target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
-extractor's maps by their product; neither is a method.
+``kpcacam``, ``fem``, ``segeigencam``, ``finercam`` and ``refinecam`` to
+``camkit.list_methods()``; camkit finds them through this package's entry point in the
+``camkit`` group. The methods use only camkit's public plugin contract. :class:`FinerTarget`
+(Finer-CAM's contrastive objective) is also a target for any gradient method, and
+:func:`refine` (RefineCAM's fusion) fuses any multi-layer extractor's maps by their product.
+:func:`deep_feature_factorization` (Deep Feature Factorization) is no CAM method: it returns
+a :class:`DFFResult` with a map per concept.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import camkit
 from camkit_contrib.ablation import AblationCAM
 from camkit_contrib.baseline import RandomCAM
+from camkit_contrib.dff import DeepFeatureFactorization, DFFResult, deep_feature_factorization
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
 from camkit_contrib.fem import FEM
 from camkit_contrib.finer import FinerTarget
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.named import FinerCAM, RefineCAM
 from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
 
@@ -34,6 +38,8 @@ METHODS: list[type[camkit.Method]] = [
     KPCACAM,
     FEM,
     SegEigenCAM,
+    FinerCAM,
+    RefineCAM,
 ]
 
 __all__ = [
@@ -41,14 +47,19 @@ __all__ = [
     "KPCACAM",
     "METHODS",
     "AblationCAM",
+    "DFFResult",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerCAM",
     "FinerTarget",
     "GradCAMElementWise",
     "HiResCAM",
     "RandomCAM",
+    "RefineCAM",
     "SegEigenCAM",
     "camkit_methods",
+    "deep_feature_factorization",
     "refine",
 ]
 
