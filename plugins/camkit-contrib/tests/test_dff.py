@@ -158,6 +158,12 @@ def test_dff_leaves_the_model_as_it_was(resnet, images):
         assert torch.equal(v, before[k])
 
 
+def test_dff_says_when_the_classifier_does_not_fit_the_layer(resnet, images):
+    dff = DeepFeatureFactorization(resnet, "layer3", n_components=2, classifier=resnet.fc)
+    with pytest.raises(ConfigError, match=r"\(2, 256\) concept vectors of layer 'layer3'"):
+        dff(images)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"n_components": 0}, {"n_components": 2.5}, {"max_iter": 0}, {"classifier": 3}],

@@ -51,8 +51,8 @@ def nmf(
     x: Tensor,
     n_components: int,
     *,
-    max_iter: int = 500,
-    tol: float = 1e-4,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
     seed: int = 0,
     init: tuple[Tensor, Tensor] | None = None,
     eps: float = 1e-10,
@@ -150,8 +150,8 @@ class DeepFeatureFactorization:
         *,
         n_components: int = 5,
         classifier: Callable[[Tensor], Tensor] | None = None,
-        max_iter: int = 500,
-        tol: float = 1e-4,
+        max_iter: int = 1000,
+        tol: float = 1e-5,
         seed: int = 0,
     ) -> None:
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
@@ -199,8 +199,15 @@ class DeepFeatureFactorization:
         concepts = (basis + offset).T.contiguous()
         scores = None
         if self.classifier is not None:
-            with torch.no_grad():
-                scores = self.classifier(concepts).detach()
+            try:
+                with torch.no_grad():
+                    scores = self.classifier(concepts).detach()
+            except Exception as exc:
+                raise ConfigError(
+                    f"the classifier failed on the {tuple(concepts.shape)} concept vectors of "
+                    f"layer {layer!r} (one row per concept, the layer's channels as features): "
+                    f"{exc}"
+                ) from exc
         return DFFResult(
             concepts=concepts,
             maps=camkit.minmax_normalize(up).clamp_(0, 1),
