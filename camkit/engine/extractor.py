@@ -37,7 +37,8 @@ class CAMResult:
         weights: ``{layer: (B, C) or (B, C, h, w)}`` the weights the method produced (absent
             for methods that compute their map directly).
         scores: the model's clean scores, usually ``(B, num_classes)``.
-        targets: ``(B,)`` long class indices explained (``-1`` under a callable target).
+        targets: ``(B,)`` long class indices explained (``-1`` under a callable target, unless
+            it names its classes with a ``class_indices(scores)`` method).
         method: the method's name.
     """
 

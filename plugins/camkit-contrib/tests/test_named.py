@@ -103,8 +103,18 @@ def test_bad_bases_are_config_errors(resnet, name, base):
 
 def test_finercam_rejects_callable_targets(resnet, images):
     cam = camkit.create("finercam", resnet, "layer4")
-    with pytest.raises(TargetError, match="class indices"):
+    with pytest.raises(TargetError, match="class-index targets"):
         cam(images, lambda scores: scores[:, 0])
+
+
+def test_the_results_targets_are_the_explained_classes(resnet, images):
+    top = resnet(images).argmax(1)
+    assert camkit.create("finercam", resnet, "layer4")(images).targets.tolist() == top.tolist()
+    assert camkit.create("finercam", resnet, "layer4")(images, [3, 7]).targets.tolist() == [3, 7]
+    res = camkit.create("gradcam", resnet, "layer4")(images, FinerTarget(5))
+    assert res.targets.tolist() == [5, 5]
+    plain = camkit.create("gradcam", resnet, "layer4")(images, lambda s: s[:, 0])
+    assert plain.targets.tolist() == [-1, -1]
 
 
 def test_finercam_and_refinecam_from_an_experiment_config(tmp_path: Path):

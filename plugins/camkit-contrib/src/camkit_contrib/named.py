@@ -67,8 +67,8 @@ class FinerCAM(camkit.Method):
 
     (``weighting``; :math:`\gamma` is ``strength``). The defaults are torchcam's ``FinerCAM``
     (:math:`\gamma = 0.6`, mean); pytorch-grad-cam's is ``strength=1.0, weighting="softmax"``.
-    ``targets`` are the classes :math:`c` (``None``: each image's top class); the result's
-    ``targets`` are ``-1``, as under any callable target. Same as passing
+    ``targets`` are the classes :math:`c` (``None``: each image's top class), and the result's
+    ``targets``. Same as passing
     ``targets=camkit_contrib.FinerTarget(...)`` to the base method.
     """
 
@@ -93,8 +93,8 @@ class FinerCAM(camkit.Method):
 
         if callable(targets) and not isinstance(targets, torch.Tensor):
             raise TargetError(
-                "finercam builds its own contrastive target: pass class indices (or None), "
-                "not a callable"
+                "finercam needs class-index targets (or None): it contrasts the target class "
+                "with the classes closest to it, so a callable target cannot be used"
             )
         return FinerTarget(
             targets,
@@ -140,6 +140,8 @@ class RefineCAM(camkit.Method):
         return self.base.weights(ctx)
 
     def fuse(self, layer_maps: list[Tensor], size: tuple[int, ...]) -> Tensor | None:
+        if len(layer_maps) == 1:
+            return None  # one layer: the base method's map, fused as every method's
         from camkit_contrib.refine import refine
 
         return refine(layer_maps, size=size)
