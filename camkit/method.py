@@ -286,6 +286,18 @@ class Method:
         """
         raise NotImplementedError
 
+    def objective(self, targets: Any) -> Any:
+        """The targets the engine scores for the caller's ``targets`` (default: the same).
+
+        A method that explains another objective (Finer-CAM's contrast) returns its callable.
+        """
+        return targets
+
+    def fuse(self, layer_maps: list[Tensor], size: tuple[int, ...]) -> Tensor | None:
+        """``(B, *size)`` maps in ``[0, 1]`` from the layers' maps, or ``None`` for the
+        engine's fusion (each normalized and resized, then their maximum)."""
+        return None
+
     @classmethod
     def computes_map(cls) -> bool:
         """Whether the method overrides :meth:`map` instead of producing weights."""

@@ -38,7 +38,8 @@ class CAMResult:
         weights: ``{layer: (B, C) or (B, C, h, w)}`` the weights the method produced (absent
             for methods that compute their map directly).
         scores: the model's clean scores, usually ``(B, num_classes)``.
-        targets: ``(B,)`` long class indices explained (``-1`` under a callable target).
+        targets: ``(B,)`` long class indices explained (``-1`` under a callable target, unless
+            it names its classes with a ``class_indices(scores)`` method).
         method: the method's name.
         layers: the target layers' names.
         images: ``(R,)`` long, under ``targets="all-positive"``: the batch image each row
@@ -135,15 +136,20 @@ class Extractor:
         method = self.method
         with preserved_buffers(self.model, self._buffered):
             call = Services(self._setup, x, layers)
-            call.forward(targets, gradients=method.needs_gradients)  # and the targets
+            call.forward(method.objective(targets), gradients=method.needs_gradients)
             layer_maps, weights = {}, {}
             for name, _ in layers:  # the backward runs when a method first reads gradients
                 layer_maps[name], w = self._layer_map(Context(name, call), call)
                 if w is not None:
                     weights[name] = w
             call.check(layer_maps)
+        maps = method.fuse(list(layer_maps.values()), tuple(x.shape[2:]))
+        if maps is not None and (
+            not isinstance(maps, Tensor) or tuple(maps.shape) != (x.shape[0], *x.shape[2:])
+        ):
+            raise PluginError(f"method {method.name!r} fused its layers into a wrong shape")
         return CAMResult(
-            maps=fuse(list(layer_maps.values()), size=x.shape[2:]),
+            maps=fuse(list(layer_maps.values()), size=x.shape[2:]) if maps is None else maps,
             layer_maps=layer_maps,
             weights=weights,
             scores=call.scores,

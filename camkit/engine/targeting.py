@@ -43,9 +43,12 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
     """Validate ``targets`` against the clean ``scores`` of a batch."""
     batch = scores.shape[0]
     if callable(targets) and not isinstance(targets, Tensor):
-        return ResolvedTargets(
-            torch.full((batch,), -1, dtype=torch.long), _shape_checked(_with_index(targets))
-        )
+        # A callable that explains one class per image may say which (``class_indices``).
+        classes = getattr(targets, "class_indices", None)
+        indices = torch.full((batch,), -1, dtype=torch.long)
+        if callable(classes):
+            indices = torch.as_tensor(classes(scores.detach())).long().reshape(batch).cpu()
+        return ResolvedTargets(indices, _shape_checked(_with_index(targets)))
     if scores.dim() != 2:
         raise TargetError(
             f"the model's scores have shape {tuple(scores.shape)}; class-index targets need "

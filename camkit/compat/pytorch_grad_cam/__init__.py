@@ -8,8 +8,6 @@ Example:
     ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
 """
 
-from typing import Any
-
 from camkit.compat._shared import not_landed
 from camkit.compat.pytorch_grad_cam import metrics, utils
 from camkit.compat.pytorch_grad_cam.base_cam import (
@@ -31,19 +29,17 @@ from camkit.compat.pytorch_grad_cam.base_cam import (
     SegEigenCAM,
     XGradCAM,
 )
+from camkit.compat.pytorch_grad_cam.feature_factorization import (
+    DeepFeatureFactorization,
+    run_dff_on_image,
+)
 from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 from camkit.compat.pytorch_grad_cam.guided import FullGrad, GuidedBackpropReLUModel
 
 ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
 SESS = not_landed("pytorch-grad-cam", "SESS")
-DeepFeatureFactorization = not_landed("pytorch-grad-cam", "DeepFeatureFactorization")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
 ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
-
-
-def run_dff_on_image(*args: Any, **kwargs: Any) -> Any:
-    """Not in camkit yet: Deep Feature Factorization (raises ``MethodNotFoundError``)."""
-    return DeepFeatureFactorization()
 
 
 __all__ = [

@@ -2,12 +2,14 @@
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
 ``eigengradcam``, ``ablationcam``, ``randomcam``, ``kpcacam``, ``fem``, ``segeigencam``,
-``fullgrad``, ``guidedbackprop`` and ``guidedgradcam`` to ``camkit.list_methods()``; camkit
-finds them through this package's entry point in the ``camkit`` group. The methods use only
-camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
-target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
-extractor's maps by their product; neither is a method. :func:`guided_backprop` and
-:func:`guided_gradcam` return the full ``(B, C_in, H, W)`` guided gradients.
+``fullgrad``, ``guidedbackprop``, ``guidedgradcam``, ``finercam`` and ``refinecam`` to
+``camkit.list_methods()``; camkit finds them through this package's entry point in the
+``camkit`` group. The methods use only camkit's public plugin contract. :class:`FinerTarget`
+(Finer-CAM's contrastive objective) is also a target for any gradient method, and
+:func:`refine` (RefineCAM's fusion) fuses any multi-layer extractor's maps by their product.
+:func:`guided_backprop` and :func:`guided_gradcam` return the full ``(B, C_in, H, W)`` guided
+gradients. :func:`deep_feature_factorization` (Deep Feature Factorization) is no CAM method: it
+returns a :class:`DFFResult` with a map per concept.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import camkit
 from camkit_contrib.ablation import AblationCAM
 from camkit_contrib.baseline import RandomCAM
+from camkit_contrib.dff import DeepFeatureFactorization, DFFResult, deep_feature_factorization
 from camkit_contrib.eigen import EigenCAM, EigenGradCAM
 from camkit_contrib.fem import FEM
 from camkit_contrib.finer import FinerTarget
@@ -22,6 +25,7 @@ from camkit_contrib.fullgrad import FullGrad
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.guided import GuidedBackprop, GuidedGradCAM, guided_backprop, guided_gradcam
 from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.named import FinerCAM, RefineCAM
 from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
 
@@ -40,6 +44,8 @@ METHODS: list[type[camkit.Method]] = [
     FullGrad,
     GuidedBackprop,
     GuidedGradCAM,
+    FinerCAM,
+    RefineCAM,
 ]
 
 __all__ = [
@@ -47,8 +53,11 @@ __all__ = [
     "KPCACAM",
     "METHODS",
     "AblationCAM",
+    "DFFResult",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerCAM",
     "FinerTarget",
     "FullGrad",
     "GradCAMElementWise",
@@ -56,8 +65,10 @@ __all__ = [
     "GuidedGradCAM",
     "HiResCAM",
     "RandomCAM",
+    "RefineCAM",
     "SegEigenCAM",
     "camkit_methods",
+    "deep_feature_factorization",
     "guided_backprop",
     "guided_gradcam",
     "refine",

@@ -106,6 +106,17 @@ class FinerTarget:
                 f"has {num_classes} classes, so they must be in [0, {num_classes - 1}]"
             )
 
+    def class_indices(self, scores: Tensor) -> Tensor:
+        """``(B,)`` the class :math:`c` of each image of the clean ``scores`` (reported by the
+        engine as the result's ``targets``)."""
+        rows = scores.shape[0]
+        if self.classes is None:
+            return scores.detach().argmax(1)
+        index = torch.arange(rows, device=scores.device)
+        target = self._per_row(self.classes, index, rows, "class_index").to(scores.device)
+        self._check_range(target, scores.shape[1])
+        return target
+
     def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
         if scores.dim() != 2 or scores.shape[1] < 2:
             raise TargetError(
