@@ -109,6 +109,8 @@ class FinerTarget:
     def class_indices(self, scores: Tensor) -> Tensor:
         """``(B,)`` the class :math:`c` of each image of the clean ``scores`` (reported by the
         engine as the result's ``targets``)."""
+        import torch
+
         rows = scores.shape[0]
         if self.classes is None:
             return scores.detach().argmax(1)
