@@ -751,6 +751,11 @@ def _check_task(config: ExperimentConfig, where: str) -> None:
             f"{where}: data.annotations: ground-truth boxes are read for task.kind = "
             f"'detection', not {quote(task.kind)} (segmentation reads <stem>.mask.png files)"
         )
+    if data.annotations is not None and data.embedded:
+        raise ConfigError(
+            f"{where}: data.annotations: camkit:shapes has its own ground-truth boxes; "
+            "annotation files are for image files"
+        )
     if task.kind == "detection" and not data.embedded and data.annotations is None:
         raise ConfigError(
             f"{where}: data.annotations: task.kind = 'detection' on image files needs a "

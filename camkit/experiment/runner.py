@@ -252,7 +252,9 @@ def _load(
     reference = None
     if references:
         reference = concept(normalizing, references, config, device)
-    task = Task(config.task, config.targets, config.data.embedded, reference)
+    task = Task(
+        config.task, config.targets, config.data.embedded, reference, config.metrics.softmax
+    )
     return normalizing, source, extractors, task
 
 

@@ -9,7 +9,9 @@ Per batch, :meth:`Task.prepare` reads the clean output once and fixes one target
   is the top-scoring detection of the clean image (``box = "top"``) or the ground-truth box
   (``"ground-truth"``).
 - ``segmentation``: :class:`RegionTarget`, the summed logit of the class inside the
-  ground-truth mask of the class or the region predicted as the class on the clean image.
+  ground-truth mask of the class or the region predicted as the class on the clean image
+  (explained), and the class's mean softmax probability there (:class:`RegionProbability`,
+  measured, with ``metrics.softmax``).
 - ``multilabel``: the label's logit (explained) and its sigmoid (measured, with
   ``metrics.softmax``).
 - ``embedding``: :class:`~camkit.targets.SimilarityTarget` to the image's own clean
@@ -109,6 +111,17 @@ class RegionTarget:
         return (scores[rows, classes] * region).sum((1, 2))
 
 
+class RegionProbability(RegionTarget):
+    r"""The mean softmax probability of each image's class inside its region (0 for an
+    empty region): how a segmentation target is measured with ``metrics.softmax``,
+    :math:`s = \frac{1}{|M|} \sum_{(i,j) \in M} \mathrm{softmax}(Y)^{(c)}(i, j)`."""
+
+    def __call__(self, scores: Tensor, index: Tensor) -> Tensor:
+        total = super().__call__(scores.softmax(1), index)
+        size = self.regions[index.to(self.regions.device)].flatten(1).sum(1)
+        return total / size.clamp(min=1).to(total.device, total.dtype)
+
+
 class _Probability:
     """A multi-label target measured as its sigmoid probability."""
 
@@ -151,6 +164,9 @@ class Task:
         embedded: the data is ``camkit:shapes``, whose classes count from 1 in detection
             and segmentation (0 is background).
         reference: the concept embedding ``(D,)`` (``task.reference`` images), or ``None``.
+        softmax: ``metrics.softmax``: measure a multi-label target as its sigmoid and a
+            segmentation target as the mean softmax probability in the region, not as the
+            logit (sum) they explain.
     """
 
     def __init__(
@@ -159,8 +175,10 @@ class Task:
         targets: TargetChoice = "predicted",
         embedded: bool = False,
         reference: Tensor | None = None,
+        softmax: bool = True,
     ) -> None:
         self.spec, self.targets, self.embedded, self.reference = spec, targets, embedded, reference
+        self.softmax = softmax
 
     @property
     def kind(self) -> str:
@@ -186,7 +204,7 @@ class Task:
         if self.kind == "multilabel":
             classes = self._classes(out, batch)
             targets: Any = ClassTarget(classes)
-            score: ScoreFn = _Probability(targets)
+            score: ScoreFn = _Probability(targets) if self.softmax else targets
             predicted = out.argmax(1).cpu()
         elif self.kind == "detection":
             boxes, classes = self._box(out, batch)
@@ -196,6 +214,8 @@ class Task:
             classes = self._classes(out, batch)
             chosen = self._region(out, batch, classes)
             targets = score = RegionTarget(classes, chosen)
+            if self.softmax:
+                score = RegionProbability(classes, chosen)
             predicted = none
             if batch.masks is not None:
                 regions = batch.masks.cpu() == classes[:, None, None]
