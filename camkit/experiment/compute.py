@@ -284,7 +284,7 @@ def _explain_task(
     arrays: dict[str, np.ndarray] = {
         "index": np.asarray(batch.indices, dtype=np.int64),
         "id": np.asarray(batch.ids),
-        "label": _ints(batch.labels, count),
+        "label": _ints(task.labels(batch), count),
         "box": _ints(batch.boxes, count, width=4),
         "predicted": prepared.predicted.numpy().astype(np.int64),
         "target": prepared.classes.numpy().astype(np.int64),

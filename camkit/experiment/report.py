@@ -533,16 +533,17 @@ def _browser(
     first = next(iter(results.values()))
     images = []
     for row in range(count):
-        label = int(first["label"][row])
+        label, predicted = int(first["label"][row]), int(first["predicted"][row])
         values = {m: [_finite(d[f"metric_{n}"][row]) for n in names] for m, d in results.items()}
         images.append(
             {
                 "i": int(first["index"][row]),
                 "id": str(first["id"][row]),
                 "label": None if label < 0 else _class(classes, label),
-                "predicted": _class(classes, int(first["predicted"][row])),
+                "predicted": _class(classes, predicted) if predicted >= 0 else "n/a",
                 "target": _class(classes, int(first["target"][row])),
-                "correct": None if label < 0 else bool(first["predicted"][row] == label),
+                # tasks without a predicted class (detection, segmentation, embeddings): none
+                "correct": None if label < 0 or predicted < 0 else bool(predicted == label),
                 "v": values,
             }
         )

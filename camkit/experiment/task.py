@@ -184,6 +184,14 @@ class Task:
     def kind(self) -> str:
         return self.spec.kind
 
+    def labels(self, batch: Batch) -> Tensor | None:
+        """The images' ground-truth classes as the task counts them: ``camkit:shapes``
+        labels shifted by one in detection and segmentation (0 is the background)."""
+        if batch.labels is None:
+            return None
+        shift = self.embedded and self.kind in ("detection", "segmentation")
+        return batch.labels + 1 if shift else batch.labels
+
     def prepare(self, model: Callable[[Tensor], Any], batch: Batch, images: Tensor) -> Prepared:
         """The targets of ``batch`` (``images``: its ``[0, 1]`` images on the device) from
         the clean output of ``model`` (which normalizes).
@@ -238,9 +246,9 @@ class Task:
                 return batch.labels.cpu().long()
             return out.argmax(1).cpu()
         if self.targets == "label":
-            if self.embedded:
-                assert batch.labels is not None
-                return batch.labels.cpu().long() + 1
+            labels = self.labels(batch)
+            if labels is not None:
+                return labels.cpu().long()
             assert batch.masks is not None
             return torch.stack([_most_frequent(m, batch.ids[i]) for i, m in enumerate(batch.masks)])
         predicted = out.argmax(1).flatten(1).cpu()
@@ -266,9 +274,9 @@ class Task:
                 f"and labels per image); the model's scores have shape {tuple(out.shape)}"
             )
         if self.spec.box == "ground-truth":
-            assert batch.boxes is not None and batch.labels is not None
-            offset = 1 if self.embedded else 0
-            return batch.boxes.cpu().float(), batch.labels.cpu().long() + offset
+            labels = self.labels(batch)
+            assert batch.boxes is not None and labels is not None
+            return batch.boxes.cpu().float(), labels.cpu().long()
         found = out[..., 4].masked_fill(out[..., 5] < 0, -math.inf)
         if out.shape[1] == 0 or bool(torch.isinf(found.amax(1)).any()):
             first = 0 if out.shape[1] == 0 else int(torch.isinf(found.amax(1)).nonzero()[0, 0])

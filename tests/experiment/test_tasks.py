@@ -567,6 +567,17 @@ def test_examples_run(kind, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert f"Task: {kind}." in page
     _check_html(page)
+    # labels counted as the task counts classes: from 1 in detection and segmentation
+    with np.load(tmp_path / "out" / "maps" / str(config.methods[0].id) / "shard-00000.npz") as d:
+        stored = d["label"].tolist()
+    shift = 1 if kind in ("detection", "segmentation") else 0
+    assert stored == [shapes.render(0, i, 64).label + shift for i in range(2)]
+    data = json.loads(page.split('id="data">')[1].split("</script>")[0])
+    names = ("background", *shapes.CLASSES) if shift else shapes.CLASSES
+    for image, label in zip(data["images"], stored):
+        assert image["label"] == names[label]
+        if kind in ("detection", "segmentation", "embedding"):  # no predicted class
+            assert image["predicted"] == "n/a" and image["correct"] is None
 
 
 def _check_html(page: str) -> None:
