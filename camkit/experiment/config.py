@@ -741,10 +741,11 @@ def _check_task(config: ExperimentConfig, where: str) -> None:
             f"{where}: metrics.compute: {quote(unmeasured[0])} is measured for classification "
             f"only; task.kind {quote(task.kind)} measures {', '.join(TASK_METRICS)}"
         )
-    if task.kind in ("detection", "embedding") and "targets" in config.model_fields_set:
+    if task.kind in ("detection", "embedding") and config.targets != "predicted":
         raise ConfigError(
             f"{where}: targets: task.kind {quote(task.kind)} chooses its target with "
-            f"[task] keys ({', '.join(TASK_KEYS[task.kind])}); expected no 'targets' key"
+            f"[task] keys ({', '.join(TASK_KEYS[task.kind])}); expected no 'targets' key "
+            f"(or 'predicted'), got {quote(config.targets)}"
         )
     if data.annotations is not None and task.kind != "detection":
         raise ConfigError(

@@ -219,6 +219,11 @@ class Task:
             targets = score = MatchedBox(boxes, classes, float(self.spec.iou or 0.0))
             predicted = none
         elif self.kind == "segmentation":
+            if out.dim() != 4:
+                raise TargetError(
+                    "task.kind = 'segmentation' needs (B, classes, H, W) outputs (or a dict "
+                    f"with 'out'); the model's scores have shape {tuple(out.shape)}"
+                )
             classes = self._classes(out, batch)
             chosen = self._region(out, batch, classes)
             targets = score = RegionTarget(classes, chosen)

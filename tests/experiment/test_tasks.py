@@ -238,6 +238,21 @@ def test_ground_truth_errors_come_before_the_model_is_built(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("detection", "needs a detector"), ("segmentation", r"needs \(B, classes, H, W\) outputs")],
+)
+def test_a_model_of_another_task_fails_before_any_output(tmp_path, kind, message):
+    config = load_config(
+        ROOT / "examples" / "quickstart.toml",
+        overrides=[f"task.kind={kind}", "data.count=1"],
+        output=tmp_path / "out",
+    )
+    with pytest.raises(ConfigError, match=f"quickstart.toml: task: .*{message}"):
+        run(config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_mask_files_are_read_resized_and_never_images(tmp_path):
     _image(tmp_path / "a.png", (8, 4))
     mask = np.zeros((4, 8), np.uint8)
