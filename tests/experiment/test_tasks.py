@@ -748,3 +748,29 @@ def test_outline_draws_boxes_and_mask_edges():
     assert (picture[edge] == [0, 255, 0]).all()
     assert (picture[3:5, 3:5] == 0).all()  # the interior stays
     assert (picture[0, :] == [255, 0, 255]).all() and (picture[:, 7] == [255, 0, 255]).all()
+
+
+def test_road_of_a_task_is_road_on_the_target_score():
+    from camkit.experiment.compute import noise_generator
+    from camkit.metrics import road
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 5))  # fmt: skip
+    batch = _batch(count=2, size=16)
+    batch.indices = [7, 3]  # the noise streams follow the images' indices
+    maps = torch.rand(2, 16, 16)
+    spec = MetricsSpec(compute=["road_morf", "road_lerf"], step=32, tolerance=1.0,
+                       road_removed=[0.25, 0.5])  # fmt: skip
+    task = Task(TaskSpec(kind="multilabel"), 2)
+    prepared = task.prepare(model, batch, batch.images)
+    measured = task.measure(spec, model, batch.images, maps, prepared, indices=batch.indices,
+                            seed=5)  # fmt: skip
+    for i, index in enumerate(batch.indices):
+        for order in ("morf", "lerf"):
+            expected = road(
+                lambda x: model(x)[:, 2:3].sigmoid(), batch.images[i : i + 1], maps[i : i + 1],
+                torch.zeros(1, dtype=torch.long), order=order, removed=[0.25, 0.5],
+                softmax=False, generator=noise_generator(5, index, f"road_{order}"),
+            )  # fmt: skip
+            assert measured[f"road_{order}"][i] == pytest.approx(float(expected), rel=1e-5)
