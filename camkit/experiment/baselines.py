@@ -42,6 +42,7 @@ from camkit.experiment.data import Source
 from camkit.experiment.folder import BASELINES
 from camkit.experiment.plan import Shard, concatenate_shards, pending_files, shard_problem
 from camkit.experiment.stats import describe
+from camkit.experiment.task import Task
 from camkit.metrics import RandomizationResult, gaussian_blur, spearman, ssim
 from camkit.metrics.sanity import Mode
 
@@ -120,6 +121,7 @@ def compute(
     model: NormalizingModel,
     source: Source,
     device: torch.device,
+    task: Task | None = None,
 ) -> None:
     """Measure every baseline on ``shards`` whose files are missing or damaged.
 
@@ -129,6 +131,8 @@ def compute(
         metrics_spec: what to measure, and how.
         image_size: ``(H, W)`` of the maps.
         seed: the run's seed, which seeds the random maps.
+        task: the run's ``[task]`` (not classification: the baselines explain its targets,
+            prepared again from the clean images as the methods' were).
     """
     metrics = list(metrics_spec.compute)
 
@@ -166,8 +170,19 @@ def compute(
         targets = torch.from_numpy(method["target"]).to(device)
         # on the CPU, where the methods' confidences (and every metric's scores) are
         confidence = torch.from_numpy(method["confidence"])
+        prepared = None
+        if task is not None and task.kind != "classification":
+            prepared = task.prepare(model, batch, images)
         for name in names:
             maps = random_maps(name, indices, image_size, seed)
+            if prepared is not None and task is not None:
+                measured = task.measure(
+                    metrics_spec, model, images, maps.to(device), prepared, indices=indices,
+                    seed=seed,
+                )  # fmt: skip
+                stored = {stored_name(k): v for k, v in measured.items()}
+                files.write_npz(shard_file(folder, name, shard), {**arrays, **stored})
+                continue
             measured = measure(
                 metrics_spec, model, images, maps.to(device), targets, batch.boxes, confidence,
                 indices=indices, seed=seed,

@@ -29,6 +29,7 @@ from camkit.errors import ConfigError, did_you_mean
 from camkit.experiment import files
 from camkit.experiment.config import MethodSpec, MetricsSpec, OutputSpec, TargetChoice, quote
 from camkit.experiment.data import Batch
+from camkit.experiment.task import Task, ground_truth_of, outline
 from camkit.metrics import (
     RandomizationResult,
     arcc,
@@ -187,6 +188,7 @@ def explain(
     device: torch.device,
     seed: int = 0,
     spec: MethodSpec | None = None,
+    task: Task | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps, predictions and per-image metrics of one method on one batch: a shard's arrays,
     with the deletion and insertion curves (``curve_<name>``), the layers the method used
@@ -200,6 +202,9 @@ def explain(
         seed: the run's seed, which seeds ROAD's noise.
         spec: the method's entry in the config (``extractor``'s maker), which the sanity
             checks need to make the method again on a randomized model.
+        task: the run's ``[task]`` when not classification: it chooses the targets
+            (``targets`` is then read through it) and measures the maps; detection shards
+            also hold the explained boxes (``explained_box``, ``(B, 4)`` floats).
     """
     checked = set(SANITY) & set(metrics.compute)
     steps = sanity_steps(metrics, model.model) if checked else None
@@ -211,8 +216,14 @@ def explain(
         "skipped_reason": np.asarray([why for _, _, why in batch.skipped], dtype=str),
     }
     if not batch.indices:  # every image of the shard was skipped
-        return {**_no_images(metrics, batch.images.shape[2:], map_dtype, steps), **skipped}
+        empty = _no_images(metrics, batch.images.shape[2:], map_dtype, steps)
+        if task is not None and task.kind == "detection":
+            empty["explained_box"] = np.zeros((0, 4), dtype=np.float32)
+        return {**empty, **skipped}
     images = batch.images.to(device)
+    if task is not None and task.kind != "classification":
+        return {**_explain_task(extractor, model, batch, images, task, metrics, map_dtype, seed),
+                **skipped}  # fmt: skip
     wanted: Any = None
     if targets == "label":
         assert batch.labels is not None
@@ -250,6 +261,45 @@ def explain(
     if steps is not None:
         arrays["sanity_layers"] = np.asarray(steps, dtype=str)
     return {**arrays, **skipped}
+
+
+def _explain_task(
+    extractor: camkit.Extractor,
+    model: NormalizingModel,
+    batch: Batch,
+    images: Tensor,
+    task: Task,
+    metrics: MetricsSpec,
+    map_dtype: str,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """:func:`explain` for a ``[task]`` other than classification."""
+    prepared = task.prepare(model, batch, images)
+    started = time.perf_counter()
+    result = extractor(model.normalize(images), targets=prepared.targets)
+    maps = result.maps.detach().float()
+    stored = maps.cpu().numpy().astype(map_dtype)  # waits for the device
+    seconds = time.perf_counter() - started
+    count = len(batch.indices)
+    arrays: dict[str, np.ndarray] = {
+        "index": np.asarray(batch.indices, dtype=np.int64),
+        "id": np.asarray(batch.ids),
+        "label": _ints(task.labels(batch), count),
+        "box": _ints(batch.boxes, count, width=4),
+        "predicted": prepared.predicted.numpy().astype(np.int64),
+        "target": prepared.classes.numpy().astype(np.int64),
+        "confidence": prepared.clean.double().numpy(),
+        "maps": stored,
+        "seconds": np.asarray([seconds]),
+        "layers": np.asarray(result.layers, dtype=str),
+    }
+    if prepared.boxes is not None:
+        arrays["explained_box"] = prepared.boxes.numpy().astype(np.float32)
+    measured = task.measure(
+        metrics, model, images, maps, prepared, indices=batch.indices, seed=seed
+    )
+    arrays.update({stored_name(k): v for k, v in measured.items()})
+    return arrays
 
 
 def stored_name(name: str) -> str:
@@ -461,15 +511,19 @@ def write_shard(
     batch: Batch,
     arrays: dict[str, np.ndarray],
     output: OutputSpec,
+    task: str = "classification",
 ) -> None:
     """Overlays (into the folder ``overlays``, when ``output.overlays``) first, then the
-    shard file at ``path``: a shard that exists is complete."""
+    shard file at ``path``: a shard that exists is complete. Other ``task`` kinds than
+    classification draw the ground truth (and the explained box) on the overlays."""
     if output.overlays:
         for i, index in enumerate(batch.indices):
             picture = camkit.overlay(
                 batch.images[i], arrays["maps"][i].astype(np.float32),
                 alpha=output.alpha, cmap=output.colormap,
             )  # fmt: skip
+            if task != "classification":
+                picture = outline(picture, **ground_truth_of(task, batch.masks, arrays, i))
             for fmt in output.formats:
                 files.write_image(overlays / f"{index:06d}.{fmt}", picture)
     files.write_npz(path, arrays)

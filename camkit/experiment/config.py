@@ -26,6 +26,7 @@ from pydantic import (
     Strict,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from camkit.engine.options import RunOptions
@@ -199,6 +200,12 @@ class DataSpec(_Section):
                 raise ValueError("'camkit:shapes' cannot be combined with files")
         return source
 
+    annotations: str | None = Field(
+        None,
+        description="a COCO-style JSON file of ground-truth boxes and classes (detection); "
+        "images are matched by file_name",
+    )
+
     @property
     def embedded(self) -> bool:
         return self.source == "camkit:shapes"
@@ -292,6 +299,64 @@ class OutputSpec(_Section):
     )
 
 
+TaskKind = Literal["classification", "detection", "segmentation", "multilabel", "embedding"]
+#: The ``[task]`` keys each kind reads, with their defaults (the other kinds refuse them).
+TASK_KEYS: dict[str, dict[str, Any]] = {
+    "classification": {},
+    "detection": {"box": "top", "iou": 0.5},
+    "segmentation": {"region": "ground-truth"},
+    "multilabel": {},
+    "embedding": {"reference": "self"},
+}
+#: The metrics of a task other than classification (they score one target per image).
+TASK_METRICS: tuple[Metric, ...] = (*DEFAULT_METRICS, "road_morf", "road_lerf", "road_combined")
+
+
+class TaskSpec(_Section):
+    """``[task]``: what kind of model, and which score of it each map explains."""
+
+    kind: TaskKind = Field(
+        "classification",
+        description="'classification', 'detection', 'segmentation', 'multilabel' or 'embedding'",
+    )
+    box: Literal["top", "ground-truth"] | None = Field(
+        None,
+        description="detection: explain the top-scoring box the detector finds on the clean "
+        "image, or the ground-truth box (default 'top')",
+    )
+    iou: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="detection: a detected box of the class counts as the explained box when "
+        "its IoU with it is at least this (default 0.5)",
+    )
+    region: Literal["ground-truth", "predicted"] | None = Field(
+        None,
+        description="segmentation: sum the class's logits inside the ground-truth mask of the "
+        "class or inside the region the model predicts as the class (default 'ground-truth')",
+    )
+    reference: Literal["self"] | list[str] | None = Field(
+        None,
+        description="embedding: 'self' (each image's own clean embedding) or image files, "
+        "folders or patterns whose mean embedding is the concept (default 'self')",
+    )
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> TaskSpec:
+        allowed = TASK_KEYS[self.kind]
+        for key in ("box", "iou", "region", "reference"):
+            if getattr(self, key) is not None and key not in allowed:
+                owner = next(k for k, keys in TASK_KEYS.items() if key in keys)
+                raise ValueError(f"task.{key} is a {owner} key; task.kind is {self.kind!r}")
+        for key, default in allowed.items():
+            if getattr(self, key) is None:
+                setattr(self, key, default)
+        if isinstance(self.reference, list) and not self.reference:
+            raise ValueError("task.reference: expected at least one image file, folder or pattern")
+        return self
+
+
 class ExperimentConfig(_Section):
     """A whole experiment file."""
 
@@ -301,6 +366,7 @@ class ExperimentConfig(_Section):
     targets: TargetChoice = Field(
         "predicted", description="'predicted', 'label' (ground truth) or a class index"
     )
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec.model_validate({}))
     metrics: MetricsSpec = Field(default_factory=lambda: MetricsSpec.model_validate({}))
     output: OutputSpec = Field(default_factory=lambda: OutputSpec.model_validate({}))
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of camkit:shapes and methods")
@@ -347,6 +413,10 @@ class ExperimentConfig(_Section):
         data["engine"].pop("progress")  # progress bars change no result
         if data["engine"] == _DEFAULT_ENGINE:
             data.pop("engine")
+        if data["task"] == _DEFAULT_TASK:  # runs from before [task] existed resume
+            data.pop("task")
+        if data["data"]["annotations"] is None:
+            data["data"].pop("annotations")
         for key, names in METRIC_OPTIONS.items():
             if not set(names) & set(self.metrics.compute):
                 data["metrics"].pop(key)
@@ -356,6 +426,9 @@ class ExperimentConfig(_Section):
         """A hash of :meth:`comparable`: equal configs resume each other's runs."""
         text = json.dumps(self.comparable(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_DEFAULT_TASK = TaskSpec.model_validate({}).model_dump(mode="json")
 
 
 def load_config(
@@ -643,7 +716,53 @@ def _complete(config: ExperimentConfig, where: str) -> None:
             f"{where}: data.count: only camkit:shapes is generated to a count; for files "
             f"use data.limit (data.source is {quote(data.source)})"
         )
-    if config.targets == "label" and not data.embedded:
+    _check_task(config, where)
+    if config.targets == "label" and not data.embedded and config.task.kind != "segmentation":
+        raise ConfigError(
+            f"{where}: targets: 'label' needs ground-truth labels, which only camkit:shapes "
+            f"has; expected 'predicted' or a class index for data {quote(data.source)}"
+        )
+
+
+def _check_task(config: ExperimentConfig, where: str) -> None:
+    """The keys ``[task]`` makes wrong: metrics it cannot measure, targets it does not read,
+    ground truth it needs."""
+    task, data = config.task, config.data
+    if task.kind == "classification":
+        if data.annotations is not None:
+            raise ConfigError(
+                f"{where}: data.annotations: ground-truth boxes are read for task.kind = "
+                "'detection'; classification runs read none"
+            )
+        return
+    unmeasured = [m for m in config.metrics.compute if m not in TASK_METRICS]
+    if unmeasured:
+        raise ConfigError(
+            f"{where}: metrics.compute: {quote(unmeasured[0])} is measured for classification "
+            f"only; task.kind {quote(task.kind)} measures {', '.join(TASK_METRICS)}"
+        )
+    if task.kind in ("detection", "embedding") and config.targets != "predicted":
+        raise ConfigError(
+            f"{where}: targets: task.kind {quote(task.kind)} chooses its target with "
+            f"[task] keys ({', '.join(TASK_KEYS[task.kind])}); expected no 'targets' key "
+            f"(or 'predicted'), got {quote(config.targets)}"
+        )
+    if data.annotations is not None and task.kind != "detection":
+        raise ConfigError(
+            f"{where}: data.annotations: ground-truth boxes are read for task.kind = "
+            f"'detection', not {quote(task.kind)} (segmentation reads <stem>.mask.png files)"
+        )
+    if data.annotations is not None and data.embedded:
+        raise ConfigError(
+            f"{where}: data.annotations: camkit:shapes has its own ground-truth boxes; "
+            "annotation files are for image files"
+        )
+    if task.kind == "detection" and not data.embedded and data.annotations is None:
+        raise ConfigError(
+            f"{where}: data.annotations: task.kind = 'detection' on image files needs a "
+            "COCO-style JSON file of ground-truth boxes (data.annotations = 'instances.json')"
+        )
+    if config.targets == "label" and not data.embedded and task.kind == "multilabel":
         raise ConfigError(
             f"{where}: targets: 'label' needs ground-truth labels, which only camkit:shapes "
             f"has; expected 'predicted' or a class index for data {quote(data.source)}"

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from camkit.errors import ConfigError, DataError
+from camkit.experiment import ground_truth
 from camkit.experiment.config import DataSpec, quote
 from camkit.zoo import shapes
 
@@ -43,6 +44,7 @@ class Batch:
         boxes: ``(B, 4)`` ground-truth boxes ``(x0, y0, x1, y1)``, or ``None``.
         skipped: ``(position, id, reason)`` of each image left out because it could not
             be decoded (``data.on_error = "skip"``).
+        masks: ``(B, H, W)`` ground-truth class ids per pixel (0: background), or ``None``.
     """
 
     indices: list[int]
@@ -51,6 +53,7 @@ class Batch:
     labels: Tensor | None
     boxes: Tensor | None
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
+    masks: Tensor | None = None
 
 
 class Source:
@@ -91,6 +94,12 @@ class ShapesSource(Source):
             images=torch.from_numpy(np.stack([s.image for s in samples])),
             labels=torch.tensor([s.label for s in samples], dtype=torch.long),
             boxes=torch.tensor([s.box for s in samples], dtype=torch.long),
+            # class ids as detectors and segmenters count them: 0 is background
+            masks=torch.from_numpy(
+                np.stack([np.where(np.asarray(s.mask), s.label + 1, 0) for s in samples])
+                if samples
+                else np.zeros((0, self.size, self.size), np.int64)
+            ).long(),
         )
 
     def fingerprint(self, count: int | None = None) -> dict[str, Any]:
@@ -100,12 +109,22 @@ class ShapesSource(Source):
 
 
 class FileSource(Source):
-    """Image files, sorted by path, each resized (bilinear) to ``size``."""
+    """Image files, sorted by path, each resized (bilinear) to ``size``; with ground truth
+    (:mod:`~camkit.experiment.annotations`) when ``boxes`` (one per file: scaled box and
+    class) or ``masks`` are given."""
 
     def __init__(
-        self, paths: list[Path], root: Path, size: tuple[int, int], on_error: str = "stop"
+        self,
+        paths: list[Path],
+        root: Path,
+        size: tuple[int, int],
+        on_error: str = "stop",
+        *,
+        boxes: list[tuple[list[float], int]] | None = None,
+        masks: bool = False,
     ) -> None:
         self.paths, self.root, self.size, self.on_error = paths, root, size, on_error
+        self.boxes, self.masks = boxes, masks
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -123,13 +142,24 @@ class FileSource(Source):
             kept.append(i)
         height, width = self.size
         images = np.stack(arrays) if arrays else np.zeros((0, 3, height, width), np.float32)
+        boxes = labels = masks = None
+        if self.boxes is not None:
+            boxes = torch.tensor([self.boxes[i][0] for i in kept], dtype=torch.float32)
+            boxes = boxes.reshape(len(kept), 4).round().long()
+            labels = torch.tensor([self.boxes[i][1] for i in kept], dtype=torch.long)
+        if self.masks:
+            planes = [ground_truth.read_mask(self.paths[i], self.size) for i in kept]
+            masks = torch.from_numpy(
+                np.stack(planes) if planes else np.zeros((0, height, width), np.int64)
+            )
         return Batch(
             indices=kept,
             ids=[self.image_id(i) for i in kept],
             images=torch.from_numpy(images),
-            labels=None,
-            boxes=None,
+            labels=labels,
+            boxes=boxes,
             skipped=skipped,
+            masks=masks,
         )
 
     def image_id(self, index: int) -> str:
@@ -243,9 +273,18 @@ def _high_depth(image: Image.Image) -> np.ndarray:
     return np.clip(values, 0.0, 1.0).astype(np.float32)
 
 
-def open_source(spec: DataSpec, base_dir: Path, seed: int, exclude: Path | None = None) -> Source:
+def open_source(
+    spec: DataSpec,
+    base_dir: Path,
+    seed: int,
+    exclude: Path | None = None,
+    task: str = "classification",
+) -> Source:
     """The source ``spec`` describes; relative paths are relative to ``base_dir``; files
-    under ``exclude`` (the run's output folder) are never part of it.
+    under ``exclude`` (the run's output folder) are never part of it. ``task`` (``[task]
+    kind``) says which ground truth image files need: ``detection`` reads
+    ``spec.annotations``, ``segmentation`` the mask files beside the images (never images
+    themselves then); a missing or malformed one fails here, before any model is built.
 
     Example:
         >>> from camkit.experiment.config import DataSpec
@@ -259,13 +298,25 @@ def open_source(spec: DataSpec, base_dir: Path, seed: int, exclude: Path | None 
         source = ShapesSource(spec.count, seed, size)
     else:
         entries = [spec.source] if isinstance(spec.source, str) else list(spec.source)
-        paths, root = _find_images(entries, base_dir, exclude)
-        source = FileSource(paths, root, size, spec.on_error)
+        masks = task == "segmentation"
+        paths, root = _find_images(entries, base_dir, exclude, masks)
+        source = FileSource(paths, root, size, spec.on_error, masks=masks)
+        ids = [source.image_id(i) for i in range(len(paths))]
+        if masks:
+            ground_truth.check_masks(paths, ids)
+        if task == "detection" and spec.annotations is not None:
+            file = Path(spec.annotations).expanduser()
+            found = ground_truth.read_boxes(file if file.is_absolute() else base_dir / file)
+            matched = ground_truth.match_boxes(found, paths, ids)
+            source.boxes = [
+                (ground_truth.scaled_box(box, path, size), box.category)
+                for box, path in zip(matched, paths)
+            ]
     return Limited(source, spec.limit) if spec.limit is not None else source
 
 
 def _find_images(
-    entries: list[str], base_dir: Path, exclude: Path | None
+    entries: list[str], base_dir: Path, exclude: Path | None, masks: bool = False
 ) -> tuple[list[Path], Path]:
     found: list[Path] = []
     roots = []
@@ -293,6 +344,8 @@ def _find_images(
     if exclude is not None:
         skip = exclude.resolve()
         found = [p for p in found if not p.resolve().is_relative_to(skip)]
+    if masks:
+        found = [p for p in found if not ground_truth.is_mask_file(p)]
     images = sorted(set(found))
     if not images:
         where = ", ".join(repr(e) for e in entries)[:300]

@@ -213,6 +213,12 @@ def _torchvision(name: str, weights: str | None, kwargs: dict[str, Any], base: P
                 f"of {choices}, 'none' or a checkpoint file"
             )
         enum = enums[weights.upper() if weights.upper() == "DEFAULT" else weights]
+    if kwargs.get("weights_backbone") == "none":
+        kwargs["weights_backbone"] = None  # TOML has no null
+    builder = torchvision.models.get_model_builder(name)
+    if enum is None and "weights_backbone" in _parameters(builder):
+        # random weights: no pretrained backbone either (detectors, segmenters); never a download
+        kwargs.setdefault("weights_backbone", None)
     try:
         model = torchvision.models.get_model(name, weights=enum, **kwargs)
     except OSError as exc:
@@ -541,6 +547,13 @@ def _check_kwargs(
 
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 def _did_you_mean(given: str, choices: list[str]) -> str:

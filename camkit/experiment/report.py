@@ -30,6 +30,7 @@ from camkit.experiment.config import ExperimentConfig, MetricsSpec
 from camkit.experiment.data import Source
 from camkit.experiment.folder import REPORT, REPORT_INPUT
 from camkit.experiment.stats import LOWER_IS_BETTER, RESAMPLES
+from camkit.experiment.task import EXPLAINED_COLOUR, TRUTH_COLOUR, ground_truth_of, outline
 from camkit.viz import colormap, overlay, to_pil
 
 ASSETS = REPORT
@@ -108,11 +109,13 @@ def _write_pictures(
         for path in paths:
             with np.load(path, allow_pickle=False) as data:
                 indices, maps = data["index"], data["maps"]
+                truth = {k: data[k] for k in _TRUTH if k in data.files}
             wanted = [(i, int(k)) for i, k in enumerate(indices) if int(k) in position]
             if not wanted:
                 continue
             batch = source.batch([position[k] for _, k in wanted])
             images = dict(zip(batch.indices, batch.images))
+            rows = {index: row for row, index in enumerate(batch.indices)}
             for i, index in wanted:
                 if index not in images:  # unreadable since the run: the page shows no picture
                     continue
@@ -125,10 +128,23 @@ def _write_pictures(
                 if not linked:
                     targets.append(folder / ASSETS / method / name)
                 heat = maps[i].astype(np.float32)
+                drawn = None
+                if config.task.kind != "classification":
+                    arrays = {k: v[i : i + 1] for k, v in truth.items()}
+                    masks = batch.masks
+                    sub = None if masks is None else masks[rows[index] : rows[index] + 1]
+                    drawn = ground_truth_of(config.task.kind, sub, arrays, 0)
                 for kind, target in enumerate(targets):
                     if not target.exists():
-                        files.write_image(target, _picture(kind, image, heat, config))
+                        picture = _picture(kind, image, heat, config)
+                        if drawn is not None and kind != 1:  # the map itself stays clean
+                            picture = outline(picture, **drawn)
+                        files.write_image(target, picture)
     return "overlays" if linked else ASSETS
+
+
+#: The shard arrays the pictures' ground-truth outlines come from.
+_TRUTH = ("box", "explained_box", "target")
 
 
 def _picture(kind: int, image: Any, heat: np.ndarray, config: ExperimentConfig) -> Any:
@@ -510,20 +526,24 @@ def _browser(
     if count == 0:
         return '<p class="muted">(no images: output.report_images is 0)</p>'
     classes = source.classes
+    if config.task.kind in ("detection", "segmentation"):
+        # their class ids count from 1, 0 being the background
+        classes = ("background", *classes) if classes is not None else None
     names = list(config.metrics.compute)
     first = next(iter(results.values()))
     images = []
     for row in range(count):
-        label = int(first["label"][row])
+        label, predicted = int(first["label"][row]), int(first["predicted"][row])
         values = {m: [_finite(d[f"metric_{n}"][row]) for n in names] for m, d in results.items()}
         images.append(
             {
                 "i": int(first["index"][row]),
                 "id": str(first["id"][row]),
                 "label": None if label < 0 else _class(classes, label),
-                "predicted": _class(classes, int(first["predicted"][row])),
+                "predicted": _class(classes, predicted) if predicted >= 0 else "n/a",
                 "target": _class(classes, int(first["target"][row])),
-                "correct": None if label < 0 else bool(first["predicted"][row] == label),
+                # tasks without a predicted class (detection, segmentation, embeddings): none
+                "correct": None if label < 0 or predicted < 0 else bool(predicted == label),
                 "v": values,
             }
         )
@@ -546,6 +566,7 @@ def _browser(
         )
     )
     labelled = any(i["correct"] is not None for i in images)
+    shown += _task_note(config)
     return f"""{shown}
 <div class="controls" role="group" aria-label="image browser controls">
 <label>sort by <select id="sort"></select></label>
@@ -566,6 +587,29 @@ def _browser(
 <button type="button" id="zoom-close">close</button></div>
 <div class="zoom-body" id="zoom-body"></div></dialog>
 <script type="application/json" id="data">{text}</script>"""
+
+
+def _task_note(config: ExperimentConfig) -> str:
+    """What the outlines drawn on the pictures are (tasks other than classification)."""
+    kind = config.task.kind
+    if kind == "classification":
+        return ""
+    if kind == "segmentation":
+        truth = "the ground-truth mask of the explained class"
+    else:
+        truth = "the ground-truth box (where the data has one)"
+    note = f"{_swatch(TRUTH_COLOUR)} {truth}"
+    if kind == "detection":
+        note += (
+            f"; {_swatch(EXPLAINED_COLOUR)} the box explained (task.box = {_e(config.task.box)})"
+        )
+    return f'<p class="note">Task: {_e(kind)}. Outlined on the inputs and the overlays: {note}.</p>'
+
+
+def _swatch(colour: tuple[int, int, int]) -> str:
+    hex_colour = "#" + "".join(f"{c:02x}" for c in colour)
+    name = {(0, 255, 0): "green", (255, 0, 255): "magenta"}.get(colour, hex_colour)
+    return f'<span style="color:{hex_colour}">&#9632;</span> {name}:'
 
 
 _CORRECTNESS = (

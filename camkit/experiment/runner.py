@@ -41,6 +41,7 @@ from camkit.experiment.folder import FolderLock, claim
 from camkit.experiment.merging import merge
 from camkit.experiment.models import Normalize, build_model
 from camkit.experiment.plan import pending, plan_shards, prepare_folder
+from camkit.experiment.task import Task, concept, reference_files
 from camkit.experiment.world import World
 
 __all__ = ["RunResult", "merge", "plan_shards", "run"]
@@ -93,8 +94,8 @@ def run(
     try:
         device = _device(config, world)
         check_memory(config, device)
-        model, source, extractors = _load(config, device)
-        _check_first_image(config, model, source, extractors, device)
+        model, source, extractors, task = _load(config, device)
+        _check_first_image(config, model, source, extractors, device, task)
         problem: CamkitError | None = None
         if lock is not None:
             try:
@@ -129,9 +130,16 @@ def run(
             ) as bar:  # fmt: skip
                 for shard in todo:
                     batch = source.batch(range(shard.start, shard.stop))
-                    arrays = _explain(config, i, extractor, model, batch, device)
+                    arrays = _explain(config, i, extractor, model, batch, device, task)
                     overlays = folder / "overlays" / method
-                    write_shard(shard.file(folder, method), overlays, batch, arrays, config.output)
+                    write_shard(
+                        shard.file(folder, method),
+                        overlays,
+                        batch,
+                        arrays,
+                        config.output,
+                        config.task.kind,
+                    )
                     computed += 1
                     bar.update(len(shard))
         if config.metrics.baselines:
@@ -140,7 +148,7 @@ def run(
             baselines.compute(
                 folder, mine, first=str(config.methods[0].id), metrics_spec=config.metrics,
                 image_size=config.data.image_size, seed=config.seed, model=model,
-                source=source, device=device,
+                source=source, device=device, task=task,
             )  # fmt: skip
         world.barrier()
         if world.rank == 0:
@@ -211,14 +219,17 @@ def _free_memory(device: torch.device) -> int | None:
 
 def _load(
     config: ExperimentConfig, device: torch.device
-) -> tuple[NormalizingModel, Source, list[camkit.Extractor]]:
-    """The model (behind its normalization), the images and one extractor per method; the
-    data source is listed first, so a wrong path is reported before a model is built."""
+) -> tuple[NormalizingModel, Source, list[camkit.Extractor], Task]:
+    """The model (behind its normalization), the images, one extractor per method and the
+    ``[task]``; the data source (and its ground truth) is listed first, so a wrong path is
+    reported before a model is built."""
     where = config.source or "(config)"
     try:
         source = open_source(
-            config.data, config.base_dir, config.seed, exclude=Path(config.output.folder)
-        )
+            config.data, config.base_dir, config.seed, exclude=Path(config.output.folder),
+            task=config.task.kind,
+        )  # fmt: skip
+        references = reference_files(config)
         model = build_model(config.model, config.base_dir).to(device)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -237,7 +248,14 @@ def _load(
             raise ConfigError(f"{where}: methods[{i}].layer: {exc}") from None
     mean, std = config.data.mean, config.data.std
     assert mean is not None and std is not None
-    return NormalizingModel(model, Normalize(mean, std).to(device)), source, extractors
+    normalizing = NormalizingModel(model, Normalize(mean, std).to(device))
+    reference = None
+    if references:
+        reference = concept(normalizing, references, config, device)
+    task = Task(
+        config.task, config.targets, config.data.embedded, reference, config.metrics.softmax
+    )
+    return normalizing, source, extractors, task
 
 
 def _check_first_image(
@@ -246,6 +264,7 @@ def _check_first_image(
     source: Source,
     extractors: list[camkit.Extractor],
     device: torch.device,
+    task: Task | None = None,
 ) -> None:
     """Explain and measure the first readable image with every method, so that a config
     that fails on the model (a layer, a target, the normalization) fails before any output
@@ -254,7 +273,7 @@ def _check_first_image(
         batch = source.batch([index])
         if batch.indices:
             for i, extractor in enumerate(extractors):
-                _explain(config, i, extractor, model, batch, device)
+                _explain(config, i, extractor, model, batch, device, task)
             return
     raise DataError(
         f"data.source: none of the {len(source)} images could be read (first: "
@@ -269,6 +288,7 @@ def _explain(
     model: NormalizingModel,
     batch: Batch,
     device: torch.device,
+    task: Task | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`~camkit.experiment.compute.explain` with errors that name the config key."""
     where = config.source or "(config)"
@@ -276,10 +296,11 @@ def _explain(
         return explain(
             extractor, model, batch, targets=config.targets, metrics=config.metrics,
             map_dtype=config.output.map_dtype, device=device, seed=config.seed,
-            spec=config.methods[method],
+            spec=config.methods[method], task=task,
         )  # fmt: skip
     except TargetError as exc:
-        raise ConfigError(f"{where}: targets: {exc}") from None
+        key = "targets" if config.task.kind == "classification" else "task"
+        raise ConfigError(f"{where}: {key}: {exc}") from None
     except LayerError as exc:
         raise ConfigError(f"{where}: methods[{method}].layer: {exc}") from None
     except InputError as exc:

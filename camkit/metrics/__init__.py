@@ -29,6 +29,8 @@ from camkit.metrics.localization import (
     box_masks,
     centre_map,
     energy_pointing_game,
+    mask_energy,
+    mask_pointing_game,
     peak,
     pointing_game,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "gaussian_blur",
     "increase_in_confidence",
     "insertion",
+    "mask_energy",
+    "mask_pointing_game",
     "model_randomization",
     "noisy_linear_imputation",
     "peak",

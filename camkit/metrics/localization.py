@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from camkit.errors import InputError
 from camkit.metrics.checks import check_boxes, check_maps, check_non_negative
 
 
@@ -92,3 +93,52 @@ def centre_map(height: int, width: int, sigma: float | None = None) -> Tensor:
     rows = torch.arange(height, dtype=torch.float32)[:, None] - height // 2
     cols = torch.arange(width, dtype=torch.float32)[None, :] - width // 2
     return torch.exp(-(rows**2 + cols**2) / (2 * sigma**2))
+
+
+def _check_regions(maps: Tensor, regions: Tensor) -> Tensor:
+    maps = check_maps(maps, name="maps")
+    if not isinstance(regions, Tensor) or regions.shape != maps.shape:
+        got = tuple(regions.shape) if isinstance(regions, Tensor) else type(regions).__name__
+        raise InputError(f"regions must be (B, H, W) like the maps {tuple(maps.shape)}, got {got}")
+    return regions.to(maps.device).bool()
+
+
+def mask_pointing_game(maps: Tensor, regions: Tensor, tolerance: float = 15.0) -> Tensor:
+    r"""Pointing game in a ground-truth mask: a hit when the map's maximum lies within
+    ``tolerance`` pixels (Euclidean) of a pixel of the region. With a box's mask it equals
+    :func:`pointing_game`.
+
+    Args:
+        maps: ``(B, H, W)`` saliency maps at the image's resolution.
+        regions: ``(B, H, W)`` boolean ground-truth masks.
+        tolerance: in pixels.
+
+    Returns:
+        ``(B,)`` float32, 1.0 for a hit and 0.0 for a miss; NaN for an empty region.
+    """
+    regions = _check_regions(maps, regions)
+    tolerance = check_non_negative(tolerance, "tolerance")
+    points = peak(maps).float()
+    out = torch.full((maps.shape[0],), torch.nan, device=maps.device)
+    for i, region in enumerate(regions):
+        pixels = region.nonzero().float()
+        if len(pixels):
+            nearest = ((pixels - points[i]) ** 2).sum(1).min()
+            out[i] = float(nearest <= tolerance**2)
+    return out
+
+
+def mask_energy(maps: Tensor, regions: Tensor) -> Tensor:
+    r"""Energy-based pointing game in a ground-truth mask: the share of the map's mass inside
+    the region, :math:`\sum_{(i,j) \in M} L(i, j) / \sum_{(i,j)} L(i, j)`. With a box's mask
+    it equals :func:`energy_pointing_game`.
+
+    Returns:
+        ``(B,)`` float32 proportions in ``[0, 1]``; NaN for an all-zero map or an empty region.
+    """
+    regions = _check_regions(maps, regions)
+    maps = maps.float()
+    inside = (maps * regions).sum((1, 2))
+    total = maps.sum((1, 2))
+    valid = (total > 0) & regions.flatten(1).any(1)
+    return torch.where(valid, inside / torch.where(total > 0, total, 1.0), torch.nan)

@@ -28,11 +28,13 @@ class ShapeSample:
         label: the shape's class index into :data:`CLASSES`.
         box: ``(x0, y0, x1, y1)`` tight bounding box of the shape in pixels, half-open
             (``x0 <= x < x1``).
+        mask: ``(H, W)`` boolean mask of the shape's pixels.
     """
 
     image: np.ndarray
     label: int
     box: tuple[int, int, int, int]
+    mask: np.ndarray | None = None
 
 
 def shape_mask(label: int, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
@@ -85,7 +87,7 @@ def render(seed: int, index: int, size: int = 64) -> ShapeSample:
     image = image + rng.normal(0, 0.06, size=image.shape).astype(np.float32)
     rows, cols = np.nonzero(mask)
     box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
-    return ShapeSample(np.clip(image, 0, 1).astype(np.float32), label, box)
+    return ShapeSample(np.clip(image, 0, 1).astype(np.float32), label, box, mask)
 
 
 def _segment(x0: float, y0: float, x1: float, y1: float, size: int) -> np.ndarray:

@@ -13,9 +13,11 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.MULTILIN
 
 
 def test_every_task_has_an_example() -> None:
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 5
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=["detection", "segmentation", "labels", "embedding"])
+@pytest.mark.parametrize(
+    "code", BLOCKS, ids=["detection", "segmentation", "labels", "embedding", "single-stage"]
+)
 def test_example_runs(code: str) -> None:
     exec(compile(code, str(DOC), "exec"), {"__name__": "docs_tasks"})
