@@ -1,10 +1,11 @@
 """One door to the model: every forward and backward pass of one call goes through here.
 
 :class:`Services` is built for one call of an extractor. It runs the clean pass (forward,
-targets, the lazy backward), and the passes methods ask for through their
-:class:`~camkit.Context`: masked scoring (:mod:`camkit.engine.scoring`), layer-masked scoring
-(:mod:`camkit.engine.layer_scoring`) and gradients at other inputs
-(:mod:`camkit.engine.gradients_at`). Whatever the pass, the machinery is this file's:
+targets, the lazy backward) and the passes methods ask for through their :class:`~camkit.Context`:
+masked and layer-masked scoring (:mod:`~camkit.engine.scoring`, ``layer_scoring``),
+gradients at other inputs (:mod:`~camkit.engine.gradients_at`), Hessian-vector products
+(:mod:`~camkit.engine.hessian`), attention gradients (:mod:`~camkit.engine.attention`). Whatever
+the pass, the machinery is this file's:
 
 - one chunk loop (:meth:`Services.chunks`: the run option ``batch_size``, the progress bar);
 - one forward (:meth:`Services.run`): the memory layout the accelerator planned, and the one
@@ -23,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from camkit.engine.accel import ForwardPlan
+from camkit.engine.attention import attention_gradients
 from camkit.engine.batching import chunks
 from camkit.engine.capture import Capture, check_gradients, grad_enabled
 from camkit.engine.checks import NON_FINITE_INPUT, all_finite, check_input, total_is_finite
 from camkit.engine.gradients_at import gradients_at
+from camkit.engine.hessian import hessian_vector_product
 from camkit.engine.layer_scoring import score_layer
 from camkit.engine.layers import resolve
 from camkit.engine.options import Setup
@@ -58,13 +61,8 @@ class Services:
     def standalone(
         cls, setup: Setup, inputs: Tensor, score: Callable[[Tensor, Tensor | None], Tensor]
     ) -> Services:
-        """Services for running a pass on its own, without a clean pass (tests, benchmarks):
-        ``score(rows, index)`` gives the target score of output rows from images ``index``.
-
-        Example:
-            >>> door = Services.standalone(Setup.of(model), x, lambda rows, index: rows[:, 3])
-            >>> scores = score_masks(door, masks)
-        """
+        """Services for one pass without a clean pass (tests, benchmarks, e.g. ``score_masks``):
+        ``score(rows, index)`` gives the target score of output rows from images ``index``."""
         door = cls(setup, inputs, [])
         door.chosen = ResolvedTargets(torch.zeros(0, dtype=torch.long), score)
         return door
@@ -131,6 +129,14 @@ class Services:
         """:func:`camkit.engine.gradients_at.gradients_at`, after checking the inputs."""
         self.check_inputs()
         return gradients_at(self, layer, inputs)
+
+    def hessian_vector_product(self, layer: str, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`camkit.engine.hessian.hessian_vector_product` (it checks the inputs first)."""
+        return hessian_vector_product(self, layer, vectors)
+
+    def attention_gradients(self, layer: str, last: int | None) -> list[tuple[Tensor, Tensor]]:
+        """:func:`camkit.engine.attention.attention_gradients` (it checks the inputs first)."""
+        return attention_gradients(self, layer, last)
 
     def module(self, name: str) -> nn.Module:
         """A submodule of the model by the layer rules (resolved once per extractor)."""

@@ -2,7 +2,8 @@
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
 ``eigengradcam``, ``ablationcam``, ``randomcam``,
-``kpcacam``, ``fem`` and ``segeigencam`` to ``camkit.list_methods()``; camkit
+``kpcacam``, ``fem``, ``segeigencam``, ``shapleycam`` and ``legrad`` to
+``camkit.list_methods()``; camkit
 finds them through this package's entry point in the ``camkit`` group. The methods use only
 camkit's public plugin contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is a
 target for any gradient method, and :func:`refine` (RefineCAM) fuses a multi-layer
@@ -19,8 +20,10 @@ from camkit_contrib.fem import FEM
 from camkit_contrib.finer import FinerTarget
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.legrad import LeGrad
 from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
+from camkit_contrib.shapley import ShapleyCAM
 
 __version__ = "0.1.0"
 
@@ -34,6 +37,8 @@ METHODS: list[type[camkit.Method]] = [
     KPCACAM,
     FEM,
     SegEigenCAM,
+    ShapleyCAM,
+    LeGrad,
 ]
 
 __all__ = [
@@ -46,8 +51,10 @@ __all__ = [
     "FinerTarget",
     "GradCAMElementWise",
     "HiResCAM",
+    "LeGrad",
     "RandomCAM",
     "SegEigenCAM",
+    "ShapleyCAM",
     "camkit_methods",
     "refine",
 ]
