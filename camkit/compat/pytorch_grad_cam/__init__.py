@@ -32,8 +32,8 @@ from camkit.compat.pytorch_grad_cam.base_cam import (
     XGradCAM,
 )
 from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
+from camkit.compat.pytorch_grad_cam.shapley_cam import ShapleyCAM
 
-ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
 FullGrad = not_landed("pytorch-grad-cam", "FullGrad")
 GuidedBackpropReLUModel = not_landed("pytorch-grad-cam", "GuidedBackpropReLUModel")
 SESS = not_landed("pytorch-grad-cam", "SESS")
