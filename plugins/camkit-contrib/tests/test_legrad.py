@@ -213,3 +213,28 @@ def test_matches_torchcam(blocks: int) -> None:
     mine = ours.layer_maps["encoder.layers"]
     assert pearson(mine, peer) >= 0.999
     torch.testing.assert_close(mine, peer, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_vit_b_16_stack_and_last_block() -> None:
+    """torchvision's ViT-B/16 (random weights, 48 px: a 3 x 3 grid), the stack of its 12
+    blocks against the hand run, and the last block alone equal to ``blocks=1``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.vit_b_16(weights=None, image_size=48).eval()
+        nn.init.normal_(model.heads.head.weight, std=0.02)
+    x = tiny_inputs(size=48)
+    stack = camkit.create("legrad", model, "encoder.layers")(x, TARGETS)
+    probs, outs, logits = tv_blocks(model, x)
+    torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
+    maps = []
+    for p, z in zip(probs, outs):
+        s = model.heads(model.encoder.ln(z.mean(1)))[torch.arange(2), TARGETS].sum()
+        (g,) = torch.autograd.grad(s, p, retain_graph=True)
+        maps.append(g.clamp_min(0).mean((1, 2))[:, 1:])
+    expected = torch.stack(maps).mean(0).reshape(2, 3, 3).detach()
+    torch.testing.assert_close(stack.layer_maps["encoder.layers"], expected, rtol=1e-4, atol=1e-8)
+    last = "encoder.layers.encoder_layer_11"
+    alone = camkit.create("legrad", model, last)(x, TARGETS).layer_maps[last]
+    one = camkit.create("legrad", model, "encoder.layers", blocks=1)(x, TARGETS)
+    torch.testing.assert_close(alone, one.layer_maps["encoder.layers"])
