@@ -264,6 +264,9 @@ class Method:
     #: options' business.
     many_forwards: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    #: The method reads the attention of a vision transformer's blocks
+    #: (:meth:`Context.attention_gradients`); other models get a ``LayerError`` saying so.
+    needs_attention: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config: Any = config if config is not None else self.Config()

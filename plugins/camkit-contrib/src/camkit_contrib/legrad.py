@@ -53,6 +53,7 @@ class LeGrad(camkit.Method):
     aliases = ("le-grad",)
     Config = LeGradConfig
     needs_gradients = True
+    needs_attention = True
 
     def map(self, ctx: camkit.Context) -> Tensor:
         import torch
