@@ -61,6 +61,8 @@ class ModelServices(Protocol):
     ) -> Tensor: ...
     def score_layer(self, layer: str, masks: Tensor) -> Tensor: ...
     def gradients_at(self, layer: str, inputs: Tensor) -> Tensor: ...
+    def hessian_vector_product(self, layer: str, vectors: Tensor) -> tuple[Tensor, Tensor]: ...
+    def attention_gradients(self, layer: str, last: int | None) -> list[tuple[Tensor, Tensor]]: ...
     def module(self, name: str) -> nn.Module: ...
     def guided_gradients(self) -> Tensor: ...
     def bias_gradients(self) -> tuple[Tensor, list[tuple[str, Tensor]]]: ...
@@ -206,6 +208,40 @@ class Context:
         """
         return self._services.bias_gradients()
 
+    def hessian_vector_product(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The gradient at this layer and its Hessian times ``vectors`` (a second-order pass).
+
+        With :math:`y` the target score and :math:`A` this layer's activations, returns
+        :math:`g = \partial y / \partial A` and :math:`H v`, :math:`H = \partial^2 y /
+        \partial A^2`, from one extra forward and a double backward per chunk of images
+        (``batch_size``); zero where :math:`y` is linear in :math:`A` after the layer.
+
+        Args:
+            vectors: ``(B, C, h, w)``, shaped like :attr:`activations`.
+
+        Returns:
+            ``(g, Hv)``, both ``(B, C, h, w)``.
+
+        Example:
+            >>> g, hv = ctx.hessian_vector_product(ctx.activations)
+        """
+        return self._services.hessian_vector_product(self.layer, vectors)
+
+    def attention_gradients(self, last: int | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Attention probabilities of the ViT blocks at or inside this layer, with gradients.
+
+        For each block (this layer, or the blocks of the stack this layer is; the ``last``
+        ones when given), ``(P, dP)``: its ``(B, heads, N, N)`` post-softmax attention
+        probabilities and the gradient by them of the block's own target score (the model's
+        classifier on the block's mean output token). torchvision's and timm's
+        ``VisionTransformer`` are supported (see :mod:`camkit.engine.attention`); other
+        models raise :class:`~camkit.errors.LayerError`. One extra forward per chunk.
+
+        Example:
+            >>> for probs, grads in ctx.attention_gradients(last=4): ...
+        """
+        return self._services.attention_gradients(self.layer, last)
+
     def module(self, name: str) -> nn.Module:
         """Resolve another submodule of the model by the same rules as target layers.
 
@@ -268,6 +304,9 @@ class Method:
     #: options' business.
     many_forwards: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    #: The method reads the attention of a vision transformer's blocks
+    #: (:meth:`Context.attention_gradients`); other models get a ``LayerError`` saying so.
+    needs_attention: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config: Any = config if config is not None else self.Config()

@@ -1,10 +1,11 @@
 """One door to the model: every forward and backward pass of one call goes through here.
 
 :class:`Services` is built for one call of an extractor. It runs the clean pass (forward,
-targets, the lazy backward), and the passes methods ask for through their
-:class:`~camkit.Context`: masked scoring (:mod:`camkit.engine.scoring`), layer-masked scoring
-(:mod:`camkit.engine.layer_scoring`) and gradients at other inputs
-(:mod:`camkit.engine.gradients_at`). Whatever the pass, the machinery is this file's:
+targets, the lazy backward) and the passes methods ask for through their :class:`~camkit.Context`:
+masked and layer-masked scoring (:mod:`~camkit.engine.scoring`, ``layer_scoring``),
+gradients at other inputs (:mod:`~camkit.engine.gradients_at`), Hessian-vector products
+(:mod:`~camkit.engine.hessian`), attention gradients (:mod:`~camkit.engine.attention`). Whatever
+the pass, the machinery is this file's:
 
 - one chunk loop (:meth:`Services.chunks`: the run option ``batch_size``, the progress bar);
 - one forward (:meth:`Services.run`): the memory layout the accelerator planned, and the one
@@ -26,8 +27,8 @@ from camkit.engine.accel import ForwardPlan
 from camkit.engine.batching import chunks
 from camkit.engine.capture import Capture, check_gradients, grad_enabled
 from camkit.engine.checks import NON_FINITE_INPUT, all_finite, check_input, total_is_finite
+from camkit.engine.extra_passes import ExtraPasses
 from camkit.engine.gradients_at import gradients_at
-from camkit.engine.input_passes import InputPasses
 from camkit.engine.layer_scoring import score_layer
 from camkit.engine.layers import resolve
 from camkit.engine.options import Setup
@@ -38,10 +39,11 @@ from camkit.errors import CamkitError, InputError, PluginError
 from camkit.targets import Targets
 
 
-class Services(InputPasses):
+class Services(ExtraPasses):
     """Every pass through the model for one call, with its chunking, layout, precision,
     progress and checks (the object behind each :class:`camkit.Context` of the call).
-    Input-gradient passes come from :class:`~camkit.engine.input_passes.InputPasses`.
+    Input-gradient, second-order and attention passes come from
+    :class:`~camkit.engine.extra_passes.ExtraPasses`.
 
     Args:
         setup: what the extractor fixes for all its calls.
@@ -60,13 +62,8 @@ class Services(InputPasses):
     def standalone(
         cls, setup: Setup, inputs: Tensor, score: Callable[[Tensor, Tensor | None], Tensor]
     ) -> Services:
-        """Services for running a pass on its own, without a clean pass (tests, benchmarks):
-        ``score(rows, index)`` gives the target score of output rows from images ``index``.
-
-        Example:
-            >>> door = Services.standalone(Setup.of(model), x, lambda rows, index: rows[:, 3])
-            >>> scores = score_masks(door, masks)
-        """
+        """Services for one pass without a clean pass (tests, benchmarks, e.g. ``score_masks``):
+        ``score(rows, index)`` gives the target score of output rows from images ``index``."""
         door = cls(setup, inputs, [])
         door.chosen = ResolvedTargets(torch.zeros(0, dtype=torch.long), score)
         return door

@@ -163,7 +163,7 @@ def test_scorecam_agrees_with_grad_cam():
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("name", ["ShapleyCAM", "SESS"])
+@pytest.mark.parametrize("name", ["SESS"])
 def test_methods_not_in_camkit_say_so(name):
     model = small_cnn()
     with pytest.raises(MethodNotFoundError, match="has not landed"):

@@ -103,6 +103,10 @@ ARCHS: dict[str, Arch] = {
     ),
 }
 
+#: Methods that read a ViT block's attention: every layer of the matrix (the ViT's is a
+#: LayerNorm) holds no attention block, so each must refuse with a LayerError saying so.
+ATTENTION_METHODS = {"legrad"}
+
 #: Small configs keep the matrix within minutes; applied to every method whose Config has the
 #: field, so methods added later get them too.
 SMALL_CONFIG: dict[str, Any] = {"batch_size": 64, "num_samples": 2, "seed": 0, "k": 1.0}
@@ -159,6 +163,10 @@ def test_method_on_architecture(arch: str, method: str) -> None:
 
     if method == "cam" and not spec.cam_applies:
         with pytest.raises(LayerError, match="CAM"):
+            extractor(x)
+        return
+    if method in ATTENTION_METHODS:
+        with pytest.raises(LayerError, match="attention"):
             extractor(x)
         return
     res = extractor(x)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.engine.layers import locate
+from camkit.errors import LayerError
 
 from .models import TinyCNN
 from .reference import MaskedScores, hooks_on
@@ -80,6 +81,11 @@ def test_no_hook_is_left_after_a_call(method: str) -> None:
     model = _tiny()
     fields = camkit.method_info(method).config.model_fields
     config = {k: v for k, v in {"num_samples": 2, "seed": 0}.items() if k in fields}
+    if camkit.method_info(method).cls.needs_attention:  # a ViT-only method refuses a CNN
+        with pytest.raises(LayerError, match="attention"):
+            camkit.create(method, model, ["features.2", "features"])(torch.randn(2, 3, 8, 8))
+        assert hooks_on(model) == []
+        return
     camkit.create(method, model, ["features.2", "features"], **config)(torch.randn(2, 3, 8, 8))
     camkit.create(method, model, **config)(torch.randn(1, 3, 8, 8))
     assert hooks_on(model) == []

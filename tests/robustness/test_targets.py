@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit.errors import TargetError
+from camkit.errors import LayerError, TargetError
 from camkit.targets import ClassTarget, SegmentationTarget, SimilarityTarget
 
 from .models import TinyCNN, TinyEmbedder, TinySegmenter
@@ -168,6 +168,10 @@ def test_every_method_takes_a_segmentation_target(method: str) -> None:
     fields = camkit.method_info(method).config.model_fields
     config = {k: v for k, v in {"num_samples": 2, "seed": 0}.items() if k in fields}
     cam = camkit.create(method, model, "backbone", **config)
+    if camkit.method_info(method).cls.needs_attention:  # a ViT-only method refuses a CNN
+        with pytest.raises(LayerError, match="attention"):
+            cam(x, targets=target)
+        return
     try:
         res = cam(x, targets=target)
     except TargetError as exc:

@@ -35,8 +35,8 @@ from camkit.compat.pytorch_grad_cam.feature_factorization import (
 )
 from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 from camkit.compat.pytorch_grad_cam.guided import FullGrad, GuidedBackpropReLUModel
+from camkit.compat.pytorch_grad_cam.shapley_cam import ShapleyCAM
 
-ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
 SESS = not_landed("pytorch-grad-cam", "SESS")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
 ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")

@@ -200,6 +200,14 @@ def test_randomcam_without_seed_draws_fresh_weights(model, x):
 
 @pytest.mark.parametrize("cls", camkit_contrib.METHODS, ids=lambda c: c.name)
 def test_camkit_testing_checks_pass(cls):
+    if cls.needs_attention:  # ViT-only: a small torchvision ViT (4 x 4 patches of 8 px)
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        torch.manual_seed(0)
+        vit = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=5).eval()
+        torch.nn.init.normal_(vit.heads.head.weight)  # torchvision zero-initializes it
+        check_method(cls.name, vit, "encoder.layers", inputs=torch.randn(2, 3, 32, 32))
+        return
     check_method(cls.name, batch_consistent=cls.name != "randomcam")
 
 

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import EpsilonXGradCAM, not_landed, seed_from_global_rng
+from camkit.compat._shared import EpsilonXGradCAM, seed_from_global_rng
 from camkit.compat.torchcam.methods.core import _CAM, LayerArg
+from camkit.errors import ConfigError, LayerError
 
 __all__ = [
     "GradCAM",
@@ -198,4 +199,48 @@ class LayerCAM(_GradCAM):
         return [torch.tanh(gamma * cam) for cam in cams]
 
 
-LeGrad = not_landed("torchcam", "LeGrad")
+class LeGrad(_CAM):
+    r"""LeGrad (camkit-contrib's ``legrad``): each target block's positive gradients of its own
+    class score by its attention probabilities, averaged over heads and queries, the leading
+    key token dropped, then averaged over the blocks into one map.
+
+    camkit computes each block's map in its own forward on the recorded input (through the
+    engine's attention pass, which reads torchvision's ``nn.MultiheadAttention`` and timm's
+    ``Attention``) and averages them here; the class score of a block is the model's final
+    norm and head on the mean of the block's tokens, as torchcam's built-in projection for
+    torchvision. Differences: the user's forward may run without gradients; a custom
+    ``score_projection``, ``prefix_tokens`` other than the class token and ``grid_shape``
+    are not supported (camkit reads the grid from the input size) and raise ``ConfigError``.
+
+    Example:
+        >>> with LeGrad(model, list(model.encoder.layers)[-4:]) as cam_extractor:
+        ...     scores = model(input_tensor)
+        ...     cam = cam_extractor(scores[0].argmax().item())[0]
+    """
+
+    _method = "legrad"
+    _needs_gradients = True
+    _targets_supported = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | list[nn.Module | str],
+        *,
+        score_projection: Any = None,
+        prefix_tokens: int = 1,
+        grid_shape: tuple[int, int] | None = None,
+        enable_hooks: bool = True,
+    ) -> None:
+        if target_layer is None or (isinstance(target_layer, list) and not target_layer):
+            raise LayerError("LeGrad needs at least one explicit target block")
+        if score_projection is not None or prefix_tokens != 1 or grid_shape is not None:
+            raise ConfigError(
+                "camkit's LeGrad reads the class score, the class token and the patch grid of "
+                "torchvision's and timm's VisionTransformer itself: score_projection, "
+                "prefix_tokens and grid_shape cannot be changed"
+            )
+        super().__init__(model, target_layer, enable_hooks=enable_hooks)
+
+    def _maps(self, result: camkit.CAMResult) -> list[Tensor]:
+        return [torch.stack(list(result.layer_maps.values())).mean(0)]

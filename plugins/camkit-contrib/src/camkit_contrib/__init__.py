@@ -2,14 +2,14 @@
 
 ``pip install camkit-contrib`` adds ``hirescam``, ``gradcam-elementwise``, ``eigencam``,
 ``eigengradcam``, ``ablationcam``, ``randomcam``, ``kpcacam``, ``fem``, ``segeigencam``,
-``fullgrad``, ``guidedbackprop``, ``guidedgradcam``, ``finercam`` and ``refinecam`` to
-``camkit.list_methods()``; camkit finds them through this package's entry point in the
-``camkit`` group. The methods use only camkit's public plugin contract. :class:`FinerTarget`
-(Finer-CAM's contrastive objective) is also a target for any gradient method, and
-:func:`refine` (RefineCAM's fusion) fuses any multi-layer extractor's maps by their product.
-:func:`guided_backprop` and :func:`guided_gradcam` return the full ``(B, C_in, H, W)`` guided
-gradients. :func:`deep_feature_factorization` (Deep Feature Factorization) is no CAM method: it
-returns a :class:`DFFResult` with a map per concept.
+``fullgrad``, ``guidedbackprop``, ``guidedgradcam``, ``finercam``, ``refinecam``,
+``shapleycam`` and ``legrad`` to ``camkit.list_methods()``; camkit finds them through this
+package's entry point in the ``camkit`` group. The methods use only camkit's public plugin
+contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is also a target for any
+gradient method, and :func:`refine` (RefineCAM's fusion) fuses any multi-layer extractor's
+maps by their product. :func:`guided_backprop` and :func:`guided_gradcam` return the full
+``(B, C_in, H, W)`` guided gradients. :func:`deep_feature_factorization` (Deep Feature
+Factorization) is no CAM method: it returns a :class:`DFFResult` with a map per concept.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from camkit_contrib.fullgrad import FullGrad
 from camkit_contrib.gradient import GradCAMElementWise, HiResCAM
 from camkit_contrib.guided import GuidedBackprop, GuidedGradCAM, guided_backprop, guided_gradcam
 from camkit_contrib.kpca import KPCACAM
+from camkit_contrib.legrad import LeGrad
 from camkit_contrib.named import FinerCAM, RefineCAM
 from camkit_contrib.refine import refine
 from camkit_contrib.seg_eigen import SegEigenCAM
+from camkit_contrib.shapley import ShapleyCAM
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,8 @@ METHODS: list[type[camkit.Method]] = [
     GuidedGradCAM,
     FinerCAM,
     RefineCAM,
+    ShapleyCAM,
+    LeGrad,
 ]
 
 __all__ = [
@@ -64,9 +68,11 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "LeGrad",
     "RandomCAM",
     "RefineCAM",
     "SegEigenCAM",
+    "ShapleyCAM",
     "camkit_methods",
     "deep_feature_factorization",
     "guided_backprop",
