@@ -46,13 +46,15 @@ def _methods(args: argparse.Namespace) -> int:
 
 def _needs(info: camkit.MethodInfo) -> str:
     """What a call costs beyond one forward pass: ``gradients`` (one backward pass),
-    ``forwards`` (a forward pass per channel, mask or noisy copy), both, or ``activations``
-    (nothing more)."""
-    parts = [
-        name
-        for name, needed in (("gradients", info.needs_gradients), ("forwards", info.many_forwards))
-        if needed
-    ]
+    ``forwards`` (a forward pass per channel, mask or noisy copy), ``vit-attention`` (a vision
+    transformer's attention blocks: other models are refused), several joined by ``+``, or
+    ``activations`` (nothing more)."""
+    needs = (
+        ("gradients", info.needs_gradients),
+        ("forwards", info.many_forwards),
+        ("vit-attention", info.needs_attention),
+    )
+    parts = [name for name, needed in needs if needed]
     return "+".join(parts) or "activations"
 
 
@@ -63,6 +65,9 @@ def _source(paper: str) -> str:
     # "A variant of Eigen-CAM: Muhammad & Yeasin, ..." names the variant's source after ": "
     author = paper.split(",")[0].rpartition(": ")[2].replace(" et al.", "").strip()
     years = re.findall(r"\b(?:19|20)\d\d\b", paper)
+    if len(author.split()) > 4:  # a paper given by its title only: name its venue instead
+        venue = re.search(r"\b(arXiv|[A-Z]{3,}[a-zA-Z]*)\b", paper.partition(",")[2])
+        author = venue.group(1) if venue else "-"
     return f"{author} {years[-1]}" if years else author
 
 
@@ -74,6 +79,7 @@ def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
         "paper": info.paper,
         "needs_gradients": info.needs_gradients,
         "many_forwards": info.many_forwards,
+        "needs_attention": info.needs_attention,
         "needs": _needs(info),
         "distribution": info.distribution,
         "version": info.version,
@@ -94,6 +100,8 @@ def _method_detail(name: str, as_json: bool) -> int:
         print(f"  aliases: {', '.join(info.aliases)}")
     print(f"  needs gradients: {'yes' if info.needs_gradients else 'no'}")
     print(f"  forward passes: {'one per channel, mask or sample' if info.many_forwards else 'one'}")
+    if info.needs_attention:
+        print("  models: vision transformers only (it reads their attention blocks)")
     schema = info.schema()
     props = schema.get("properties", {})
     if not props:

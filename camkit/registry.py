@@ -40,6 +40,7 @@ class MethodInfo:
     aliases: tuple[str, ...] = ()
     cls: type[Method] = field(default=Method, repr=False)
     many_forwards: bool = False
+    needs_attention: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The config's JSON schema (defaults and constraints included)."""
@@ -199,6 +200,7 @@ class Registry:
             aliases=tuple(cls.aliases),
             cls=cls,
             many_forwards=cls.many_forwards,
+            needs_attention=cls.needs_attention,
         )
 
     # -- public -------------------------------------------------------------------------

@@ -56,6 +56,42 @@ def test_methods_table(capsys):
     assert rows["smoothgradcampp"][1] == "gradients+forwards"
 
 
+@pytest.mark.parametrize(
+    ("paper", "source"),
+    [
+        ("Selvaraju et al., Grad-CAM: Visual Explanations, ICCV 2017", "Selvaraju 2017"),
+        (
+            "A variant of Eigen-CAM: Muhammad & Yeasin, Eigen-CAM, IJCNN 2020",
+            "Muhammad & Yeasin 2020",
+        ),
+        ("How to Evaluate and Refine your CAM, arXiv:2605.14641, 2026", "arXiv 2026"),
+        ("A Title Without Any Authors Named, 2026", "- 2026"),
+        ("", "-"),
+    ],
+)
+def test_source_column_names_authors_or_the_venue(paper, source):
+    from camkit.cli import _source
+
+    assert _source(paper) == source
+
+
+def test_methods_needs_column_names_vit_attention(capsys):
+    class AttentionMethod(camkit.Method):
+        name = "attention-probe"
+        needs_gradients = True
+        needs_attention = True
+
+        def weights(self, ctx):
+            raise AssertionError("not called")
+
+    from camkit.cli import _needs
+    from camkit.registry import Registry
+
+    info = Registry()._info(AttentionMethod, "probe", "0")
+    assert _needs(info) == "gradients+vit-attention"
+    assert info.needs_attention is True
+
+
 def test_methods_pattern(capsys):
     code, out, _ = run(capsys, "methods", "*grad*")
     assert code == 0
