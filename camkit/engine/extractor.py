@@ -21,7 +21,9 @@ from camkit.engine.maps import fuse, weighted_sum
 from camkit.engine.options import RunOptions, Setup
 from camkit.engine.outputs import Layout, check_layout
 from camkit.engine.services import Services
-from camkit.errors import CamkitError, InputError, PluginError
+from camkit.engine.sess import explain_sess
+from camkit.engine.smoothing import augmentation_smoothed, eigen_map
+from camkit.errors import CamkitError, ConfigError, InputError, PluginError
 from camkit.method import Context, Method
 from camkit.targets import Targets
 
@@ -80,6 +82,11 @@ class Extractor:
         self._setup = Setup.of(model, options, layout=layout, grid=grid, method=method.name)
         self.options = self._setup.options
         self._accel = self._setup.accel
+        if self.options.eigen_smooth and method.computes_map():
+            raise ConfigError(
+                f"eigen_smooth needs a method that weights activation channels; "
+                f"{method.name!r} computes its map directly"
+            )
         self._lock = threading.Lock()
         # Listed once, like the layers: walking the module tree on every call costs more
         # than a small model's forward pass.
@@ -116,6 +123,28 @@ class Extractor:
                 ``fn(scores, index)``, see :mod:`camkit.targets`).
         """
         x = validated_input(x, self._modules)
+        if self.options.aug_smooth:  # smoothing.py: six augmented copies, mapped back
+            return augmentation_smoothed(self._explain, x, targets)
+        return self._explain(x, targets)
+
+    def _explain(self, x: Tensor, targets: Targets) -> CAMResult:
+        if self.options.sess is None:
+            return self._cam(x, targets)
+        layers = [name for name, _ in self._layers_for(x)]
+        with preserved_buffers(self.model, self._buffered):  # sess.py: windows, fused
+            scores, chosen, fused, maps = explain_sess(
+                self.model,
+                x,
+                targets,
+                self.options.sess,
+                lambda windows, target: self._cam(windows, target).maps,
+                self.options.batch_size,
+            )
+        return CAMResult(
+            maps, dict.fromkeys(layers, fused), {}, scores, chosen, self.method.name, layers
+        )
+
+    def _cam(self, x: Tensor, targets: Targets) -> CAMResult:
         layers = self._layers_for(x)
         method = self.method
         with preserved_buffers(self.model, self._buffered):
@@ -174,7 +203,8 @@ class Extractor:
                     f"method {method.name!r} returned weights of shape {got} for layer "
                     f"{ctx.layer!r}; expected {tuple(acts.shape[:2])} or {tuple(acts.shape)}"
                 )
-            cam = weighted_sum(weights, acts)
+            smooth = self.options.eigen_smooth  # the first principal component of w_k A_k
+            cam = eigen_map(weights, acts) if smooth else weighted_sum(weights, acts)
             weights = weights.detach()
         expected = (acts.shape[0], *acts.shape[2:])
         if tuple(cam.shape) != expected:

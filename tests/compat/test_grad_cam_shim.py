@@ -77,7 +77,29 @@ def test_matches_grad_cam_on_resnet18(resnet, name, batch):
 @pytest.mark.parametrize("name", ["GradCAM", "LayerCAM"])
 def test_smoothing_matches_grad_cam(name, smooth):
     model = small_cnn()
-    compare(name, model, [model[0][3]], images(2), [0, 3], atol=1e-4, **{smooth: True})
+    # eigen_smooth: legacy_numerics keeps the sign NumPy's SVD picks (the default's is below)
+    init = {"legacy_numerics": True} if smooth == "eigen_smooth" else {}
+    compare(name, model, [model[0][3]], images(2), [0, 3], init, atol=1e-4, **{smooth: True})
+
+
+@needs_grad_cam
+@pytest.mark.parametrize("name", ["GradCAM", "LayerCAM"])
+def test_eigen_smooth_matches_grad_cam_up_to_the_svd_sign(name, monkeypatch):
+    """camkit's engine picks the component that agrees with the unsmoothed map; the original
+    keeps the SVD's sign. Each image matches the original, or the original with the other
+    sign (its projection negated); on this model the signs differ on some images."""
+    model, x, classes = small_cnn(), images(4), [0, 3, 1, 2]
+    ours = run(shim, name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    theirs = run(peer(), name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    for module in ("base_cam", "layer_cam"):  # where the original's classes look it up
+        svd = __import__(f"pytorch_grad_cam.{module}", fromlist=["get_2d_projection"])
+        original = svd.get_2d_projection
+        monkeypatch.setattr(svd, "get_2d_projection", lambda a, f=original: -f(a))
+    flipped = run(peer(), name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    same = [np.allclose(o, t, atol=1e-4, rtol=0) for o, t in zip(ours, theirs)]
+    other = [np.allclose(o, f, atol=1e-4, rtol=0) for o, f in zip(ours, flipped)]
+    assert all(s != o for s, o in zip(same, other)), (same, other)
+    assert any(other), "the test should exercise a sign the original picks differently"
 
 
 @needs_grad_cam
