@@ -36,7 +36,7 @@ from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 ShapleyCAM = not_landed("pytorch-grad-cam", "ShapleyCAM")
 FullGrad = not_landed("pytorch-grad-cam", "FullGrad")
 GuidedBackpropReLUModel = not_landed("pytorch-grad-cam", "GuidedBackpropReLUModel")
-SESS = not_landed("pytorch-grad-cam", "SESS")
+SESS = __import__("camkit.compat.pytorch_grad_cam.sess", fromlist=["SESS"]).SESS
 DeepFeatureFactorization = not_landed("pytorch-grad-cam", "DeepFeatureFactorization")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
 ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
