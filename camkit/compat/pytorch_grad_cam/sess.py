@@ -56,7 +56,7 @@ class SESS(_Wrapper):
         batch_size: int = 32,
         **kwargs: Any,
     ) -> None:
-        options = {
+        options: dict[str, Any] = {
             "scales": None if scales is None else list(scales),
             "num_scales": num_scales,
             "scale_step_ratio": scale_step_ratio,
@@ -69,7 +69,7 @@ class SESS(_Wrapper):
             "use_softmax_scores": use_softmax_scores,
         }
         try:
-            self.options = SESSOptions(**options)
+            self.options = SESSOptions.model_validate(options)
         except ValidationError as exc:
             raise ConfigError(f"invalid SESS options: {describe(exc)}") from None
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
