@@ -76,7 +76,7 @@ class RunOptions(BaseModel):
     )
     sess: SESSOptions | None = Field(
         None,
-        description="SESS (Tyagi et al. 2022): the method over scaled, sliding windows, "
+        description="SESS (Tursun et al. 2022): the method over scaled, sliding windows, "
         "fused; True for the default parameters, or a table of them (scales, num_scales, "
         "scale_step_ratio, window_size, step_size, pre_filter_ratio, theta, pool, smooth, "
         "use_softmax_scores)",

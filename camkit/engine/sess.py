@@ -1,6 +1,7 @@
-"""SESS, Saliency Enhancing with Scaling and Sliding (Tyagi et al., 2022): any method run over
-square windows slid across the input resized to several scales, the windows' maps weighted by
-their window's target score, pasted back and fused (the ``sess`` run option).
+"""SESS, Saliency Enhancing with Scaling and Sliding (Tursun, Denman, Sridharan and Fookes,
+ECCV 2022): any method run over square windows slid across the input resized to several
+scales, the windows' maps weighted by their window's target score, pasted back and fused (the
+``sess`` run option).
 
 For an input of ``H x W`` and window size ``s`` (by default ``min(H, W)``), each scale ``S``
 resizes the input so its shorter side is ``S`` (bilinear); windows of ``s x s`` slide over it

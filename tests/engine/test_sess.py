@@ -1,4 +1,4 @@
-"""The ``sess`` run option (SESS, Tyagi et al. 2022): against a slow re-implementation written
+"""The ``sess`` run option (SESS, Tursun et al. 2022): against a slow re-implementation written
 here from the paper's steps, and against pytorch-grad-cam 1.5.7's ``SESS`` (the oracle)."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ __all__ = ["SESS"]
 
 
 class SESS(_Wrapper):
-    """SESS (Tyagi et al., 2022): ``base_method``'s maps of square windows slid over the
+    """SESS (Tursun et al., ECCV 2022): ``base_method``'s maps of square windows slid over the
     input resized to several scales, weighted by their window's target score, pasted back and
     fused (a mean over the windows covering each pixel, or a max), blurred and normalized.
 
