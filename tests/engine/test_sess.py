@@ -221,14 +221,12 @@ def test_sess_options_that_do_not_fit_the_input_are_config_errors(tiny, x32):
         camkit.create("gradcam", tiny, "features", sess={"window_size": 48})(x32)
 
 
-def test_sess_leaves_the_model_as_it_was(x32):
-    from conftest import TinyNet, hooks_on
-
-    torch.manual_seed(0)
-    model = TinyNet().train()
+def test_sess_leaves_the_model_as_it_was(tiny, x32, no_hooks):
+    model = tiny.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     camkit.create("gradcam", model, "features", sess={"num_scales": 2})(x32, [1, 2])
-    assert model.training and hooks_on(model) == []
+    assert model.training
+    no_hooks(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 

@@ -158,6 +158,20 @@ def test_eigen_smooth_matches_grad_cam_up_to_the_svd_sign(resnet18, monkeypatch)
         assert max(pearson(a, b), pearson(a, c)) >= 0.999
 
 
+def test_eigen_smooth_with_a_score_method_matches_grad_cam_up_to_the_svd_sign(tiny, monkeypatch):
+    lib, Target = grad_cam()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    targets = [Target(c) for c in (0, 2, 4)]
+    ours = camkit.create("scorecam", tiny, "features.0", eigen_smooth=True)(x, [0, 2, 4]).maps
+    theirs = lib.ScoreCAM(tiny, [tiny.features[0]])(x, targets, eigen_smooth=True)
+    base_cam = __import__("pytorch_grad_cam.base_cam", fromlist=["get_2d_projection"])
+    original = base_cam.get_2d_projection
+    monkeypatch.setattr(base_cam, "get_2d_projection", lambda a: -original(a))
+    flipped = lib.ScoreCAM(tiny, [tiny.features[0]])(x, targets, eigen_smooth=True)
+    for a, b, c in zip(ours, theirs, flipped):
+        assert max(pearson(a, b), pearson(a, c)) >= 0.999
+
+
 def test_eigen_smooth_projection_matches_grad_cams_up_to_sign(resnet18, x64):
     grad_cam()
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
@@ -221,13 +235,25 @@ def test_invalid_smoothing_options_are_config_errors(tiny, options):
         camkit.create("gradcam", tiny, "features", **options)
 
 
-def test_smoothing_leaves_the_model_as_it_was(x32):
-    torch.manual_seed(0)
-    from conftest import TinyNet, hooks_on
-
-    model = TinyNet().train()
+def test_smoothing_leaves_the_model_as_it_was(tiny, x32, no_hooks):
+    model = tiny.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     camkit.create("gradcam", model, "features", aug_smooth=True, eigen_smooth=True)(x32, [1, 2])
-    assert model.training and hooks_on(model) == []
+    assert model.training
+    no_hooks(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "options", [{"aug_smooth": True}, {"eigen_smooth": True}, {"sess": {"num_scales": 2}}]
+)
+def test_smoothing_options_on_cuda_match_the_cpu(tiny, x32, options):
+    import copy
+
+    gpu = copy.deepcopy(tiny).cuda()
+    on_cpu = camkit.create("gradcam", tiny, "features", **options)(x32, [1, 2]).maps
+    on_gpu = camkit.create("gradcam", gpu, "features", **options)(x32.cuda(), [1, 2]).maps
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=5e-3, rtol=0)  # TF32 convolutions
