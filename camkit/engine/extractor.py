@@ -21,6 +21,8 @@ from camkit.engine.maps import fuse, weighted_sum
 from camkit.engine.options import RunOptions, Setup
 from camkit.engine.outputs import Layout, check_layout
 from camkit.engine.services import Services
+from camkit.engine.sess import explain_sess
+from camkit.engine.smoothing import augmentation_smoothed, check_eigen_smooth, eigen_map
 from camkit.engine.targeting import all_positive, positive_pairs
 from camkit.errors import CamkitError, InputError, PluginError
 from camkit.method import Context, Method
@@ -92,6 +94,7 @@ class Extractor:
         self._setup = Setup.of(model, options, layout=layout, grid=grid, method=method.name)
         self.options = self._setup.options
         self._accel = self._setup.accel
+        check_eigen_smooth(self.options.eigen_smooth, method)
         self._lock = threading.Lock()
         # Listed once, like the layers: walking the module tree on every call costs more
         # than a small model's forward pass.
@@ -132,6 +135,28 @@ class Extractor:
         x = validated_input(x, self._modules)
         if isinstance(targets, (str, AllPositive)):
             return self._positive_labels(x, all_positive(targets))
+        if self.options.aug_smooth:  # smoothing.py: six augmented copies, mapped back
+            return augmentation_smoothed(self._explain, x, targets)
+        return self._explain(x, targets)
+
+    def _explain(self, x: Tensor, targets: Targets) -> CAMResult:
+        if self.options.sess is None:
+            return self._cam(x, targets)
+        layers = [name for name, _ in self._layers_for(x)]
+        with preserved_buffers(self.model, self._buffered):  # sess.py: windows, fused
+            scores, chosen, fused, maps = explain_sess(
+                self.model,
+                x,
+                targets,
+                self.options.sess,
+                lambda windows, target: self._cam(windows, target).maps,
+                self.options.batch_size,
+            )
+        return CAMResult(
+            maps, dict.fromkeys(layers, fused), {}, scores, chosen, self.method.name, layers
+        )
+
+    def _cam(self, x: Tensor, targets: Targets) -> CAMResult:
         layers = self._layers_for(x)
         method = self.method
         with preserved_buffers(self.model, self._buffered):
@@ -207,7 +232,8 @@ class Extractor:
                     f"method {method.name!r} returned weights of shape {got} for layer "
                     f"{ctx.layer!r}; expected {tuple(acts.shape[:2])} or {tuple(acts.shape)}"
                 )
-            cam = weighted_sum(weights, acts)
+            smooth = self.options.eigen_smooth  # the first principal component of w_k A_k
+            cam = eigen_map(weights, acts) if smooth else weighted_sum(weights, acts)
             weights = weights.detach()
         expected = (acts.shape[0], *acts.shape[2:])
         at_input = weights is None and tuple(cam.shape) == (acts.shape[0], *ctx.inputs.shape[2:])

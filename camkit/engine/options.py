@@ -13,11 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from camkit.engine.accel import Accelerator, accelerator
 from camkit.engine.outputs import Layout
+from camkit.engine.sess import SESSOptions
 from camkit.errors import ConfigError, did_you_mean
 
 Precision = Literal["fp32", "bf16", "auto"]
@@ -61,6 +62,35 @@ class RunOptions(BaseModel):
         strict=True,
         description="progress bars for long work (None: when stderr is a terminal)",
     )
+    aug_smooth: bool = Field(
+        False,
+        strict=True,
+        description="test-time augmentation smoothing: the mean of the maps of six copies of "
+        "the input (horizontal flip x intensity 0.9, 1, 1.1), each mapped back (six calls)",
+    )
+    eigen_smooth: bool = Field(
+        False,
+        strict=True,
+        description="each layer's map is the first principal component of the weighted "
+        "activations w_k A_k instead of their sum (methods with channel or pixel weights)",
+    )
+    sess: SESSOptions | None = Field(
+        None,
+        description="SESS (Tursun et al. 2022): the method over scaled, sliding windows, "
+        "fused; True for the default parameters, or a table of them (scales, num_scales, "
+        "scale_step_ratio, window_size, step_size, pre_filter_ratio, theta, pool, smooth, "
+        "use_softmax_scores)",
+    )
+
+    @field_validator("sess", mode="before")
+    @classmethod
+    def _sess_flag(cls, value: Any) -> Any:
+        """``sess=True`` is SESS with its default parameters, ``False`` no SESS."""
+        if value is True:
+            return SESSOptions.model_validate({})
+        if value is False:
+            return None
+        return value
 
 
 @dataclass(frozen=True)

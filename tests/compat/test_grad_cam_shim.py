@@ -77,7 +77,86 @@ def test_matches_grad_cam_on_resnet18(resnet, name, batch):
 @pytest.mark.parametrize("name", ["GradCAM", "LayerCAM"])
 def test_smoothing_matches_grad_cam(name, smooth):
     model = small_cnn()
-    compare(name, model, [model[0][3]], images(2), [0, 3], atol=1e-4, **{smooth: True})
+    # eigen_smooth: legacy_numerics keeps the sign NumPy's SVD picks (the default's is below)
+    init = {"legacy_numerics": True} if smooth == "eigen_smooth" else {}
+    compare(name, model, [model[0][3]], images(2), [0, 3], init, atol=1e-4, **{smooth: True})
+
+
+@needs_grad_cam
+@pytest.mark.parametrize("name", ["GradCAM", "LayerCAM"])
+def test_eigen_smooth_matches_grad_cam_up_to_the_svd_sign(name, monkeypatch):
+    """camkit's engine picks the component that agrees with the unsmoothed map; the original
+    keeps the SVD's sign. Each image matches the original, or the original with the other
+    sign (its projection negated); on this model the signs differ on some images."""
+    model, x, classes = small_cnn(), images(4), [0, 3, 1, 2]
+    ours = run(shim, name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    theirs = run(peer(), name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    for module in ("base_cam", "layer_cam"):  # where the original's classes look it up
+        svd = __import__(f"pytorch_grad_cam.{module}", fromlist=["get_2d_projection"])
+        original = svd.get_2d_projection
+        monkeypatch.setattr(svd, "get_2d_projection", lambda a, f=original: -f(a))
+    flipped = run(peer(), name, model, [model[0][3]], x, classes, eigen_smooth=True)
+    same = [np.allclose(o, t, atol=1e-4, rtol=0) for o, t in zip(ours, theirs)]
+    other = [np.allclose(o, f, atol=1e-4, rtol=0) for o, f in zip(ours, flipped)]
+    assert all(s != o for s, o in zip(same, other)), (same, other)
+    assert any(other), "the test should exercise a sign the original picks differently"
+
+
+def run_sess(lib, model, layers, x, classes, base="GradCAM", **init) -> np.ndarray:
+    """Each library's SESS over its own base class."""
+    init = {**init, "base_method": getattr(lib, base)}
+    return run(lib, "SESS", model, layers, x, classes, init=init)
+
+
+@needs_grad_cam
+@pytest.mark.parametrize(
+    ("layers", "classes", "base", "options"),
+    [
+        ([3], [1, 2], "GradCAM", {"num_scales": 3}),
+        ([1, 3], None, "GradCAM", {"num_scales": 3, "pool": "max", "pre_filter_ratio": 0.3}),
+        ([3], [0, 4], "LayerCAM", {"scales": [24, 40], "window_size": 24, "step_size": 10}),
+        ([3], [2, 3], "ScoreCAM", {"num_scales": 2, "theta": 0.05, "use_softmax_scores": False}),
+        ([3], [1, 2], "GradCAM", {"num_scales": 2, "smooth": False, "batch_size": 3}),
+    ],
+)
+def test_sess_matches_grad_cam(layers, classes, base, options):
+    model = small_cnn()
+    x = images(2)
+    modules = [model[0][i] for i in layers]
+    theirs = run_sess(peer(), model, modules, x, classes, base, **options)
+    ours = run_sess(shim, model, modules, x, classes, base, **options)
+    assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape == (2, 32, 32)
+    # the shim's ScoreCAM agrees with the original's closely, not to rounding (see below)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3 if base == "ScoreCAM" else 1e-5, rtol=0)
+
+
+@needs_grad_cam
+def test_sess_passes_eigen_smooth_and_base_options_to_the_base_method():
+    model = small_cnn()
+    x = images(2)
+    call = {"eigen_smooth": True}
+    theirs = run(peer(), "SESS", model, [model[0][3]], x, [1, 2], init={"num_scales": 2}, **call)
+    init = {"num_scales": 2, "legacy_numerics": True}  # the SVD sign NumPy picks
+    ours = run(shim, "SESS", model, [model[0][3]], x, [1, 2], init=init, **call)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "init", [{"pool": "avg"}, {"pre_filter_ratio": 1.0}, {"num_scales": 0}, {"batch_size": 0}]
+)
+def test_sess_rejects_invalid_options_as_the_original(init):
+    from camkit.errors import ConfigError
+
+    model = small_cnn()
+    with pytest.raises(ConfigError) as info:
+        shim.SESS(model, [model[0][3]], **init)
+    assert isinstance(info.value, ValueError)  # what the original raises
+
+
+def test_sess_needs_a_base_class_of_the_shim():
+    model = small_cnn()
+    with pytest.raises(TypeError, match="base_method"):
+        shim.SESS(model, [model[0][3]], base_method=object)
 
 
 @needs_grad_cam
@@ -163,7 +242,7 @@ def test_scorecam_agrees_with_grad_cam():
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("name", ["SESS"])
+@pytest.mark.parametrize("name", ["AblationLayerFasterRCNN", "ActivationsAndGradients"])
 def test_methods_not_in_camkit_say_so(name):
     model = small_cnn()
     with pytest.raises(MethodNotFoundError, match="has not landed"):

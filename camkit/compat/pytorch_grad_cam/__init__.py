@@ -35,9 +35,9 @@ from camkit.compat.pytorch_grad_cam.feature_factorization import (
 )
 from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 from camkit.compat.pytorch_grad_cam.guided import FullGrad, GuidedBackpropReLUModel
+from camkit.compat.pytorch_grad_cam.sess import SESS
 from camkit.compat.pytorch_grad_cam.shapley_cam import ShapleyCAM
 
-SESS = not_landed("pytorch-grad-cam", "SESS")
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
 ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
 

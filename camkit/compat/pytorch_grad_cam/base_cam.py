@@ -4,7 +4,9 @@ Every class takes ``model``, ``target_layers`` (modules) and ``reshape_transform
 ``cam(input_tensor, targets=None, aug_smooth=False, eigen_smooth=False)`` returns ``(B, H, W)``
 float32 NumPy maps in ``[0, 1]`` at the input's size: per layer, the map after a ReLU is
 normalized as ``(m - min) / (max(m - min) + 1e-7)`` and resized (bilinear) to the input; the
-layers' maps are averaged and normalized again, as in pytorch-grad-cam.
+layers' maps are averaged and normalized again, as in pytorch-grad-cam. ``aug_smooth`` and
+``eigen_smooth`` are camkit's engine smoothing (:mod:`camkit.engine.smoothing`): the
+augmentations are the engine's, and ``eigen_smooth`` is the run option of the same name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 import camkit
 from camkit.compat._shared import CompatTypeError, EpsilonXGradCAM, eval_mode, extractor
 from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from camkit.engine.smoothing import augmented_maps
 from camkit.errors import ConfigError, TargetError
 
 __all__ = [
@@ -45,9 +48,6 @@ __all__ = [
 
 Target = Callable[[Tensor], Tensor]
 
-#: pytorch-grad-cam's test-time augmentations: horizontal flip x brightness factor.
-AUGMENTATIONS = [(flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)]
-
 
 def scale(maps: Tensor, eps: float = 1e-7) -> Tensor:
     """``(m - min) / (max(m - min) + eps)`` per map of ``(N, h, w)`` maps."""
@@ -57,9 +57,9 @@ def scale(maps: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 def projection(features: Tensor) -> Tensor:
-    """pytorch-grad-cam's ``eigen_smooth``: each image's ``(h w, C)`` features, centred per
-    channel, projected on their first right-singular vector (NumPy's SVD, so the sign it
-    picks is the original's). ``(B, C, h, w) -> (B, h, w)``.
+    """pytorch-grad-cam's ``eigen_smooth`` with ``legacy_numerics=True``: each image's
+    ``(h w, C)`` features, centred per channel, projected on their first right-singular vector
+    (NumPy's SVD, so the sign it picks is the original's). ``(B, C, h, w) -> (B, h, w)``.
     """
     out = []
     for image in np.nan_to_num(features.detach().cpu().float().numpy(), nan=0.0):
@@ -97,8 +97,10 @@ class BaseCAM:
         target_layers: modules of ``model`` (their maps are averaged).
         reshape_transform: turns a layer's output into ``(B, C, h, w)``; camkit reads token
             and channels-last outputs itself, the transform is applied to the activations
-            ``eigen_smooth`` and ``legacy_numerics`` use.
-        legacy_numerics: reproduce pytorch-grad-cam's values where camkit fixes them.
+            ``legacy_numerics`` uses.
+        legacy_numerics: reproduce pytorch-grad-cam's values where camkit fixes them (with
+            ``eigen_smooth``: the sign NumPy's SVD happens to pick, where camkit's engine
+            picks the component that agrees with the unsmoothed map).
     """
 
     #: camkit's name of the method.
@@ -139,6 +141,7 @@ class BaseCAM:
         self.legacy_numerics = legacy_numerics
         self._config = config
         self._extractor: camkit.Extractor | None = None
+        self._eigen_smooth = False  # the engine's eigen_smooth for this call
         self.outputs: Tensor | None = None
 
     # -- camkit ---------------------------------------------------------------------------
@@ -150,14 +153,22 @@ class BaseCAM:
         return dict(self._config)
 
     def _camkit(self) -> camkit.Extractor:
+        eigen = self._eigen_smooth
+        if self._extractor is not None and self._extractor.options.eigen_smooth != eigen:
+            self._extractor = None
         if self._extractor is None:
+            options = {"eigen_smooth": True} if eigen else {}
             self._extractor = extractor(
-                self._camkit_method(), self.model, self.target_layers, self._camkit_config()
+                self._camkit_method(),
+                self.model,
+                self.target_layers,
+                self._camkit_config(),
+                **options,
             )
         return self._extractor
 
     def _needs_activations(self, eigen_smooth: bool) -> bool:
-        return (eigen_smooth and self.smoothable) or self.legacy_numerics
+        return self.legacy_numerics
 
     # -- the call -------------------------------------------------------------------------
 
@@ -171,8 +182,8 @@ class BaseCAM:
         """``(B, H, W)`` float32 maps in ``[0, 1]`` for ``targets`` (default: predicted class).
 
         ``aug_smooth`` averages the maps of six augmented copies (horizontal flip x
-        brightness 0.9, 1, 1.1), each mapped back; ``eigen_smooth`` replaces the weighted
-        channel sum by its first principal component.
+        intensity 0.9, 1, 1.1), each mapped back; ``eigen_smooth`` replaces the weighted
+        channel sum by its first principal component (camkit's run options of those names).
         """
         if aug_smooth:
             return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth)
@@ -193,6 +204,7 @@ class BaseCAM:
         """The ``(B, H, W)`` maps of ``x`` for camkit's ``targets``."""
         activations: list[Tensor] = []
         handles = []
+        self._eigen_smooth = eigen_smooth and self.smoothable and not self.legacy_numerics
         if self._needs_activations(eigen_smooth):
             for layer in self.target_layers:
                 handles.append(layer.register_forward_hook(self._recorder(activations)))
@@ -228,8 +240,9 @@ class BaseCAM:
     def _layer_map(
         self, result: camkit.CAMResult, name: str, acts: Tensor | None, eigen_smooth: bool
     ) -> Tensor:
-        """``(B, h, w)`` map of one layer before the ReLU and the scaling."""
-        if eigen_smooth and self.smoothable:
+        """``(B, h, w)`` map of one layer before the ReLU and the scaling (``eigen_smooth``:
+        the engine's projection, or the original's with ``legacy_numerics``)."""
+        if eigen_smooth and self.smoothable and self.legacy_numerics:
             assert acts is not None
             return projection(self._weighted(result.weights[name], acts))
         return result.layer_maps[name]
@@ -246,13 +259,13 @@ class BaseCAM:
         targets: Sequence[Target] | None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        """The mean of the maps of six augmented copies of the input, each mapped back."""
-        cams = []
-        for flip, factor in AUGMENTATIONS:
-            x = input_tensor.flip(-1) if flip else input_tensor
-            cam = self.forward(x * factor, targets, eigen_smooth)
-            cams.append(cam[..., ::-1] if flip else cam)
-        return np.mean(np.array(cams, dtype=np.float32), axis=0)
+        """The mean of the maps of six augmented copies of the input, each mapped back (the
+        engine's augmentations; each copy's targets are resolved on it, as the original)."""
+
+        def run(x: Tensor) -> Tensor:
+            return torch.from_numpy(self.forward(x, targets, eigen_smooth))
+
+        return augmented_maps(run, input_tensor).numpy().astype(np.float32)
 
     # -- context --------------------------------------------------------------------------
 
