@@ -1,0 +1,712 @@
+"""More of torchcam 0.5.0's own tests (its ``tests/`` folder), re-expressed against
+``camkit.compat.torchcam``: the same inputs and assertions, models without downloaded weights,
+smaller inputs where the original's only need is a feature map of some size. Each test's
+docstring names the original test it comes from."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from functools import partial
+
+import pytest
+import torch
+from conftest import needs_contrib
+from torch import Tensor, nn
+
+from camkit.compat.torchcam import methods as shim
+from camkit.compat.torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
+from camkit.errors import ConfigError
+
+
+def _verify_cam(cam: Tensor, shape: tuple[int, ...]) -> None:
+    assert isinstance(cam, Tensor)
+    assert cam.shape == shape
+    assert not torch.isnan(cam).any()
+
+
+def _tiny_model(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(1),
+        nn.Linear(4, num_classes),
+    ).eval()
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mobilenet() -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    return _frozen(mobilenet_v2(weights=None).eval())
+
+
+def _img(batch: int = 1, size: int = 96) -> Tensor:
+    x = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(0))
+    return x.repeat(batch, 1, 1, 1).requires_grad_(True)
+
+
+def _contrastive_scores(scores: Tensor, class_idx, comparison_idx, gamma: float) -> Tensor:
+    batch = scores.shape[0]
+    targets = [class_idx] * batch if isinstance(class_idx, int) else class_idx
+    if isinstance(comparison_idx, int):
+        references = [[comparison_idx]] * batch
+    elif isinstance(comparison_idx[0], int):
+        references = [comparison_idx] * batch
+    else:
+        references = comparison_idx
+    chosen = scores.gather(1, torch.tensor(targets).view(-1, 1))
+    return chosen - gamma * scores.gather(1, torch.tensor(references)).mean(1, keepdim=True)
+
+
+# -- tests/test_methods_gradient.py --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "batch"),
+    [
+        ("GradCAM", "features.18.0", 1),
+        ("GradCAMpp", "features.18.0", 1),
+        ("SmoothGradCAMpp", lambda m: m.features[18][0], 1),
+        ("SmoothGradCAMpp", "features.18.0", 1),
+        ("XGradCAM", "features.18.0", 1),
+        ("LayerCAM", "features.18.0", 1),
+        ("LayerCAM", "features.18.0", 2),
+    ],
+)
+def test_gradient_img_cams_on_mobilenet_v2(mobilenet, name, layer, batch):
+    """test_methods_gradient.py::test_img_cams (MobileNetV2 part; 96 px: a 3x3 map)."""
+    layer = layer(mobilenet) if callable(layer) else layer
+    with getattr(shim, name)(mobilenet, layer) as extractor:
+        scores = mobilenet(_img(batch))
+        _verify_cam(extractor(int(scores[0].argmax()), scores, retain_graph=True)[0], (batch, 3, 3))
+        _verify_cam(extractor(list(range(batch)), scores)[0], (batch, 3, 3))
+
+
+def test_gradcam_output_targets_leave_parameter_grads():
+    """test_methods_gradient.py::test_gradcam_supports_per_sample_output_targets_without_
+    touching_parameter_grads (a tensor output: the shim's targets read a sample's row)."""
+    model = _tiny_model()
+    with shim.GradCAM(model, "2") as extractor:
+        scores = model(torch.rand(2, 3, 4, 4))
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        cams = extractor(scores=scores, targets=[lambda row: row[0], lambda row: row[1]])
+    _verify_cam(cams[0], (2, 4, 4))
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_smoothgradcampp_output_targets():
+    """test_methods_gradient.py::test_smoothgradcampp_supports_output_targets."""
+    model = _tiny_model()
+    with shim.SmoothGradCAMpp(model, "2", num_samples=2) as extractor:
+        model(torch.rand(2, 3, 4, 4))
+        cams = extractor(targets=lambda row: row[0])
+    _verify_cam(cams[0], (2, 4, 4))
+
+
+def test_output_target_must_return_a_scalar_tensor():
+    """test_methods_gradient.py::test_output_target_must_return_a_scalar_tensor (the shim
+    raises when the target's value is not one number per sample; a ValueError, as torchcam)."""
+    model = _tiny_model()
+    with shim.GradCAM(model, "2") as extractor:
+        scores = model(torch.rand(1, 3, 4, 4))
+        with pytest.raises((ValueError, RuntimeError)):
+            extractor(scores=scores, targets=lambda row: row[:2])
+
+
+@needs_contrib
+def test_refinecam_output_targets():
+    """test_methods_gradient.py::test_refinecam_supports_output_targets."""
+    model = _tiny_model()
+    with shim.RefineCAM(model, ["0", "2"], base_method=shim.LayerCAM) as extractor:
+        scores = model(torch.rand(2, 3, 4, 4))
+        cams = extractor(scores=scores, targets=lambda row: row[1])
+    _verify_cam(cams[0], (2, 4, 4))
+
+
+@needs_contrib
+def test_finercam_rejects_output_targets():
+    """test_methods_gradient.py::test_finercam_rejects_output_targets."""
+    model = _tiny_model()
+    with shim.FinerCAM(model, "2") as extractor:
+        scores = model(torch.rand(1, 3, 4, 4))
+        with pytest.raises(ValueError, match="does not support"):
+            extractor(0, scores, targets=lambda row: row[0])
+
+
+def test_layercam_fuse_cams():
+    """test_methods_gradient.py::test_layercam_fuse_cams."""
+    with pytest.raises(TypeError):
+        shim.LayerCAM.fuse_cams(torch.zeros((3, 32, 32)))
+    with pytest.raises(ValueError):
+        shim.LayerCAM.fuse_cams([])
+    cams = [torch.rand((1, 32, 32)), torch.rand((1, 16, 16))]
+    assert torch.equal(cams[0], shim.LayerCAM.fuse_cams(cams[:1]))
+    cam = shim.LayerCAM.fuse_cams(cams)
+    assert isinstance(cam, Tensor) and cam.ndim == cams[0].ndim and cam.shape == (1, 32, 32)
+    cam = shim.LayerCAM.fuse_cams(cams, (16, 16))
+    assert isinstance(cam, Tensor) and cam.ndim == cams[0].ndim and cam.shape == (1, 16, 16)
+
+
+@needs_contrib
+def test_refinecam_fuse_cams():
+    """test_methods_gradient.py::test_refinecam_fuse_cams (``normalized=False`` is a
+    ConfigError in the shim: camkit's refine always normalizes, docs/migrating.md)."""
+    cams = [torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]), torch.tensor([[[3.0, 2.0], [1.0, 0.0]]])]
+    originals = [cam.clone() for cam in cams]
+    with pytest.raises(ConfigError):
+        shim.RefineCAM.fuse_cams(cams, normalized=False)
+    assert torch.allclose(shim.RefineCAM.fuse_cams(cams), torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+    assert all(map(torch.equal, cams, originals))
+    larger = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
+    assert shim.RefineCAM.fuse_cams([cams[0], larger]).shape == (1, 4, 4)
+    assert shim.RefineCAM.fuse_cams([cams[0], larger], (2, 2)).shape == (1, 2, 2)
+    assert shim.RefineCAM.fuse_cams(cams[:1]).shape == cams[0].shape
+    volume = torch.arange(8, dtype=torch.float32).reshape(1, 2, 2, 2)
+    assert shim.RefineCAM.fuse_cams([volume, volume.flip(-1)]).shape == volume.shape
+    with pytest.raises(TypeError):
+        shim.RefineCAM.fuse_cams(torch.zeros((1, 2, 2)))
+    with pytest.raises(ValueError):
+        shim.RefineCAM.fuse_cams([])
+
+
+@needs_contrib
+@pytest.mark.parametrize("base", ["GradCAMpp", "LayerCAM", "ScoreCAM"])
+def test_refinecam_base_methods(base):
+    """test_methods_gradient.py::test_refinecam_base_methods."""
+    model = _tiny_model()
+    base_method = getattr(shim, base)
+    with shim.RefineCAM(model, ["0", "2"], base_method=base_method) as extractor:
+        scores = model(torch.rand((2, 3, 8, 8)))
+        cams = extractor([0, 1], scores)
+        assert len(cams) == 1
+        _verify_cam(cams[0], (2, 8, 8))
+        assert extractor.model is model
+        assert extractor.target_names == ["0", "2"]
+        assert repr(extractor) == f"RefineCAM(base_method={base}, target_layer=['0', '2'])"
+    assert extractor.base_cam.hook_handles == []
+
+
+@needs_contrib
+def test_refinecam_metric_compatibility():
+    """test_methods_gradient.py::test_refinecam_metric_compatibility."""
+    model = _tiny_model()
+    with shim.RefineCAM(model, ["0", "2"]) as extractor:
+        metric = ClassificationMetric(extractor, partial(torch.softmax, dim=-1))
+        metric.update(torch.rand((1, 3, 8, 8)))
+        assert set(metric.summary()) == {"avg_drop", "conf_increase"}
+
+
+@needs_contrib
+def test_refinecam_rejects_invalid_configuration():
+    """test_methods_gradient.py::test_refinecam_rejects_invalid_configuration."""
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="two or more layers"):
+        shim.RefineCAM(model, ["0"])
+    with pytest.raises(TypeError, match="CAM extractor class"):
+        shim.RefineCAM(model, ["0", "2"], base_method=nn.Module)
+
+
+@needs_contrib
+@pytest.mark.parametrize("base", ["GradCAM", "GradCAMpp", "LayerCAM"])
+@pytest.mark.parametrize(
+    ("class_idx", "comparison_idx"), [(0, 2), ([0, 1], [2]), ([0, 1], [[1, 2], [0, 2]])]
+)
+@pytest.mark.parametrize("normalized", [False, True])
+def test_finercam_matches_manual_contrastive_score(base, class_idx, comparison_idx, normalized):
+    """test_methods_gradient.py::test_finercam_matches_manual_contrastive_score (the base
+    extractor of the shim on the hand-made contrastive score; GradCAMpp with the base's own
+    weights on both sides)."""
+    model = _tiny_model()
+    manual = deepcopy(model)
+    x = torch.rand((2, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    base_method = getattr(shim, base)
+    with shim.FinerCAM(model, "2", base_method=base_method, gamma=0.6) as extractor:
+        scores = model(x)
+        original = scores.detach().clone()
+        cams = extractor(class_idx, scores, comparison_idx, normalized)
+    with base_method(manual, "2") as base_cam:
+        contrastive = _contrastive_scores(manual(x), class_idx, comparison_idx, 0.6)
+        expected = base_cam([0, 0], contrastive, normalized)
+    assert len(cams) == len(expected) == 1
+    torch.testing.assert_close(cams[0], expected[0])
+    assert torch.equal(scores.detach(), original)
+    assert scores.shape == (2, 3)
+
+
+@needs_contrib
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_finercam_caps_automatic_references_for_small_outputs(num_classes):
+    """test_methods_gradient.py::test_finercam_caps_automatic_references_for_small_outputs."""
+    model = _tiny_model(num_classes)
+    with shim.FinerCAM(model, "2") as extractor:
+        scores = model(torch.rand((1, 3, 8, 8)))
+        _verify_cam(extractor(0, scores, normalized=False)[0], (1, 8, 8))
+
+
+@needs_contrib
+def test_finercam_gamma_zero_matches_base_cam():
+    """test_methods_gradient.py::test_finercam_gamma_zero_matches_base_cam."""
+    model = _tiny_model()
+    manual = deepcopy(model)
+    x = torch.rand((2, 3, 8, 8))
+    with shim.FinerCAM(model, "2", gamma=0) as extractor:
+        cams = extractor([0, 1], model(x), normalized=False)
+    with shim.GradCAM(manual, "2") as base_cam:
+        expected = base_cam([0, 1], manual(x), normalized=False)
+    torch.testing.assert_close(cams[0], expected[0])
+
+
+@needs_contrib
+def test_finercam_aggregates_before_relu():
+    """test_methods_gradient.py::test_finercam_aggregates_before_relu."""
+
+    class ContrastiveModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(1, 1, 1, bias=False)
+            self.pool = nn.AdaptiveAvgPool2d((1, 1))
+            self.classifier = nn.Linear(1, 3, bias=False)
+            with torch.no_grad():
+                self.features.weight.fill_(1)
+                self.classifier.weight.copy_(torch.tensor([[1.0], [3.0], [-1.0]]))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.classifier(self.pool(self.features(x)).flatten(1))
+
+    model, x = ContrastiveModel().eval(), torch.ones((1, 1, 2, 2))
+    with shim.FinerCAM(model, "features", gamma=1) as extractor:
+        aggregated = extractor(0, model(x), [1, 2], normalized=False)[0]
+    pairwise = []
+    for reference in [1, 2]:
+        pair_model = deepcopy(model)
+        with shim.GradCAM(pair_model, "features") as extractor:
+            contrastive = _contrastive_scores(pair_model(x), 0, [reference], 1)
+            pairwise.append(extractor(0, contrastive, normalized=False)[0])
+    assert torch.count_nonzero(aggregated) == 0
+    assert torch.stack(pairwise).mean(0).max() > 0
+
+
+@needs_contrib
+def test_finercam_multiple_layers_and_compute_cams():
+    """test_methods_gradient.py::test_finercam_multiple_layers_and_compute_cams."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(1),
+        nn.Linear(4, 3),
+    ).eval()
+    with shim.FinerCAM(model, ["0", "2"]) as extractor:
+        scores = model(torch.rand((1, 3, 8, 8)))
+        cams = extractor.compute_cams(0, scores, [1, 2], normalized=False)
+    assert [cam.shape for cam in cams] == [(1, 8, 8), (1, 4, 4)]
+
+
+@needs_contrib
+def test_finercam_video_cam():
+    """test_methods_gradient.py::test_finercam_video_cam."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv3d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d((1, 1, 1)),
+        nn.Flatten(1),
+        nn.Linear(4, 3),
+    ).eval()
+    with shim.FinerCAM(model, "0", base_method=shim.LayerCAM) as extractor:
+        scores = model(torch.rand((1, 3, 8, 16, 16), requires_grad=True))
+        cams = extractor(0, scores, comparison_idx=[1, 2])
+    _verify_cam(cams[0], (1, 8, 16, 16))
+
+
+@needs_contrib
+def test_finercam_preserves_dtype_and_device():
+    """test_methods_gradient.py::test_finercam_preserves_dtype_and_device (CPU; camkit
+    computes maps in float32 whatever the model's dtype: a documented difference)."""
+    model = _tiny_model().to(dtype=torch.float64)
+    with shim.FinerCAM(model, "2") as extractor:
+        scores = model(torch.rand((1, 3, 8, 8), dtype=torch.float64))
+        cams = extractor(0, scores, comparison_idx=[1, 2], normalized=False)
+    assert scores.dtype == torch.float64 and cams[0].dtype == torch.float32
+    assert cams[0].device == scores.device and torch.isfinite(cams[0]).all()
+
+
+@needs_contrib
+def test_finercam_lifecycle_repr_and_metric_compatibility():
+    """test_methods_gradient.py::test_finercam_lifecycle_repr_and_metric_compatibility (the
+    layer's hook count is the shim's own; what is kept: hooks while entered, none after)."""
+    model = _tiny_model()
+    layer = model[2]
+    assert len(layer._forward_hooks) == 0
+    with shim.FinerCAM(model, "2") as extractor:
+        assert len(layer._forward_hooks) > 0
+        assert extractor.model is model
+        assert extractor.target_names == ["2"]
+        assert repr(extractor) == (
+            "FinerCAM(base_method=GradCAM, target_layer=['2'], gamma=0.6, num_references=3)"
+        )
+        metric = ClassificationMetric(extractor, partial(torch.softmax, dim=-1))
+        metric.update(torch.rand((1, 3, 8, 8)))
+        assert set(metric.summary()) == {"avg_drop", "conf_increase"}
+    assert len(layer._forward_hooks) == 0
+    assert extractor.base_cam.hook_handles == []
+
+
+@needs_contrib
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"base_method": shim.ScoreCAM}, TypeError),
+        ({"base_method": shim.SmoothGradCAMpp}, TypeError),
+        ({"base_method": nn.Identity()}, TypeError),
+        ({"gamma": -0.1}, ValueError),
+        ({"gamma": float("inf")}, ValueError),
+        ({"gamma": float("nan")}, ValueError),
+        ({"num_references": 0}, ValueError),
+    ],
+)
+def test_finercam_rejects_invalid_configuration(kwargs, error):
+    """test_methods_gradient.py::test_finercam_rejects_invalid_configuration (the error
+    types; the messages are camkit's)."""
+    with pytest.raises(error):
+        shim.FinerCAM(_tiny_model(), "2", **kwargs)
+
+
+@needs_contrib
+def test_finercam_rejects_invalid_scores_targets_and_references():
+    """test_methods_gradient.py::test_finercam_rejects_invalid_scores_targets_and_references
+    (the error types; the messages are camkit's)."""
+    model = _tiny_model()
+    with shim.FinerCAM(model, "2") as extractor:
+        with pytest.raises(ValueError):
+            extractor(0)
+        with pytest.raises((TypeError, ValueError)):
+            extractor(0, [[1.0, 2.0]])
+        with pytest.raises(ValueError):
+            extractor(0, torch.rand(3))
+        scores = model(torch.rand((2, 3, 8, 8)))
+        with pytest.raises(TypeError):
+            extractor(True, scores)
+        with pytest.raises(TypeError, match="contain integers"):
+            extractor([0, True], scores)
+        with pytest.raises(ValueError):
+            extractor([0], scores)
+        with pytest.raises(ValueError):
+            extractor([0, 3], scores)
+        with pytest.raises(ValueError, match="cannot be empty"):
+            extractor([0, 1], scores, [])
+        with pytest.raises(TypeError, match="integer, a list, or a nested list"):
+            extractor([0, 1], scores, (2,))
+        with pytest.raises(ValueError, match="target class"):
+            extractor([0, 1], scores, [0, 2])
+        with pytest.raises(ValueError, match="duplicates"):
+            extractor([0, 1], scores, [2, 2])
+        with pytest.raises(ValueError):
+            extractor([0, 1], scores, [2, 3])
+        with pytest.raises(TypeError, match="contain integers"):
+            extractor([0, 1], scores, [True])
+        with pytest.raises(ValueError):
+            extractor([0, 1], scores, [[1, 2]])
+        with pytest.raises(ValueError, match="cannot be empty"):
+            extractor([0, 1], scores, [[], []])
+        with pytest.raises(ValueError):
+            extractor([0, 1], scores, [[1], [0, 2]])
+        with pytest.raises(TypeError, match="contain integers"):
+            extractor([0, 1], scores, [[True], [0]])
+        with pytest.raises((TypeError, ValueError)):
+            extractor([0, 1], scores, [2, [0]])
+
+
+@needs_contrib
+def test_refinecam_shared_wrapper_regression():
+    """test_methods_gradient.py::test_refinecam_shared_wrapper_regression (the base's hooks
+    through its public ``disable_hooks`` / ``enable_hooks``)."""
+    model = _tiny_model()
+    extractor = shim.RefineCAM(model, ["0", "2"])
+    with extractor as entered:
+        assert entered is extractor
+        extractor.disable_hooks()
+        assert not extractor.base_cam._hooks_enabled
+        extractor.enable_hooks()
+        scores = model(torch.rand((1, 3, 8, 8)))
+        _verify_cam(extractor(0, scores)[0], (1, 8, 8))
+        assert repr(extractor) == "RefineCAM(base_method=GradCAMpp, target_layer=['0', '2'])"
+    assert extractor.base_cam.hook_handles == []
+
+
+def test_gradcam_does_not_accumulate_hook_handles(mobilenet):
+    """test_methods_gradient.py::test_gradcam_does_not_accumulate_hook_handles."""
+    with shim.GradCAM(mobilenet, "features.18.0") as extractor:
+        initial = len(extractor.hook_handles)
+        for _ in range(3):
+            scores = mobilenet(_img())
+            extractor(int(scores[0].argmax()), scores, retain_graph=True)
+        assert len(extractor.hook_handles) == initial
+
+
+# -- tests/test_methods_activation.py ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fc_layer", "batch"),
+    [(None, 1), (None, 2), ("classifier.1", 1), (lambda m: m.classifier[1], 1)],
+)
+def test_cam_img_cams_on_mobilenet_v2(mobilenet, fc_layer, batch):
+    """test_methods_activation.py::test_img_cams (96 px: a 3x3 map)."""
+    kwargs = {}
+    if fc_layer is not None:
+        kwargs["fc_layer"] = fc_layer(mobilenet) if callable(fc_layer) else fc_layer
+    with shim.CAM(mobilenet, input_shape=(3, 96, 96), **kwargs) as extractor, torch.no_grad():
+        scores = mobilenet(_img(batch))
+        _verify_cam(extractor(int(scores[0].argmax()), scores)[0], (batch, 3, 3))
+        _verify_cam(extractor(list(range(batch)), scores)[0], (batch, 3, 3))
+
+
+def test_scorecam_torchvision_integration(mobilenet):
+    """test_methods_activation.py::test_scorecam_torchvision_integration."""
+    x = torch.ones((1, 3, 16, 16))
+    with shim.ScoreCAM(mobilenet, mobilenet.features[1].conv[2]) as extractor, torch.no_grad():
+        scores = mobilenet(x)
+        _verify_cam(extractor(int(scores[0].argmax()), scores)[0], (1, 8, 8))
+
+
+def test_cam_conv1x1():
+    """test_methods_activation.py::test_cam_conv1x1 (a 1x1 convolution as the classifier)."""
+    torch.manual_seed(0)
+    model = _frozen(
+        nn.Sequential(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d((1, 1)),
+            ),
+            nn.Conv2d(16, 1, 1),
+            nn.Flatten(1),
+        )
+    )
+    with shim.CAM(model, fc_layer="1", input_shape=(3, 32, 32)) as extractor, torch.no_grad():
+        scores = model(torch.rand((1, 3, 32, 32)))
+        _verify_cam(extractor(int(scores[0].argmax()), scores)[0], (1, 32, 32))
+
+
+def _scorecam_inputs() -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1),
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 2, 1),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(1),
+        nn.Linear(2, 3),
+    ).double()
+    return model.eval(), torch.rand((2, 1, 8, 8), dtype=torch.float64)
+
+
+def _scorecam_kwargs(name: str, batch_size: int) -> dict:
+    return {"batch_size": batch_size} | ({} if name == "ScoreCAM" else {"num_samples": 2})
+
+
+@pytest.mark.parametrize("name", ["ScoreCAM", "SSCAM", "ISCAM"])
+@pytest.mark.parametrize("class_idx", [1, [1, 2]])
+def test_scorecam_chunk_parity(name, class_idx):
+    """test_methods_activation.py::test_scorecam_chunk_parity (a float64 model; the maps
+    are float32, camkit's precision: a documented difference)."""
+    results = []
+    for batch_size in (3, 64):
+        model, x = _scorecam_inputs()
+        with getattr(shim, name)(model, ["1", "3"], **_scorecam_kwargs(name, batch_size)) as ext:
+            scores = model(x)
+            torch.manual_seed(1)
+            results.append(ext(class_idx, scores))
+    assert [cam.shape for cam in results[0]] == [(2, 8, 8), (2, 8, 8)]
+    assert all(
+        cam.dtype == torch.float32 and cam.device.type == "cpu" and torch.isfinite(cam).all()
+        for cam in results[0]
+    )
+    for chunked, unchunked in zip(*results, strict=True):
+        torch.testing.assert_close(chunked, unchunked)
+
+
+@pytest.mark.parametrize("name", ["ScoreCAM", "SSCAM", "ISCAM"])
+def test_scorecam_preserves_disabled_hooks(name):
+    """test_methods_activation.py::test_scorecam_preserves_disabled_hooks."""
+    model, x = _scorecam_inputs()
+    with getattr(shim, name)(model, ["1", "3"], **_scorecam_kwargs(name, 3)) as extractor:
+        scores = model(x)
+        extractor.disable_hooks()
+        torch.manual_seed(1)
+        extractor(1, scores)
+        assert not extractor._hooks_enabled
+
+
+@pytest.mark.parametrize("name", ["ScoreCAM", "SSCAM", "ISCAM"])
+def test_score_cams_support_per_sample_output_targets(name):
+    """test_methods_activation.py::test_score_cams_support_per_sample_output_targets (a
+    tensor output: each sample's target reads its row)."""
+    model = _tiny_model()
+    kwargs = {"batch_size": 2} | ({} if name == "ScoreCAM" else {"num_samples": 2})
+    with getattr(shim, name)(model, "2", **kwargs) as extractor:
+        scores = model(torch.rand(2, 3, 4, 4))
+        cams = extractor(scores=scores, targets=[lambda row: row[0], lambda row: row[1]])
+    _verify_cam(cams[0], (2, 4, 4))
+
+
+@pytest.mark.parametrize(("name", "num_samples"), [("ScoreCAM", None), ("SSCAM", 4), ("ISCAM", 4)])
+def test_activation_video_cams(name, num_samples):
+    """test_methods_activation.py::test_video_cams (the Score-CAM family; CAM is ported in
+    test_torchcam_shim.py)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(
+            nn.Conv3d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool3d((1, 1, 1)),
+        ),
+        nn.Flatten(1),
+        nn.Linear(16, 1),
+    ).eval()
+    kwargs = {"batch_size": 3} | ({"num_samples": num_samples} if num_samples else {})
+    with getattr(shim, name)(model, "0.3", **kwargs) as extractor, torch.no_grad():
+        scores = model(torch.rand((1, 3, 8, 16, 16)))
+        _verify_cam(extractor(int(scores[0].argmax()), scores)[0], (1, 8, 16, 16))
+
+
+# -- tests/test_methods_transformer.py (the methods other than LeGrad) ----------------------
+
+
+def _build_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+    torch.nn.init.normal_(model.heads.head.weight)
+    return model.eval()
+
+
+def _reshape_transform(t: Tensor) -> Tensor:
+    return t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def test_reshape_transform_validation():
+    """test_methods_transformer.py::test_reshape_transform_validation."""
+    model = _build_vit()
+    with pytest.raises(TypeError, match="reshape_transform"):
+        shim.LayerCAM(model, "encoder.layers.encoder_layer_1.ln_1", reshape_transform=1)
+    with pytest.raises(ValueError, match="target_layer"):
+        shim.LayerCAM(model, reshape_transform=_reshape_transform)
+
+
+@pytest.mark.parametrize("name", ["LayerCAM", "ScoreCAM"])
+def test_vit_cams_with_reshape_transform(name):
+    """test_methods_transformer.py::test_layercam_with_reshape_transform and
+    ::test_scorecam_with_reshape_transform (the map's shape and spread; ``hook_a`` holds the
+    layer's raw token output in the shim, camkit reads tokens itself)."""
+    model = _build_vit()
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+    kwargs = {"batch_size": 4} if name == "ScoreCAM" else {}
+    with getattr(shim, name)(model, layer, reshape_transform=_reshape_transform, **kwargs) as ext:
+        scores = model(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        cam = ext(int(scores[0].argmax()), scores)[0]
+        assert cam.shape == (1, 4, 4)
+        assert torch.isfinite(cam).all()
+        assert cam.std() > 0
+
+
+# -- tests/test_metrics.py -----------------------------------------------------------------
+
+
+class _ConvClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.fill_(1)
+            self.conv2.weight.fill_(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = self.conv2(self.conv1(x)).flatten(1).sum(dim=1)
+        return torch.stack((score, 1 - score), dim=1)
+
+
+def _exact_input() -> Tensor:
+    return torch.tensor([[[[0.4, 0.3], [0.2, 0.1]]]])
+
+
+def test_classification_metric():
+    """test_metrics.py::test_classification_metric (summary keys and range, the model's
+    train/eval flags restored, the hooks left enabled; the sample count through ``total``
+    where the shim keeps it)."""
+    model = _ConvClassifier()
+    model.train()
+    model.conv1.eval()
+    modes = [m.training for m in model.modules()]
+    x = _exact_input().expand(2, -1, -1, -1).clone().requires_grad_(True)
+    with shim.LayerCAM(model, "conv2") as extractor:
+        metric = ClassificationMetric(extractor, partial(torch.softmax, dim=-1))
+        metric.update(x, class_idx=0)
+        metric.update(x, class_idx=[0, 0])
+        metric.update(x)
+        assert extractor._hooks_enabled
+    assert metric.summary().keys() == {"avg_drop", "conf_increase"}
+    assert all(0 <= value <= 1 for value in metric.summary().values())
+    if hasattr(metric, "total"):
+        assert metric.total == 6
+    assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize(("class_idx", "error"), [(2, ValueError), ([0], ValueError)])
+@pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
+def test_metrics_reject_invalid_class_indices(metric_cls, class_idx, error):
+    """test_metrics.py::test_metrics_reject_invalid_class_indices (out of range, wrong
+    length)."""
+    model = _ConvClassifier()
+    with shim.LayerCAM(model, "conv2") as extractor:
+        metric = metric_cls(extractor)
+        with pytest.raises(error):
+            metric.update(_exact_input().expand(2, -1, -1, -1).clone(), class_idx=class_idx)
+
+
+@pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
+def test_metrics_restore_model_and_hooks_on_scoring_error(metric_cls):
+    """test_metrics.py::test_metrics_restore_model_and_hooks_on_scoring_error (the scoring
+    fails inside the metric: the model's flags and the extractor's hooks come back)."""
+    model = _ConvClassifier()
+    model.train()
+    calls = {"n": 0}
+
+    def failing(scores: Tensor) -> Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("scoring failed")
+        return scores
+
+    with shim.LayerCAM(model, "conv2") as extractor:
+        metric = metric_cls(extractor, failing)
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            metric.update(_exact_input().clone().requires_grad_(True), class_idx=0)
+        assert extractor._hooks_enabled
+    assert model.training
