@@ -5,6 +5,7 @@ docstring names the original test it comes from."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from copy import deepcopy
 from functools import partial
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from camkit.compat.torchcam import methods as shim
 from camkit.compat.torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
-from camkit.errors import ConfigError
+from camkit.errors import ConfigError, InputError
 
 
 def _verify_cam(cam: Tensor, shape: tuple[int, ...]) -> None:
@@ -678,35 +679,242 @@ def test_classification_metric():
     assert [m.training for m in model.modules()] == modes
 
 
-@pytest.mark.parametrize(("class_idx", "error"), [(2, ValueError), ([0], ValueError)])
+class _SumClassifier(nn.Module):
+    """Scores ``(s, 1 - s)`` with ``s`` the input's sum; records its inputs; can fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = nn.Identity()
+        self.calls = 0
+        self.fail_on_call: int | None = None
+        self.seen: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("scoring failed")
+        self.seen.append(x.detach().clone())
+        score = self.identity(x).flatten(1).sum(dim=1)
+        return torch.stack((score, 1 - score), dim=1)
+
+
+class _FixedExtractor:
+    """torchcam's extractor protocol with a fixed map: the metrics take any extractor."""
+
+    def __init__(self, model: nn.Module, cam: Tensor) -> None:
+        self.model, self.cam, self._hooks_enabled, self.class_idx = model, cam, True, None
+
+    def __call__(self, class_idx=None, scores=None, _normalized=True, **_kwargs):
+        self.class_idx = class_idx
+        cam = self.cam.to(scores)
+        if cam.shape[0] == 1 and scores.shape[0] > 1:
+            cam = cam.expand(scores.shape[0], *cam.shape[1:])
+        return [cam.clone()]
+
+    @staticmethod
+    def fuse_cams(cams):
+        return torch.stack(cams).max(dim=0).values
+
+    @contextmanager
+    def _hooks_off(self):
+        previous, self._hooks_enabled = self._hooks_enabled, False
+        try:
+            yield
+        finally:
+            self._hooks_enabled = previous
+
+
+def _fixed_metric(*, steps=2, batch_size=32, baseline=None) -> DeletionInsertionMetric:
+    extractor = _FixedExtractor(_SumClassifier(), _exact_input().squeeze(1))
+    return DeletionInsertionMetric(extractor, steps=steps, batch_size=batch_size, baseline=baseline)
+
+
+def test_classification_metric_exact_value():
+    """test_metrics.py::test_classification_metric_exact_value (without torchcam's 1e-7 in
+    the denominator: within approx's tolerance)."""
+    extractor = _FixedExtractor(_SumClassifier(), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+    metric = ClassificationMetric(extractor)
+    metric.update(_exact_input(), class_idx=0)
+    assert metric.summary() == pytest.approx({"avg_drop": 0.6 / (1 + 1e-7), "conf_increase": 0})
+
+
+def test_deletion_insertion_complete_curves_and_auc():
+    """test_metrics.py::test_deletion_insertion_complete_curves_and_auc (through ``update``:
+    the curves are camkit's ``perturbation_curve``, the AUCs the original's)."""
+    metric = _fixed_metric(steps=2)
+    metric.update(_exact_input(), class_idx=0)
+    assert metric.summary() == pytest.approx({"deletion_auc": 0.4, "insertion_auc": 0.6})
+
+
+def test_deletion_insertion_non_divisible_steps():
+    """test_metrics.py::test_deletion_insertion_non_divisible_steps (through ``update``)."""
+    x = torch.tensor([[[[0.3, 0.25, 0.2, 0.15, 0.1]]]])
+    extractor = _FixedExtractor(_SumClassifier(), x.squeeze(1))
+    metric = DeletionInsertionMetric(extractor, steps=3)
+    metric.update(x, class_idx=0)
+    assert metric.summary() == pytest.approx({"deletion_auc": 0.41, "insertion_auc": 0.59})
+
+
+def test_deletion_insertion_chunked_parity():
+    """test_metrics.py::test_deletion_insertion_chunked_parity."""
+    x = _exact_input().expand(2, -1, -1, -1).clone()
+    chunked, unchunked = (
+        _fixed_metric(steps=4, batch_size=1),
+        _fixed_metric(steps=4, batch_size=100),
+    )
+    chunked.update(x, class_idx=[0, 0])
+    unchunked.update(x, class_idx=[0, 0])
+    assert chunked.summary() == pytest.approx(unchunked.summary())
+
+
+def test_deletion_insertion_custom_baselines_and_non_mutation():
+    """test_metrics.py::test_deletion_insertion_custom_baselines_and_non_mutation."""
+    x, baseline = _exact_input(), torch.tensor(0.05)
+    original_x, original_baseline = x.clone(), baseline.clone()
+    calls = []
+
+    def baseline_fn(_t: Tensor) -> Tensor:
+        calls.append(1)
+        return baseline
+
+    tensor_metric, callable_metric = (
+        _fixed_metric(baseline=baseline),
+        _fixed_metric(baseline=baseline_fn),
+    )
+    tensor_metric.update(x, class_idx=0)
+    callable_metric.update(x, class_idx=0)
+    assert tensor_metric.summary() == pytest.approx(callable_metric.summary())
+    assert len(calls) == 1
+    torch.testing.assert_close(x, original_x)
+    torch.testing.assert_close(baseline, original_baseline)
+
+
+@pytest.mark.parametrize(("class_idx", "expected"), [(0, 0), ([0, 1], [0, 1]), (None, [0, 1])])
+def test_deletion_insertion_class_indices(class_idx, expected):
+    """test_metrics.py::test_deletion_insertion_class_indices."""
+    extractor = _FixedExtractor(_SumClassifier(), _exact_input().squeeze(1))
+    metric = DeletionInsertionMetric(extractor, steps=2)
+    metric.update(torch.cat((_exact_input(), _exact_input() / 5)), class_idx=class_idx)
+    assert extractor.class_idx == expected
+    assert set(metric.summary()) == {"deletion_auc", "insertion_auc"}
+
+
+@pytest.mark.parametrize(
+    ("class_idx", "error"),
+    [(2, ValueError), ("0", TypeError), ([0], ValueError), ([0, 2], ValueError),
+     ([False, 0], TypeError)],
+)  # fmt: skip
+def test_metrics_reject_invalid_class_indices(class_idx, error):
+    """test_metrics.py::test_metrics_reject_invalid_class_indices."""
+    metric = ClassificationMetric(_FixedExtractor(_SumClassifier(), _exact_input().squeeze(1)))
+    with pytest.raises(error):
+        metric.update(_exact_input().expand(2, -1, -1, -1), class_idx=class_idx)
+
+
 @pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
-def test_metrics_reject_invalid_class_indices(metric_cls, class_idx, error):
-    """test_metrics.py::test_metrics_reject_invalid_class_indices (out of range, wrong
-    length)."""
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_metrics_spatial_inputs(metric_cls, spatial_dims):
+    """test_metrics.py::test_metrics_spatial_inputs (deletion and insertion of volumes are
+    an ``InputError`` in the shim: camkit's perturbation curves take images)."""
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
     model = _ConvClassifier()
+    model.conv1, model.conv2 = conv(1, 1, 1, bias=False), conv(1, 1, 1, bias=False)
+    with torch.no_grad():
+        model.conv1.weight.fill_(1)
+        model.conv2.weight.fill_(1)
+    shape = (1, 1, 2, 2) if spatial_dims == 2 else (1, 1, 2, 2, 2)
     with shim.LayerCAM(model, "conv2") as extractor:
-        metric = metric_cls(extractor)
-        with pytest.raises(error):
-            metric.update(_exact_input().expand(2, -1, -1, -1).clone(), class_idx=class_idx)
+        kwargs = {} if metric_cls is ClassificationMetric else {"steps": 2, "batch_size": 2}
+        metric = metric_cls(extractor, **kwargs)
+        x = torch.full(shape, 1 / (2**spatial_dims))
+        if spatial_dims == 3 and metric_cls is DeletionInsertionMetric:
+            with pytest.raises(InputError, match="images"):
+                metric.update(x, class_idx=0)
+            return
+        metric.update(x, class_idx=0)
+    assert all(torch.isfinite(torch.tensor(list(metric.summary().values()))))
+
+
+@pytest.mark.parametrize(
+    "kind", ["ordinary", "multi-layer", "refinecam-wrapper", "finercam-wrapper"]
+)
+def test_deletion_insertion_extractor_protocols(kind):
+    """test_metrics.py::test_deletion_insertion_extractor_protocols."""
+    if "wrapper" in kind:
+        pytest.importorskip("camkit_contrib")
+    model = _ConvClassifier()
+    factories = {
+        "ordinary": lambda: shim.LayerCAM(model, "conv2"),
+        "multi-layer": lambda: shim.LayerCAM(model, ["conv1", "conv2"]),
+        "refinecam-wrapper": lambda: shim.RefineCAM(
+            model, ["conv1", "conv2"], base_method=shim.LayerCAM
+        ),
+        "finercam-wrapper": lambda: shim.FinerCAM(
+            model, "conv2", base_method=shim.LayerCAM, num_references=1
+        ),
+    }
+    with factories[kind]() as extractor:
+        metric = DeletionInsertionMetric(extractor, partial(torch.softmax, dim=-1), steps=1)
+        metric.update(torch.full((1, 1, 2, 2), 0.25))
+        hooks_enabled = getattr(extractor, "base_cam", extractor)._hooks_enabled
+    assert hooks_enabled
+    assert set(metric.summary()) == {"deletion_auc", "insertion_auc"}
+
+
+def test_deletion_insertion_preserves_dtype_and_device():
+    """test_metrics.py::test_deletion_insertion_preserves_dtype_and_device (CPU, float64)."""
+    model = _SumClassifier().to(dtype=torch.float64)
+    extractor = _FixedExtractor(model, _exact_input().squeeze(1))
+    metric = DeletionInsertionMetric(extractor, steps=2, batch_size=1)
+    metric.update(_exact_input().to(torch.float64), class_idx=0)
+    assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in model.seen)
 
 
 @pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
 def test_metrics_restore_model_and_hooks_on_scoring_error(metric_cls):
-    """test_metrics.py::test_metrics_restore_model_and_hooks_on_scoring_error (the scoring
-    fails inside the metric: the model's flags and the extractor's hooks come back)."""
-    model = _ConvClassifier()
+    """test_metrics.py::test_metrics_restore_model_and_hooks_on_scoring_error."""
+    model = _SumClassifier()
     model.train()
-    calls = {"n": 0}
+    model.identity.eval()
+    modes = [m.training for m in model.modules()]
+    model.fail_on_call = 2
+    extractor = _FixedExtractor(model, _exact_input().squeeze(1))
+    kwargs = {} if metric_cls is ClassificationMetric else {"steps": 2}
+    metric = metric_cls(extractor, **kwargs)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        metric.update(_exact_input(), class_idx=0)
+    assert [m.training for m in model.modules()] == modes
+    assert extractor._hooks_enabled
+    assert metric.total == 0
 
-    def failing(scores: Tensor) -> Tensor:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("scoring failed")
-        return scores
 
-    with shim.LayerCAM(model, "conv2") as extractor:
-        metric = metric_cls(extractor, failing)
-        with pytest.raises(RuntimeError, match="scoring failed"):
-            metric.update(_exact_input().clone().requires_grad_(True), class_idx=0)
-        assert extractor._hooks_enabled
-    assert model.training
+def test_deletion_insertion_reset():
+    """test_metrics.py::test_deletion_insertion_reset."""
+    metric = _fixed_metric()
+    metric.update(_exact_input(), class_idx=0)
+    metric.reset()
+    assert metric.deletion == metric.insertion == 0
+    assert metric.total == metric.nan_count == 0
+    with pytest.raises(AssertionError, match="update"):
+        metric.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"steps": 0}, ValueError), ({"steps": 1.5}, TypeError), ({"batch_size": 0}, ValueError),
+     ({"batch_size": 1.5}, TypeError), ({"baseline": 0}, TypeError)],
+)  # fmt: skip
+def test_deletion_insertion_rejects_invalid_configuration(kwargs, error):
+    """test_metrics.py::test_deletion_insertion_rejects_invalid_configuration."""
+    extractor = _FixedExtractor(_SumClassifier(), _exact_input().squeeze(1))
+    with pytest.raises(error):
+        DeletionInsertionMetric(extractor, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "error"), [(lambda _x: 0, TypeError), (torch.zeros((3, 3)), ValueError)]
+)
+def test_deletion_insertion_rejects_invalid_baseline_result(baseline, error):
+    """test_metrics.py::test_deletion_insertion_rejects_invalid_baseline_result."""
+    with pytest.raises(error):
+        _fixed_metric(baseline=baseline).update(_exact_input(), class_idx=0)

@@ -13,7 +13,11 @@ from camkit import metrics
 from camkit.compat._shared import CompatTypeError, eval_mode
 from camkit.errors import CamkitError, InputError, TargetError
 
-__all__ = ["ClassificationMetric", "DeletionInsertionMetric"]
+__all__ = ["ClassificationMetric", "DeletionInsertionMetric", "NotUpdatedError"]
+
+
+class NotUpdatedError(CamkitError, AssertionError):
+    """``summary()`` before any ``update`` (an ``AssertionError``, as in torchcam)."""
 
 
 class _Metric:
@@ -49,6 +53,8 @@ class _Metric:
             indices = scores.argmax(-1)
         else:
             listed = class_idx if isinstance(class_idx, list) else [class_idx] * batch
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in listed):
+                raise CompatTypeError(f"class_idx must be an int or a list of ints: {class_idx!r}")
             if len(listed) != batch or any(not 0 <= i < num_classes for i in listed):
                 raise TargetError(
                     f"class_idx {class_idx!r} must be in [0, {num_classes - 1}], one per sample "
@@ -96,7 +102,7 @@ class ClassificationMetric(_Metric):
     def summary(self) -> dict[str, float]:
         """``{"avg_drop": ..., "conf_increase": ...}`` over every update."""
         if self.total == 0:
-            raise CamkitError("update the metric before asking for its summary")
+            raise NotUpdatedError("update the metric before asking for its summary")
         return {"avg_drop": self.drop / self.total, "conf_increase": self.increase / self.total}
 
     def reset(self) -> None:
@@ -184,7 +190,7 @@ class DeletionInsertionMetric(_Metric):
     def summary(self) -> dict[str, float]:
         """``{"deletion_auc": ..., "insertion_auc": ...}`` averaged over every update."""
         if self.total == 0:
-            raise CamkitError("update the metric before asking for its summary")
+            raise NotUpdatedError("update the metric before asking for its summary")
         return {
             "deletion_auc": self.deletion / self.total,
             "insertion_auc": self.insertion / self.total,
