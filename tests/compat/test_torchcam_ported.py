@@ -1136,3 +1136,114 @@ def test_save_writes_manifest_only_after_artifacts(tmp_path, monkeypatch):
             result.save(output_dir, image)
     assert not output_dir.exists()
     assert result.save(output_dir, image) == output_dir
+
+
+# -- tests/test_utils.py -------------------------------------------------------------------
+
+
+def _legacy_overlay(img, mask, cmap, alpha: float = 0.7):
+    """torchcam's overlay as its test writes it: resize, square, colour map, blend."""
+    import numpy as np
+    from PIL import Image
+
+    overlay = mask.resize(img.size, resample=Image.Resampling.BICUBIC)
+    heat = (255 * cmap(np.asarray(overlay) ** 2)[:, :, :3]).astype(np.uint8)
+    bg = np.asarray(img) if len(img.getbands()) == 3 else np.asarray(img)[..., None].repeat(3, -1)
+    return (alpha * bg + (1 - alpha) * heat).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("mode", "shape"), [("P", (5, 6)), ("HSV", (5, 6, 3))])
+def test_overlay_mask_preserves_raw_band_modes(mode, shape):
+    """test_utils.py::test_overlay_mask_preserves_raw_band_modes (a callable colormap: named
+    ones are camkit's, a few levels from matplotlib's)."""
+    import numpy as np
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    colors = pytest.importorskip("matplotlib.colors")
+    cmap = colors.ListedColormap(["black", "red", "white"])
+    values = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    img = Image.frombytes(mode, (shape[1], shape[0]), values.tobytes())
+    mask = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    expected = _legacy_overlay(img, mask, cmap)
+    actual = np.asarray(overlay_mask(img, mask, cmap))
+    assert np.abs(expected.astype(np.int16) - actual.astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("alpha", [0, -0.1, 1.0, "0.5", None])
+def test_overlay_mask_invalid_alpha(alpha):
+    """test_utils.py::test_overlay_mask_invalid_alpha."""
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    with pytest.raises(ValueError, match="alpha argument is expected to be of type float between"):
+        overlay_mask(Image.new("RGB", (4, 4)), Image.new("L", (4, 4)), alpha=alpha)
+
+
+# -- more of tests/test_methods_gradient.py and tests/test_methods_activation.py -------------
+
+
+def test_gradcam_reports_disconnected_output_target():
+    """test_methods_gradient.py::test_gradcam_reports_disconnected_output_target (a target
+    detached from the graph: a RuntimeError, camkit's GradientError)."""
+    model = _tiny_model()
+    with shim.GradCAM(model, "2") as extractor:
+        scores = model(torch.rand(1, 3, 4, 4))
+        with pytest.raises(RuntimeError):
+            extractor(scores=scores, targets=lambda row: row[0].detach())
+
+
+@needs_contrib
+def test_finercam_automatic_references_use_closest_scores():
+    """test_methods_gradient.py::test_finercam_automatic_references_cap_and_use_closest_scores
+    (the original spies on a private method; here the map equals the base extractor's on the
+    contrastive score with the two closest classes, ``num_references=10`` capped to 2)."""
+    model = _tiny_model(3)
+    manual = deepcopy(model)
+    x = torch.rand((2, 3, 8, 8), generator=torch.Generator().manual_seed(2))
+    class_idx = [1, 2]
+    with shim.FinerCAM(model, "2", num_references=10) as extractor:
+        cams = extractor(class_idx, model(x), normalized=False)
+    with shim.GradCAM(manual, "2") as base_cam:
+        scores = manual(x)
+        chosen = torch.tensor(class_idx).view(-1, 1)
+        distances = (scores.detach() - scores.detach().gather(1, chosen)).abs()
+        distances.scatter_(1, chosen, float("inf"))
+        references = distances.topk(2, dim=1, largest=False).indices
+        contrastive = scores.gather(1, chosen) - 0.6 * scores.gather(1, references).mean(
+            1, keepdim=True
+        )
+        expected = base_cam([0, 0], contrastive, normalized=False)
+    torch.testing.assert_close(cams[0], expected[0])
+
+
+@pytest.mark.parametrize("name", ["ScoreCAM", "SSCAM", "ISCAM"])
+def test_scorecam_restores_state_on_error(name):
+    """test_methods_activation.py::test_scorecam_restores_state_on_error (the masked
+    forward fails: the original patches a private method, here the model raises from its
+    second call on)."""
+
+    class Failing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, _ = _scorecam_inputs()
+            self.calls = 0
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("boom")
+            return self.net(x)
+
+    model = Failing()
+    model.train()
+    _, x = _scorecam_inputs()
+    with getattr(shim, name)(model, ["net.1", "net.3"], **_scorecam_kwargs(name, 3)) as ext:
+        ext.enable_hooks()
+        scores = model(x)
+        with pytest.raises(RuntimeError, match="boom"):
+            ext(1, scores)
+        assert ext._hooks_enabled
+        assert model.training
