@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import needs_contrib, until_landed
+from conftest import needs_contrib, needs_torchcam, until_landed
 from torch import Tensor, nn
 
 from camkit.compat.torchcam import methods as shim
@@ -1247,3 +1247,198 @@ def test_scorecam_restores_state_on_error(name):
             ext(1, scores)
         assert ext._hooks_enabled
         assert model.training
+
+
+# -- tests/test_methods_transformer.py: LeGrad (skipped until camkit has it) ----------------
+
+
+class _TinyBlock(nn.Module):
+    def __init__(self, hidden_dim: int = 8, num_heads: int = 2) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_dim)
+        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(hidden_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim * 2), nn.GELU(), nn.Linear(hidden_dim * 2, hidden_dim)
+        )
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.ln_1(tokens)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = x + tokens
+        return x + self.mlp(self.ln_2(x))
+
+
+class _PositionalAttentionBlock(_TinyBlock):
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.ln_1(tokens)
+        x, _ = self.self_attention(x, x, x, None, False, None, True)
+        x = x + tokens
+        return x + self.mlp(self.ln_2(x))
+
+
+class _TinyViT(nn.Module):
+    """Patch embedding, prefix tokens, attention blocks, a mean-pooled head."""
+
+    def __init__(self, grid_shape=(2, 2), prefix_tokens: int = 1, num_layers: int = 2) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, 1)
+        self.prefix = nn.Parameter(torch.randn(1, prefix_tokens, 8))
+        self.blocks = nn.ModuleList([_TinyBlock() for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def project(self, tokens: Tensor) -> Tensor:
+        return self.head(self.norm(tokens.mean(dim=1)))
+
+    def embed(self, x: Tensor) -> Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return torch.cat((self.prefix.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.project(tokens)
+
+
+def _legrad_reference(model: _TinyViT, x: Tensor, class_idx, layers, prefix: int, grid):
+    """LeGrad written out: each block's attention probabilities recomputed by hand, the
+    projected score of that block's tokens differentiated with respect to them, ReLU, mean
+    over heads and queries, the patch tokens on the grid, averaged over blocks, min-max."""
+    import torch.nn.functional as F
+
+    tokens, attentions, layer_scores = model.embed(x), [], []
+    for block in model.blocks:
+        att = block.self_attention
+        q, k, v = F.linear(block.ln_1(tokens), att.in_proj_weight, att.in_proj_bias).chunk(3, -1)
+        b, t, d = q.shape
+        heads, hd = att.num_heads, d // att.num_heads
+        q, k, v = (z.reshape(b, t, heads, hd).transpose(1, 2) for z in (q, k, v))
+        probs = torch.softmax(q @ k.transpose(-2, -1) / hd**0.5, dim=-1)
+        out = att.out_proj((probs @ v).transpose(1, 2).reshape(b, t, d))
+        h = tokens + out
+        tokens = h + block.mlp(block.ln_2(h))
+        attentions.append(probs)
+        layer_scores.append(model.project(tokens))
+    maps = []
+    for i, layer in enumerate(layers):
+        s = layer_scores[layer]
+        chosen = s[:, class_idx] if isinstance(class_idx, int) else s.gather(
+            1, torch.tensor(class_idx).view(-1, 1)
+        )[:, 0]  # fmt: skip
+        (g,) = torch.autograd.grad(
+            chosen.sum(), attentions[layer], retain_graph=i < len(layers) - 1
+        )
+        relevance = g.relu().mean(dim=(1, 2))[:, prefix:]
+        maps.append(relevance.reshape(relevance.shape[0], *grid))
+    cam = torch.stack(maps).mean(0)
+    cam = cam - cam.flatten(1).min(-1).values[:, None, None]
+    return model.project(tokens), cam / (cam.flatten(1).max(-1).values[:, None, None] + 1e-8)
+
+
+@pytest.mark.parametrize(
+    ("grid", "prefix", "layers", "batch", "class_idx", "infer_grid"),
+    [((2, 2), 1, [0], 1, 1, True), ((2, 3), 2, [0, 1], 2, [0, 2], False)],
+)
+def test_legrad_matches_manual_oracle(grid, prefix, layers, batch, class_idx, infer_grid):
+    """test_methods_transformer.py::test_legrad_matches_manual_oracle (the map and scores)."""
+    torch.manual_seed(0)
+    model = _TinyViT(grid, prefix)
+    oracle = deepcopy(model)
+    x = torch.randn(batch, 3, *grid)
+    expected_scores, expected = _legrad_reference(oracle, x, class_idx, layers, prefix, grid)
+    extractor = until_landed(
+        shim.LeGrad, model, [model.blocks[i] for i in layers], score_projection=model.project,
+        prefix_tokens=prefix, grid_shape=None if infer_grid else grid,
+    )  # fmt: skip
+    with extractor:
+        scores = model(x)
+        cam = extractor(class_idx, torch.full_like(scores, 1e6), retain_graph=True)[0]
+        assert torch.allclose(scores, expected_scores, atol=1e-6, rtol=1e-5)
+        assert torch.allclose(cam, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_legrad_torchvision_vit_repeated_calls_and_frozen_parameters():
+    """test_methods_transformer.py::test_legrad_torchvision_vit_repeated_calls_and_frozen_
+    parameters (dtype: camkit's maps are float32, see the dtype difference)."""
+    model = _build_vit().double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with until_landed(shim.LeGrad, model, list(model.encoder.layers)) as extractor:
+        for _ in range(2):
+            cam = extractor([0, 1], model(x))[0]
+            assert cam.shape == (2, 4, 4)
+            assert cam.device == x.device
+            assert torch.isfinite(cam).all()
+    assert flags == [p.requires_grad for p in model.parameters()]
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_legrad_classification_metric_compatibility():
+    """test_methods_transformer.py::test_legrad_classification_metric_compatibility."""
+    model = _build_vit()
+    with until_landed(shim.LeGrad, model, model.encoder.layers[-1]) as extractor:
+        metric = ClassificationMetric(extractor, partial(torch.softmax, dim=-1))
+        metric.update(torch.randn(1, 3, 32, 32))
+        assert set(metric.summary()) == {"avg_drop", "conf_increase"}
+
+
+@pytest.mark.parametrize("raise_inside", [False, True])
+def test_legrad_restores_model_and_hooks(raise_inside):
+    """test_methods_transformer.py::test_legrad_restores_model_and_hooks."""
+    from contextlib import nullcontext
+
+    torch.manual_seed(0)
+    model = _TinyViT().train()
+    for i, p in enumerate(model.parameters()):
+        p.requires_grad_(i % 2 == 0)
+    attention = model.blocks[0].self_attention
+    forward = attention.forward.__func__
+    training = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    hooks = (len(attention._forward_pre_hooks), len(attention._forward_hooks))
+    extractor = until_landed(shim.LeGrad, model, model.blocks[0], score_projection=model.project)
+    expectation = pytest.raises(RuntimeError, match="boom") if raise_inside else nullcontext()
+    with expectation, extractor:
+        assert attention.forward.__func__ is forward
+        if raise_inside:
+            raise RuntimeError("boom")
+        scores = model(torch.randn(1, 3, 2, 2))
+        assert torch.isfinite(extractor(0, scores)[0]).all()
+    assert attention.forward.__func__ is forward
+    assert (len(attention._forward_pre_hooks), len(attention._forward_hooks)) == hooks
+    assert training == [m.training for m in model.modules()]
+    assert flags == [p.requires_grad for p in model.parameters()]
+
+
+def test_legrad_supports_positional_attention_options():
+    """test_methods_transformer.py::test_legrad_supports_positional_attention_options."""
+    torch.manual_seed(0)
+    model = _TinyViT()
+    model.blocks[0] = _PositionalAttentionBlock()
+    with until_landed(shim.LeGrad, model, model.blocks[0], score_projection=model.project) as ext:
+        scores = model(torch.randn(1, 3, 2, 2))
+        assert torch.isfinite(ext(0, scores)[0]).all()
+
+
+@needs_torchcam
+def test_the_legrad_reference_is_torchcams():
+    """The reference above agrees with torchcam's own LeGrad, so the skipped LeGrad tests
+    compare the shim with the right formula once camkit has it."""
+    from torchcam.methods import LeGrad
+
+    torch.manual_seed(0)
+    model = _TinyViT((2, 3), 2)
+    x = torch.randn(2, 3, 2, 3)
+    _, expected = _legrad_reference(deepcopy(model), x, [0, 2], [0, 1], 2, (2, 3))
+    blocks = list(model.blocks)
+    with LeGrad(
+        model, blocks, score_projection=model.project, prefix_tokens=2, grid_shape=(2, 3)
+    ) as ext:
+        cam = ext([0, 2], model(x))[0]
+    torch.testing.assert_close(cam, expected, atol=1e-6, rtol=1e-5)
