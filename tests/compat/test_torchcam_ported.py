@@ -1442,3 +1442,64 @@ def test_the_legrad_reference_is_torchcams():
     ) as ext:
         cam = ext([0, 2], model(x))[0]
     torch.testing.assert_close(cam, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_metrics_reject_unsupported_spatial_rank():
+    """test_metrics.py::test_metrics_reject_unsupported_spatial_rank."""
+    extractor = _FixedExtractor(_SumClassifier(), _exact_input().squeeze(1))
+    with pytest.raises(ValueError, match="1D"):
+        ClassificationMetric(extractor).update(torch.ones((1, 1)), class_idx=0)
+
+
+@pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
+def test_metrics_skip_nan_cams(metric_cls):
+    """test_metrics.py::test_metrics_skip_nan_cams."""
+    cam = torch.stack((_exact_input()[0, 0], torch.full((2, 2), float("nan"))))
+    extractor = _FixedExtractor(_SumClassifier(), cam)
+    x = _exact_input().expand(2, -1, -1, -1).clone()
+    if metric_cls is ClassificationMetric:
+        metric = metric_cls(extractor)
+    else:
+        metric = metric_cls(extractor, steps=2, baseline=torch.zeros_like(x))
+    metric.update(x, class_idx=[0, 0])
+    assert metric.total == 1
+    assert metric.nan_count == 1
+
+
+@pytest.mark.parametrize("metric_cls", [ClassificationMetric, DeletionInsertionMetric])
+def test_metrics_all_nan_cams(metric_cls):
+    """test_metrics.py::test_metrics_all_nan_cams."""
+    extractor = _FixedExtractor(_SumClassifier(), torch.full((1, 2, 2), float("nan")))
+    kwargs = {} if metric_cls is ClassificationMetric else {"steps": 2}
+    metric = metric_cls(extractor, **kwargs)
+    metric.update(_exact_input())
+    assert metric.nan_count == 1
+    with pytest.raises(AssertionError, match="update"):
+        metric.summary()
+
+
+def test_smoothgradcampp_restores_hooks_on_error():
+    """test_methods_gradient.py::test_smoothgradcampp_restores_input_hook_on_error (a
+    noisy forward fails: the original patches a private method, here the model raises from
+    its second call on; the hooks stay enabled and the next call works)."""
+
+    class Failing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.fail = _tiny_model(), False
+
+        def forward(self, x: Tensor) -> Tensor:
+            if self.fail:
+                raise RuntimeError("boom")
+            return self.net(x)
+
+    model = Failing()
+    with shim.SmoothGradCAMpp(model, "net.2", num_samples=1) as extractor:
+        scores = model(torch.rand(1, 3, 8, 8))
+        model.fail = True
+        with pytest.raises(RuntimeError, match="boom"):
+            extractor(int(scores[0].argmax()), scores)
+        assert extractor._hooks_enabled
+        model.fail = False
+        scores = model(torch.rand(1, 3, 8, 8))
+        _verify_cam(extractor(int(scores[0].argmax()), scores)[0], (1, 8, 8))

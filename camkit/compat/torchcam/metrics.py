@@ -47,6 +47,9 @@ class _Metric:
             raise TargetError(
                 "camkit's torchcam metrics take class_idx; output targets are not supported yet"
             )
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(x.ndim - 2)
+        if mode is None:
+            raise InputError("only 1D, 2D, and 3D spatial inputs are supported")
         scores = self._scores(x)
         batch, num_classes = scores.shape
         if class_idx is None:
@@ -65,10 +68,16 @@ class _Metric:
             class_idx if isinstance(class_idx, int) else indices.tolist(), scores
         )
         cam = self.cam_extractor.fuse_cams(cams)
-        mode = {3: "bilinear", 4: "trilinear"}[cam.ndim]
         cam = F.interpolate(cam.unsqueeze(1), x.shape[2:], mode=mode, align_corners=False)
         chosen = scores.detach().gather(1, indices[:, None])[:, 0]
         return cam.squeeze(1).detach(), indices, chosen
+
+    def _finite(self, *batch: Tensor) -> tuple[Tensor, ...]:
+        """The samples whose map has no NaN (counted in ``nan_count`` otherwise), as
+        torchcam; ``batch[0]`` is the maps."""
+        keep = ~batch[0].isnan().flatten(1).any(1)
+        self.nan_count += int((~keep).sum())
+        return tuple(t[keep] for t in batch)
 
 
 class ClassificationMetric(_Metric):
@@ -91,7 +100,10 @@ class ClassificationMetric(_Metric):
     ) -> None:
         """Add a batch: explain it, then score it masked by its maps."""
         with eval_mode(self.cam_extractor.model):
-            cam, indices, scores = self._explain(input_tensor, class_idx, targets)
+            result = self._explain(input_tensor, class_idx, targets)
+            cam, indices, scores, input_tensor = self._finite(*result, input_tensor)
+            if cam.shape[0] == 0:
+                return
             with torch.inference_mode():
                 masked = self._silent_scores(metrics.explanation_maps(input_tensor, cam))
             explained = masked.gather(1, indices[:, None])[:, 0]
@@ -170,12 +182,15 @@ class DeletionInsertionMetric(_Metric):
         """Add a batch: explain it, then delete and insert its pixels by rank."""
         with eval_mode(self.cam_extractor.model):
             cam, indices, _ = self._explain(input_tensor, class_idx, targets)
+            with torch.no_grad():
+                fill = self._baseline(input_tensor)
+            cam, indices, input_tensor, fill = self._finite(cam, indices, input_tensor, fill)
+            if cam.shape[0] == 0:
+                return
             positions = cam[0].numel()
             step = -(-positions // self.steps)
             counts = [*range(0, positions, step), positions]
             fractions = torch.tensor(counts, dtype=torch.float32) / positions
-            with torch.no_grad():
-                fill = self._baseline(input_tensor)
             aucs = []
             for mode in ("deletion", "insertion"):
                 curve = metrics.perturbation_curve(
