@@ -23,6 +23,9 @@ class NotUpdatedError(CamkitError, AssertionError):
 class _Metric:
     """The protocol both metrics share: score the batch, explain it, perturb it."""
 
+    #: samples whose map had a NaN, left out of the summary (as torchcam).
+    nan_count: int
+
     def __init__(self, cam_extractor: Any, logits_fn: Callable[[Any], Any] | None = None) -> None:
         self.cam_extractor = cam_extractor
         self.logits_fn = logits_fn
