@@ -126,7 +126,11 @@ class FinerCAM(_CAMWrapper):
         """As calling the extractor (torchcam's name for the call without its prechecks)."""
         if kwargs.get("targets") is not None:
             raise TargetError("FinerCAM does not support arbitrary output targets")
-        if not isinstance(scores, Tensor) or scores.ndim != 2:
+        if scores is None:
+            raise TargetError("FinerCAM: scores is required (the model's output)")
+        if not isinstance(scores, Tensor):
+            raise CompatTypeError(f"FinerCAM: scores must be a tensor, got {type(scores)}")
+        if scores.ndim != 2:
             raise TargetError("FinerCAM needs the model's (N, num_classes) output scores")
         if isinstance(class_idx, bool) or not isinstance(class_idx, (int, list)):
             raise CompatTypeError(f"class_idx must be an int or a list of ints, got {class_idx!r}")
@@ -180,6 +184,10 @@ def _references(comparison_idx: References) -> Tensor:
     if not isinstance(rows, list):
         raise CompatTypeError(
             f"comparison_idx must be an integer, a list, or a nested list, got {comparison_idx!r}"
+        )
+    if len({isinstance(r, list) for r in rows}) > 1:
+        raise CompatTypeError(
+            f"comparison_idx must hold integers or lists, not both: {comparison_idx!r}"
         )
     if not rows or any(isinstance(r, list) and not r for r in rows):
         raise TargetError("comparison_idx and its rows cannot be empty")
