@@ -140,9 +140,6 @@ def _vit(kind: str) -> tuple[nn.Module, int, int]:
     return vit_b_16(weights=None).eval(), 224, 14
 
 
-VIT_KINDS = ["tiny", pytest.param("vit_b_16", marks=pytest.mark.slow)]
-
-
 @needs_torchcam
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("kind", ["tiny"])
@@ -230,16 +227,18 @@ if HAS_CONTRIB:
     VIT_GRAD_CAM += ["HiResCAM", "GradCAMElementWise", "EigenCAM", "EigenGradCAM", "FEM"]
 
 
+VIT_CASES = [(m, "tiny") for m in VIT_GRAD_CAM] + [
+    (m, "vit_b_16") for m in ("GradCAM", "GradCAMPlusPlus", "LayerCAM")
+]
+
+
 @needs_grad_cam
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("kind", VIT_KINDS)
-@pytest.mark.parametrize("method", VIT_GRAD_CAM)
+@pytest.mark.parametrize(("method", "kind"), VIT_CASES)
 def test_grad_cam_vit_matrix(method, kind, batch):
     """Every pytorch-grad-cam method camkit has (but Score-CAM and Ablation-CAM, whose
     perturbations differ by design) on a ViT's last block through ``reshape_transform``:
     the tiny ViT (fast) and ViT-B/16 without weights (``-m slow``, the gradient methods)."""
-    if kind == "vit_b_16" and method not in ("GradCAM", "LayerCAM", "GradCAMPlusPlus"):
-        pytest.skip("ViT-B/16: the gradient methods only (each call runs the 86M model)")
     model, size, grid = _vit(kind)
     layers = [model.encoder.layers[-1].ln_1]
     legacy = method in ("GradCAMPlusPlus", "XGradCAM", "EigenCAM", "EigenGradCAM")
