@@ -225,7 +225,7 @@ class RefineCAM(_CAMWrapper):
         base_method: type[_CAM] = GradCAMpp,
         **base_kwargs: Any,
     ) -> None:
-        self._refine = contrib("RefineCAM").refine
+        contrib("RefineCAM")  # computed by camkit-contrib: a clear error now if it is absent
         if not isinstance(target_layer, list) or len(target_layer) < 2:
             raise ConfigError(f"RefineCAM needs a list of two or more layers, got {target_layer!r}")
         if not (isinstance(base_method, type) and issubclass(base_method, _CAM)):
