@@ -58,8 +58,14 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (not tests, not installed): ratios against the bare model, Markdown and JSON.
 
     `benchmarks/` runs from the repository root; e.g. `nox -s bench -- --quick`.
+    `nox -s bench -- --peers [--quick]` times the compat shims against torchcam and
+    pytorch-grad-cam, installed for it with camkit-contrib (Eigen-CAM, Ablation-CAM).
     """
-    session.install("-e", ".")
+    if "--peers" in session.posargs:
+        session.install("-e", ".[compat-test]")
+        session.install("./plugins/camkit-contrib")
+    else:
+        session.install("-e", ".")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

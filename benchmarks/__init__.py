@@ -27,6 +27,7 @@ import argparse
 import importlib
 import json
 import re
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -96,11 +97,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the results as JSON to this file")
     p.add_argument("--markdown", help="write the tables as Markdown to this file")
     p.add_argument("--probe-memory", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="time the compat shims against torchcam and pytorch-grad-cam instead "
+        "(benchmarks.peers; its options: python -m benchmarks.peers --help)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks with command-line ``argv``; print the tables."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--peers" in argv:
+        from benchmarks import peers
+
+        return peers.main([a for a in argv if a != "--peers"])
     args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

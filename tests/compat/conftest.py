@@ -64,3 +64,15 @@ def tiny_vit() -> nn.Module:
     return VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
     ).eval()
+
+
+def until_landed(factory, *args, **kwargs):
+    """``factory(*args, **kwargs)``, or a skip while the shim raises ``MethodNotFoundError``
+    (a method another branch is adding to camkit, or camkit-contrib absent): the ported test
+    runs by itself once the method lands. Any other error fails the test."""
+    from camkit.errors import MethodNotFoundError
+
+    try:
+        return factory(*args, **kwargs)
+    except MethodNotFoundError as exc:
+        pytest.skip(f"{getattr(factory, '__name__', factory)}: {exc}")

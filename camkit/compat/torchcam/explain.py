@@ -22,7 +22,7 @@ from camkit.compat._shared import CompatTypeError
 from camkit.compat.torchcam.methods import GradCAM
 from camkit.compat.torchcam.methods.core import _CAM
 from camkit.compat.torchcam.utils import overlay_mask
-from camkit.errors import InputError, ModelOutputError, TargetError
+from camkit.errors import GradientError, InputError, ModelOutputError, TargetError
 
 __all__ = ["PredictionExplanation", "explain"]
 
@@ -142,15 +142,21 @@ def explain(
         >>> result.predicted_class_idx, result.cams[3][0].shape
     """
     if torch.is_inference_mode_enabled():
-        raise InputError("explain() cannot run inside torch.inference_mode(): CAMs need gradients")
+        raise GradientError(
+            "explain() cannot run inside torch.inference_mode(): CAMs need gradients"
+        )
     if not isinstance(model, nn.Module) or not isinstance(input_tensor, Tensor):
         raise CompatTypeError("explain() takes a torch.nn.Module and a torch.Tensor")
     if any(m.training for m in model.modules()):
         raise InputError("the model must be in evaluation mode; call model.eval() first")
+    if not input_tensor.is_floating_point():
+        raise InputError(f"the input must be a floating-point tensor, got {input_tensor.dtype}")
     if input_tensor.ndim != 4 or input_tensor.shape[0] != 1:
         raise InputError(f"the input must have shape (1, C, H, W), got {tuple(input_tensor.shape)}")
     if not isinstance(method, type) or not issubclass(method, _CAM):
         raise CompatTypeError("`method` must be an extractor class of camkit.compat.torchcam")
+    if method_kwargs is not None and not isinstance(method_kwargs, Mapping):
+        raise CompatTypeError(f"method_kwargs must be a mapping, got {type(method_kwargs)}")
     kwargs = dict(method_kwargs or {})
     if "target_layer" in kwargs:
         raise InputError("pass `target_layer` directly, not through `method_kwargs`")
@@ -186,11 +192,15 @@ def explain(
         )
 
 
+class NonFiniteOutputError(ModelOutputError, ValueError):
+    """The model's logits are not finite (a ``ValueError``, as in torchcam)."""
+
+
 def _logits(output: Any) -> Tensor:
     if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != 1:
         raise ModelOutputError("explain() needs a model that returns (1, num_classes) logits")
     if not bool(torch.isfinite(output).all()):
-        raise ModelOutputError("the model's output contains non-finite logits")
+        raise NonFiniteOutputError("the model's output contains non-finite logits")
     return output
 
 

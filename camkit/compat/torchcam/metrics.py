@@ -13,11 +13,18 @@ from camkit import metrics
 from camkit.compat._shared import CompatTypeError, eval_mode
 from camkit.errors import CamkitError, InputError, TargetError
 
-__all__ = ["ClassificationMetric", "DeletionInsertionMetric"]
+__all__ = ["ClassificationMetric", "DeletionInsertionMetric", "NotUpdatedError"]
+
+
+class NotUpdatedError(CamkitError, AssertionError):
+    """``summary()`` before any ``update`` (an ``AssertionError``, as in torchcam)."""
 
 
 class _Metric:
     """The protocol both metrics share: score the batch, explain it, perturb it."""
+
+    #: samples whose map had a NaN, left out of the summary (as torchcam).
+    nan_count: int
 
     def __init__(self, cam_extractor: Any, logits_fn: Callable[[Any], Any] | None = None) -> None:
         self.cam_extractor = cam_extractor
@@ -43,12 +50,17 @@ class _Metric:
             raise TargetError(
                 "camkit's torchcam metrics take class_idx; output targets are not supported yet"
             )
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(x.ndim - 2)
+        if mode is None:
+            raise InputError("only 1D, 2D, and 3D spatial inputs are supported")
         scores = self._scores(x)
         batch, num_classes = scores.shape
         if class_idx is None:
             indices = scores.argmax(-1)
         else:
             listed = class_idx if isinstance(class_idx, list) else [class_idx] * batch
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in listed):
+                raise CompatTypeError(f"class_idx must be an int or a list of ints: {class_idx!r}")
             if len(listed) != batch or any(not 0 <= i < num_classes for i in listed):
                 raise TargetError(
                     f"class_idx {class_idx!r} must be in [0, {num_classes - 1}], one per sample "
@@ -59,10 +71,16 @@ class _Metric:
             class_idx if isinstance(class_idx, int) else indices.tolist(), scores
         )
         cam = self.cam_extractor.fuse_cams(cams)
-        mode = {3: "bilinear", 4: "trilinear"}[cam.ndim]
         cam = F.interpolate(cam.unsqueeze(1), x.shape[2:], mode=mode, align_corners=False)
         chosen = scores.detach().gather(1, indices[:, None])[:, 0]
         return cam.squeeze(1).detach(), indices, chosen
+
+    def _finite(self, *batch: Tensor) -> tuple[Tensor, ...]:
+        """The samples whose map has no NaN (counted in ``nan_count`` otherwise), as
+        torchcam; ``batch[0]`` is the maps."""
+        keep = ~batch[0].isnan().flatten(1).any(1)
+        self.nan_count += int((~keep).sum())
+        return tuple(t[keep] for t in batch)
 
 
 class ClassificationMetric(_Metric):
@@ -85,7 +103,10 @@ class ClassificationMetric(_Metric):
     ) -> None:
         """Add a batch: explain it, then score it masked by its maps."""
         with eval_mode(self.cam_extractor.model):
-            cam, indices, scores = self._explain(input_tensor, class_idx, targets)
+            result = self._explain(input_tensor, class_idx, targets)
+            cam, indices, scores, input_tensor = self._finite(*result, input_tensor)
+            if cam.shape[0] == 0:
+                return
             with torch.inference_mode():
                 masked = self._silent_scores(metrics.explanation_maps(input_tensor, cam))
             explained = masked.gather(1, indices[:, None])[:, 0]
@@ -96,7 +117,7 @@ class ClassificationMetric(_Metric):
     def summary(self) -> dict[str, float]:
         """``{"avg_drop": ..., "conf_increase": ...}`` over every update."""
         if self.total == 0:
-            raise CamkitError("update the metric before asking for its summary")
+            raise NotUpdatedError("update the metric before asking for its summary")
         return {"avg_drop": self.drop / self.total, "conf_increase": self.increase / self.total}
 
     def reset(self) -> None:
@@ -164,12 +185,15 @@ class DeletionInsertionMetric(_Metric):
         """Add a batch: explain it, then delete and insert its pixels by rank."""
         with eval_mode(self.cam_extractor.model):
             cam, indices, _ = self._explain(input_tensor, class_idx, targets)
+            with torch.no_grad():
+                fill = self._baseline(input_tensor)
+            cam, indices, input_tensor, fill = self._finite(cam, indices, input_tensor, fill)
+            if cam.shape[0] == 0:
+                return
             positions = cam[0].numel()
             step = -(-positions // self.steps)
             counts = [*range(0, positions, step), positions]
             fractions = torch.tensor(counts, dtype=torch.float32) / positions
-            with torch.no_grad():
-                fill = self._baseline(input_tensor)
             aucs = []
             for mode in ("deletion", "insertion"):
                 curve = metrics.perturbation_curve(
@@ -184,7 +208,7 @@ class DeletionInsertionMetric(_Metric):
     def summary(self) -> dict[str, float]:
         """``{"deletion_auc": ..., "insertion_auc": ...}`` averaged over every update."""
         if self.total == 0:
-            raise CamkitError("update the metric before asking for its summary")
+            raise NotUpdatedError("update the metric before asking for its summary")
         return {
             "deletion_auc": self.deletion / self.total,
             "insertion_auc": self.insertion / self.total,

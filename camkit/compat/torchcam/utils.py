@@ -43,11 +43,17 @@ def overlay_mask(
     if not isinstance(img, Image.Image) or not isinstance(mask, Image.Image):
         raise CompatTypeError("img and mask arguments need to be PIL.Image")
     if not isinstance(alpha, float) or not 0 <= alpha < 1:
-        raise InputError(f"alpha must be a float in [0, 1), got {alpha!r}")
+        raise InputError(
+            f"alpha argument is expected to be of type float between 0 and 1, got {alpha!r}"
+        )
     if len(img.getbands()) not in {1, 3}:
         raise InputError(f"img must be a grayscale or RGB image, got mode {img.mode!r}")
     # Squared in the mask's own dtype, as torchcam does (uint8 masks wrap around).
     values = np.asarray(mask.resize(img.size, resample=Image.Resampling.BICUBIC)) ** 2
+    # The background's raw bands, as torchcam reads them ("P" indices, "HSV" values).
+    raw = np.asarray(img)
+    if raw.dtype == np.uint8:
+        img = Image.fromarray(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=-1))
     if callable(colormap):
         heat = Image.fromarray(colormap(values, bytes=True)[:, :, :3])
         return Image.blend(heat, img.convert("RGB"), alpha)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -45,6 +47,10 @@ class _CAMWrapper:
 
     def remove_hooks(self) -> None:
         self.base_cam.remove_hooks()
+
+    def _hooks_off(self) -> AbstractContextManager[None]:
+        """The base extractor's hooks paused (torchcam's metrics score through this)."""
+        return self.base_cam._hooks_off()
 
     def __enter__(self) -> _CAMWrapper:
         return self
@@ -89,6 +95,10 @@ class FinerCAM(_CAMWrapper):
             raise CompatTypeError(
                 f"base_method must be GradCAM, GradCAMpp or LayerCAM, got {base_method!r}"
             )
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+            raise CompatTypeError(f"gamma must be a real number, got {gamma!r}")
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ConfigError(f"gamma must be finite and non-negative, got {gamma!r}")
         self.gamma = float(gamma)
         self.num_references = num_references
         self._finer_target(strength=self.gamma, num_references=num_references)  # validates
@@ -116,11 +126,16 @@ class FinerCAM(_CAMWrapper):
         """As calling the extractor (torchcam's name for the call without its prechecks)."""
         if kwargs.get("targets") is not None:
             raise TargetError("FinerCAM does not support arbitrary output targets")
-        if not isinstance(scores, Tensor) or scores.ndim != 2:
+        if scores is None:
+            raise TargetError("FinerCAM: scores is required (the model's output)")
+        if not isinstance(scores, Tensor):
+            raise CompatTypeError(f"FinerCAM: scores must be a tensor, got {type(scores)}")
+        if scores.ndim != 2:
             raise TargetError("FinerCAM needs the model's (N, num_classes) output scores")
         if isinstance(class_idx, bool) or not isinstance(class_idx, (int, list)):
-            raise TargetError(f"class_idx must be an int or a list of ints, got {class_idx!r}")
+            raise CompatTypeError(f"class_idx must be an int or a list of ints, got {class_idx!r}")
         references = None if comparison_idx is None else _references(comparison_idx)
+        _check_classes(class_idx, references)
         target = self._finer_target(
             class_idx,
             references,
@@ -142,11 +157,43 @@ class FinerCAM(_CAMWrapper):
         )
 
 
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_classes(class_idx: int | list[int], references: Tensor | None) -> None:
+    """torchcam's checks: integer classes, references without the target or duplicates."""
+    targets = class_idx if isinstance(class_idx, list) else [class_idx]
+    if not all(_is_index(c) for c in targets):
+        raise CompatTypeError(f"class_idx must contain integers, got {class_idx!r}")
+    if references is None:
+        return
+    rows = references.tolist() if references.ndim == 2 else [references.tolist()] * len(targets)
+    if len(targets) == 1:
+        targets = targets * len(rows)
+    for i, (target, row) in enumerate(zip(targets, rows)):
+        if target in row:
+            raise TargetError(f"comparison_idx contains the target class for sample {i}")
+        if len(set(row)) != len(row):
+            raise TargetError(f"comparison_idx contains duplicates for sample {i}")
+
+
 def _references(comparison_idx: References) -> Tensor:
     """torchcam's ``comparison_idx`` as FinerTarget's references: ``(T,)`` or ``(N, T)``."""
     rows = [comparison_idx] if isinstance(comparison_idx, int) else comparison_idx
-    if not rows:
-        raise TargetError("comparison_idx cannot be empty")
+    if not isinstance(rows, list):
+        raise CompatTypeError(
+            f"comparison_idx must be an integer, a list, or a nested list, got {comparison_idx!r}"
+        )
+    if len({isinstance(r, list) for r in rows}) > 1:
+        raise CompatTypeError(
+            f"comparison_idx must hold integers or lists, not both: {comparison_idx!r}"
+        )
+    if not rows or any(isinstance(r, list) and not r for r in rows):
+        raise TargetError("comparison_idx and its rows cannot be empty")
+    flat = [v for r in rows for v in (r if isinstance(r, list) else [r])]
+    if not all(_is_index(v) for v in flat):
+        raise CompatTypeError(f"comparison_idx must contain integers, got {comparison_idx!r}")
     try:
         return torch.tensor(rows, dtype=torch.long)
     except (TypeError, ValueError) as exc:
@@ -178,7 +225,7 @@ class RefineCAM(_CAMWrapper):
         base_method: type[_CAM] = GradCAMpp,
         **base_kwargs: Any,
     ) -> None:
-        self._refine = contrib("RefineCAM").refine
+        contrib("RefineCAM")  # computed by camkit-contrib: a clear error now if it is absent
         if not isinstance(target_layer, list) or len(target_layer) < 2:
             raise ConfigError(f"RefineCAM needs a list of two or more layers, got {target_layer!r}")
         if not (isinstance(base_method, type) and issubclass(base_method, _CAM)):
@@ -213,18 +260,22 @@ class RefineCAM(_CAMWrapper):
         cams = self.base_cam.compute_cams(class_idx, scores, True, targets=targets, **kwargs)
         return [self.fuse_cams(cams, target_shape, normalized)]
 
+    @staticmethod
     def fuse_cams(
-        self,
         cams: list[Tensor],
         target_shape: tuple[int, ...] | None = None,
         normalized: bool = True,
     ) -> Tensor:
-        """Normalize, resize to ``target_shape`` (default: the largest), multiply, normalize."""
+        """Normalize, resize to ``target_shape`` (default: the largest), multiply, normalize.
+
+        A static method, as torchcam's: ``RefineCAM.fuse_cams(cams)`` needs no extractor.
+        """
         if not normalized:
             raise ConfigError("camkit's RefineCAM always normalizes: use normalized=True")
         if not isinstance(cams, list) or not all(isinstance(c, Tensor) for c in cams):
             raise CompatTypeError("`cams` must be a list of tensors")
-        return self._refine(cams, target_shape)
+        refine: Any = contrib("RefineCAM").refine
+        return refine(cams, target_shape)
 
     def __repr__(self) -> str:
         return (
