@@ -219,6 +219,9 @@ ENTRIES: dict[str, Entry] = {
     "guidedgradcam": Entry("resnet18", "layer4", "input"),
     "shapleycam": Entry("resnet18", "layer4", "layer"),
     "legrad": Entry("vit", None, "input"),
+    "guidedbackprop": Entry("resnet18", "layer4", "input"),
+    "finercam": Entry("resnet18", "layer4", "layer"),
+    "refinecam": Entry("resnet18", "layer4", "layer"),
     "kpcacam": Entry("resnet18", "layer4", "forward"),
     "fem": Entry("resnet18", "layer4", "forward"),
 }

@@ -502,7 +502,11 @@ def _coverage(report: dict[str, Any], args: argparse.Namespace) -> None:
                 f"--registered: no entry {name!r}; known: {', '.join(coverage.ENTRIES)}"
             )
         log(f"{name} by registered name")
-        report["registered"].append(coverage.bench_registered(name, args, bool(args.quick)))
+        try:
+            row = coverage.bench_registered(name, args, bool(args.quick))
+        except camkit.errors.CamkitError as exc:  # e.g. a method that needs a config
+            row = {"method": name, "status": f"failed: {exc}".replace("|", "/")[:200]}
+        report["registered"].append(row)
 
 
 def _runs(name: str, model_name: str, args: argparse.Namespace) -> list[tuple[str, int]]:
