@@ -42,7 +42,7 @@ def _r(a: Tensor, b: Tensor) -> float:
 
 # -- the decision, with injected numbers ------------------------------------------------------
 
-COPY = Option("fp32-copy", 0.1, 1.05)
+COPY = Option("fp32-copy", 0.1, 1.05)  # injected numbers, not the defaults
 INT8_BUILD = Option("int8-copy", 1.5, 2.0)
 
 
