@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from benchmarks.harness import Fn, bare_forward, interleaved, pearson
+from benchmarks.harness import Fn, bare_forward, forward_sizes, interleaved, pearson, rows_of
 from benchmarks.scenarios import MODELS, build_model, make_input, method_config, method_kind
 from camkit.engine.accel import quantized
 from camkit.engine.layers import resolve
@@ -170,6 +170,7 @@ def bench_task(task_name: str, name: str, args: argparse.Namespace) -> dict[str,
     module = resolve(model, layer)[1]
     extractor = camkit.create(name, model, layer, progress=False)
     forwards = 1
+    forwarded = sum(forward_sizes(model, lambda: extractor(x, targets=target)))
     if kind == "perturbation":
         captured: list[Tensor] = []
         handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -177,8 +178,12 @@ def bench_task(task_name: str, name: str, args: argparse.Namespace) -> dict[str,
             bare_forward(model, x)
         finally:
             handle.remove()
-        forwards = 1 + layer_tensor(captured[0], "layer").shape[1]
-        baseline: Fn = lambda: [bare_forward(model, x) for _ in range(forwards)]  # noqa: E731
+        channels = layer_tensor(captured[0], "layer").shape[1]
+        forwards = 1 + channels
+        # The clean forward, then C masked rows in chunks of the run option batch_size.
+        chunk = extractor.options.batch_size
+        batches = [x] + [rows_of(x, min(chunk, channels - i)) for i in range(0, channels, chunk)]
+        baseline: Fn = lambda: [bare_forward(model, b) for b in batches]  # noqa: E731
     elif kind == "gradient":
         baseline = functools.partial(target_forward_backward, model, module, x, target)
     else:
@@ -192,6 +197,7 @@ def bench_task(task_name: str, name: str, args: argparse.Namespace) -> dict[str,
         "layer": layer,
         "size": task.size,
         "forwards": forwards,
+        "forwarded": forwarded,
         "camkit_ms": t["camkit"].median * 1e3,
         "model_ms": t["model"].median * 1e3,
         "ratio": t["camkit"].median / t["model"].median,

@@ -191,14 +191,16 @@ def _tasks(report: dict[str, Any]) -> list[str]:
         "box; 100 proposals before NMS, 50 after) and LR-ASPP MobileNetV3-Large "
         "(`SegmentationTarget.predicted`), weights=None, "
         "one image. The model's cost: forward + backward of the same target to the layer "
-        "(gradient methods), 1 + C bare forwards (Score family).",
+        "(gradient methods), 1 + C bare forwards, the C in chunks of the run option batch_size "
+        "(Score family); forwarded: the rows camkit forwarded (identical masks once).",
         "",
-        "| task | method | layer | pixels | forwards | camkit ms | model ms | ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| task | method | layer | pixels | forwards | forwarded | camkit ms | model ms | ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["tasks"]:
         lines.append(
             f"| {r['task']} | {r['method']} | {r['layer']} | {r['size']} | {r['forwards']} "
+            f"| {r['forwarded']} "
             f"| {r['camkit_ms']:.1f} | {r['model_ms']:.1f} | {r['ratio']:.3f} |"
         )
     return [*lines, ""]

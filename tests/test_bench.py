@@ -235,6 +235,7 @@ def test_quick_run_of_first_calls_tasks_and_methods_by_registered_name(
     assert set(rows) == {("segmentation", "gradcam"), ("segmentation", "scorecam")}
     assert rows["segmentation", "gradcam"]["forwards"] == 1
     assert rows["segmentation", "scorecam"]["forwards"] == 1 + 40  # backbone.4: 40 channels
+    assert 1 < rows["segmentation", "scorecam"]["forwarded"] <= 1 + 40
     assert all(r["ratio"] > 0 for r in rows.values())
     registered = set(camkit.list_methods())
     for r in report["registered"]:
