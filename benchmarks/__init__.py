@@ -14,6 +14,9 @@ both sides alike.
   activation methods against the bare forwards, gradient methods against forward +
   backward to the layer, the Score family against ``B x C x N`` bare forwards (the limit of
   the exact method) and each reduced precision against exact mode;
+- :mod:`benchmarks.coverage`: ``precision="auto"``'s first call on a fresh model, a
+  detector and a segmenter explained through camkit's task targets, and methods included by
+  registered name (reported "not registered" where absent);
 - :mod:`benchmarks.report`: the Markdown tables.
 
 Peak memory is the rise of the process's peak resident set size (``VmHWM``, reset through
