@@ -14,6 +14,9 @@ both sides alike.
   activation methods against the bare forwards, gradient methods against forward +
   backward to the layer, the Score family against ``B x C x N`` bare forwards (the limit of
   the exact method) and each reduced precision against exact mode;
+- :mod:`benchmarks.coverage`: ``precision="auto"``'s first call on a fresh model, a
+  detector and a segmenter explained through camkit's task targets, and methods included by
+  registered name (reported "not registered" where absent);
 - :mod:`benchmarks.report`: the Markdown tables.
 
 Peak memory is the rise of the process's peak resident set size (``VmHWM``, reset through
@@ -85,6 +88,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-sizes", type=_ints, default=[8, 16, 32, 64], help="chunk sizes to compare"
     )
+    p.add_argument(
+        "--first-call",
+        type=_names,
+        default=["resnet18:scorecam:layer1:1"],
+        help='MODEL:METHOD:LAYER:BATCH first calls on fresh models, "fp32" against "auto" '
+        '("": skip; e.g. resnet18:scorecam:layer4:1 for a job that pays for int8)',
+    )
+    p.add_argument(
+        "--tasks",
+        type=_names,
+        default=["detection", "segmentation"],
+        help="task models (detection, segmentation) explained through camkit's targets",
+    )
+    p.add_argument(
+        "--task-methods",
+        type=_names,
+        default=["gradcam", "scorecam"],
+        help="methods run on the task models (a gradient and a Score-family one)",
+    )
+    p.add_argument(
+        "--registered",
+        type=_names,
+        help="methods benchmarked by registered name where registered (default: all of "
+        "benchmarks.coverage.ENTRIES: fullgrad, guidedgradcam, shapleycam, legrad, ...)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="a tiny model and few runs")
@@ -129,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.batch_sizes, args.score_batch_sizes = [1, 4], [1]
         args.repeats, args.warmup, args.score_repeats = 2, 1, 1
         args.chunk_sizes = [4, 8]
+        args.first_call = ["tiny:scorecam:relu2:1"]
+        args.tasks = [t for t in args.tasks if t != "detection"]  # ~0.1 s a forward
     report = run(args)
     text = markdown(report)
     print(text)

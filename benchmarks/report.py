@@ -18,6 +18,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _score(report)
     if report["chunk_sizes"]:
         lines += _chunk_sizes(report)
+    if report.get("first_call"):
+        lines += _first_call(report)
+    if report.get("tasks"):
+        lines += _tasks(report)
+    if report.get("registered"):
+        lines += _registered(report)
     for r in report["skipped"]:
         lines.append(f"- skipped {r['method']} on {r['model']}: {r['reason']}")
     return "\n".join(lines).rstrip() + "\n"
@@ -151,4 +157,71 @@ def _chunk_sizes(report: dict[str, Any]) -> list[str]:
     for r in report["chunk_sizes"]:
         cells = "".join(f" | {r[f'{p}_ms_per_image']:.2f}" for p in precisions)
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['fp32_ms_per_image']:.2f}{cells} |")
+    return [*lines, ""]
+
+
+def _first_call(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## First call on a fresh model",
+        "",
+        f"Median of {report['settings']['score_repeats']} runs after one untimed round, exact "
+        "and auto interleaved, "
+        "each on a freshly built model (no copy, calibration or forward time kept): what "
+        '`precision="auto"` pays for its one-off preparations. It builds a copy only where '
+        "the call's forwards win its cost back, so a small job runs as exact does.",
+        "",
+        "| method | model | layer | batch | fp32 s | auto s | auto speed-up | auto r "
+        "| int8 built |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["first_call"]:
+        lines.append(
+            f"| {r['method']} | {r['model']} | {r['layer']} | {r['batch']} "
+            f"| {r['fp32_s']:.3f} | {r['auto_s']:.3f} | {r['speedup']:.2f}x "
+            f"| {r['pearson']:.4f} | {'yes' if r['int8'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
+def _tasks(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Detection and segmentation",
+        "",
+        "torchvision's Faster R-CNN MobileNetV3-Large 320 FPN (`DetectionTarget` on its top "
+        "box; 100 proposals before NMS, 50 after) and LR-ASPP MobileNetV3-Large "
+        "(`SegmentationTarget.predicted`), weights=None, "
+        "one image. The model's cost: forward + backward of the same target to the layer "
+        "(gradient methods), 1 + C bare forwards, the C in chunks of the run option batch_size "
+        "(Score family); forwarded: the rows camkit forwarded (identical masks once).",
+        "",
+        "| task | method | layer | pixels | forwards | forwarded | camkit ms | model ms | ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["tasks"]:
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['layer']} | {r['size']} | {r['forwards']} "
+            f"| {r['forwarded']} "
+            f"| {r['camkit_ms']:.1f} | {r['model_ms']:.1f} | {r['ratio']:.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _registered(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Methods by registered name",
+        "",
+        "Baseline: `input` forward + backward to the input, `layer` forward + backward to "
+        "the layer, `forward` one forward. A name the registry lacks is not run.",
+        "",
+        "| method | model | layer | baseline | camkit ms | model ms | ratio |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in report["registered"]:
+        if r["status"] != "ran":
+            lines.append(f"| {r['method']} | | | | | | {r['status']} |")
+            continue
+        lines.append(
+            f"| {r['method']} | {r['model']} | {r['layer']} | {r['baseline']} "
+            f"| {r['camkit_ms']:.1f} | {r['model_ms']:.1f} | {r['ratio']:.3f} |"
+        )
     return [*lines, ""]

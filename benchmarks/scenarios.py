@@ -320,7 +320,8 @@ def bench_perturbation(
             "speedup_of_minima": min(t["exact"].wall) / min(t[p].wall),
             "pearson": min(pearson(a, b) for a, b in pairs),
             "top20_overlap": statistics.mean(top_overlap(a, b) for a, b in pairs),
-            "mode": accelerator(model, precision=p).scoring(x).mode,
+            # What ran: the plan for as many forwards, their time measured by the calls.
+            "mode": accelerator(model, precision=p).scoring(x, rows=row["forwarded"]).mode,
         }
     if not args.no_memory:
         probe = {"model": model_name, "batch": batch, "method": name, "config": config}
@@ -434,6 +435,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "throughput": [],
         "score": [],
         "chunk_sizes": [],
+        "first_call": [],
+        "tasks": [],
+        "registered": [],
         "skipped": [],
     }
     started, cpu_started = time.perf_counter(), cpu_seconds()
@@ -464,12 +468,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.chunk_sizes:
             log(f"chunk sizes on {model_name}")
             report["chunk_sizes"] += bench_chunk_sizes(model_name, model, args.chunk_sizes, args)
+    _coverage(report, args)
     report["seconds"] = time.perf_counter() - started
     # CPU seconds of this process and its memory probes: under load, wall time stretches but
     # CPU time barely does, so this divided by the threads estimates a quiet run's length.
     report["cpu_seconds"] = cpu_seconds() - cpu_started
     report["load_after"] = loadavg()
     return report
+
+
+def _coverage(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The first calls, the task models and the methods included by registered name
+    (:mod:`benchmarks.coverage`)."""
+    from benchmarks import coverage
+
+    for spec in getattr(args, "first_call", None) or []:
+        log(f"first call {spec}")
+        report["first_call"].append(coverage.bench_first_call(spec, args))
+    registered = camkit.list_methods()
+    for task in getattr(args, "tasks", None) or []:
+        for name in getattr(args, "task_methods", None) or []:
+            if name not in registered:
+                report["skipped"].append(
+                    {"method": name, "model": task, "batch": 1, "reason": "not registered"}
+                )
+                continue
+            log(f"{name} on the {task} model")
+            report["tasks"].append(coverage.bench_task(task, name, args))
+    names = getattr(args, "registered", None)
+    for name in coverage.ENTRIES if names is None else names:
+        if name not in coverage.ENTRIES:
+            raise SystemExit(
+                f"--registered: no entry {name!r}; known: {', '.join(coverage.ENTRIES)}"
+            )
+        log(f"{name} by registered name")
+        try:
+            row = coverage.bench_registered(name, args, bool(args.quick))
+        except camkit.errors.CamkitError as exc:  # e.g. a method that needs a config
+            row = {"method": name, "status": f"failed: {exc}".replace("|", "/")[:200]}
+        report["registered"].append(row)
 
 
 def _runs(name: str, model_name: str, args: argparse.Namespace) -> list[tuple[str, int]]:

@@ -171,7 +171,7 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     methods = "cam,gradcam,bench-scorelike"
     args = ["--quick", "--no-memory", "--plugin", score_plugin, "--methods", methods]
-    args += ["--num-samples", "2"]
+    args += ["--num-samples", "2", "--first-call", "", "--tasks", "", "--registered", ""]
     assert benchmarks.main([*args, "--output", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
     assert {(r["method"], r["batch"]) for r in report["latency"]} == {
@@ -214,6 +214,62 @@ def test_quick_run(tmp_path: Path, score_plugin: str, capsys: pytest.CaptureFixt
     assert "Forwarded below C x N" in text
     assert "## Activation and gradient methods" in text and "## Many images" in text
     assert "| cam | tiny | 1 | as given |" in text and "| cam | tiny | 4 | nhwc |" in text
+
+
+def test_quick_run_of_first_calls_tasks_and_methods_by_registered_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--no-memory", "--methods", "cam", "--batch-sizes", "1"]
+    args += ["--throughput-batch", "0", "--chunk-sizes", "", "--precisions", "auto"]
+    args += ["--registered", "fem,legrad,fullgrad", "--output", str(out)]
+    assert benchmarks.main(args) == 0
+    report = json.loads(out.read_text())
+    # A fresh tiny model's Score-CAM is too small a job for a calibration: none is made,
+    # and the maps are exact mode's.
+    (first,) = report["first_call"]
+    assert first["spec"] == "tiny:scorecam:relu2:1" and not first["int8"]
+    assert first["pearson"] > 0.9999 and first["fp32_s"] > 0 and first["auto_s"] > 0
+    # Quick mode keeps the segmenter (the detector's forwards take 0.1 s each).
+    rows = {(r["task"], r["method"]): r for r in report["tasks"]}
+    assert set(rows) == {("segmentation", "gradcam"), ("segmentation", "scorecam")}
+    assert rows["segmentation", "gradcam"]["forwards"] == 1
+    assert rows["segmentation", "scorecam"]["forwards"] == 1 + 40  # backbone.4: 40 channels
+    assert 1 < rows["segmentation", "scorecam"]["forwarded"] <= 1 + 40
+    assert all(r["ratio"] > 0 for r in rows.values())
+    registered = set(camkit.list_methods())
+    for r in report["registered"]:
+        assert (r["status"] == "ran") == (r["method"] in registered), r
+        assert r["status"] in ("ran", "not registered")  # fem, legrad and fullgrad need no config
+    assert [r["method"] for r in report["registered"]] == ["fem", "legrad", "fullgrad"]
+    text = capsys.readouterr().out
+    assert "## First call on a fresh model" in text and "## Detection and segmentation" in text
+    assert "## Methods by registered name" in text
+    if "legrad" not in registered:
+        assert "| legrad | | | | | | not registered |" in text
+
+
+def test_an_unknown_registered_name_is_refused() -> None:
+    with pytest.raises(SystemExit, match="no entry 'gradcamm'"):
+        benchmarks.main(["--quick", "--no-memory", "--methods", "cam", "--registered", "gradcamm"])
+
+
+def test_the_detector_target_baseline_is_the_gradient_of_the_target() -> None:
+    from benchmarks import coverage
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = torch.rand(2, 3, 6, 6)
+    model(x)
+
+    def target(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return scores[:, 1]
+
+    grad = coverage.target_forward_backward(model, model[1], x, target)
+    # d(score 1)/d(ReLU output) is the linear layer's row 1, for each image.
+    expected = model[3].weight[1].reshape(4, 4, 4).expand(2, -1, -1, -1)
+    torch.testing.assert_close(grad, expected)
+    gin = coverage.forward_backward_input(model, x)
+    assert gin.shape == x.shape and gin.abs().sum() > 0
 
 
 @pytest.mark.slow

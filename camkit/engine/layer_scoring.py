@@ -42,7 +42,7 @@ def score_layer(door: Services, layer: str, masks: Tensor) -> Tensor:
     count = masks.shape[1]
     total = batch * count
     scores = torch.empty(total, device=inputs.device, dtype=torch.float32)
-    plan = door.accel.scoring(inputs, hooked=True)
+    plan = door.accel.scoring(inputs, hooked=True, rows=total)
     channels_last = plan.channels_last
     mask = _ChannelMask(door, layer)
     handle = door.layers[layer].register_forward_hook(mask.hook)

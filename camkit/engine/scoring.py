@@ -29,6 +29,8 @@ them. Its rules:
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +40,9 @@ from camkit.engine.maps import interpolation_matrix
 from camkit.errors import PluginError
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from camkit.engine.accel import ForwardPlan
     from camkit.engine.services import Services
 
 
@@ -88,7 +93,7 @@ def _score_all(
     """Fill ``scores[i]`` with the score of mask ``flat[todo[i]]``, chunk by chunk."""
     inputs = door.inputs
     spatial = tuple(inputs.shape[2:])
-    plan = door.accel.scoring(inputs)
+    plan = door.accel.scoring(inputs, rows=todo.numel())
     channels_last, model = plan.channels_last, plan.model
     copied = plan.dtype != inputs.dtype
     size = min(door.options.batch_size, todo.numel())
@@ -138,10 +143,26 @@ def _score_all(
                 torch.mul(up[rows].unsqueeze(1), source[b], out=perturbed[rows])
                 offset += run
             batch_in = perturbed[:n] if staged is None else staged[:n].copy_(perturbed[:n])
+            began = time.perf_counter()
             out, laid_out = door.run(model, batch_in, channels_last)
             if laid_out != channels_last:  # the model rejected channels-last: keep to that
                 channels_last, staged, perturbed = False, None, perturbed.contiguous()
             scores[start:stop] = door.target_scores(out, image[start:stop])
+            if plan.provisional and stop < todo.numel():
+                plan, model = _replan(door, plan, todo.numel() - stop, began, n)
+
+
+def _replan(
+    door: Services, plan: ForwardPlan, rows: int, began: float, n: int
+) -> tuple[ForwardPlan, nn.Module]:
+    """``precision="auto"`` chose before knowing what a forward costs: with the first
+    chunk's time, the plan for the ``rows`` left (a copy only where they win its cost back);
+    kept only where it takes the same inputs (dtype, autocast)."""
+    row_s = (time.perf_counter() - began) / n
+    new = door.accel.scoring(door.inputs, rows=rows, row_s=row_s)
+    if new.dtype != plan.dtype or new.autocast != plan.autocast:
+        return replace(plan, provisional=False), plan.model
+    return new, new.model
 
 
 def _upsample(masks: Tensor, out: Tensor) -> None:

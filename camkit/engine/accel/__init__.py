@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from camkit.engine.accel.gate import auto_choice
 from camkit.engine.accel.hardware import Capabilities, capabilities
 from camkit.engine.accel.inference import inference_copy
 from camkit.engine.accel.quantized import int8_copy
@@ -41,6 +42,8 @@ class ForwardPlan:
         channels_last: forward 4-D inputs in channels-last memory layout.
         mode: what runs: ``"model"`` (the model as given), ``"fp32-copy"``, ``"bf16-copy"``,
             ``"bf16-autocast"`` or ``"int8-copy"`` (see docs/methods.md, Precision).
+        provisional: ``"auto"`` chose without knowing the forwards' cost: ask again, with the
+            seconds per row of the first chunk (:meth:`Accelerator.scoring`), for the rest.
     """
 
     model: nn.Module
@@ -48,6 +51,7 @@ class ForwardPlan:
     autocast: bool
     channels_last: bool
     mode: str = "model"
+    provisional: bool = False
 
 
 class Accelerator:
@@ -93,7 +97,14 @@ class Accelerator:
         faster = self._convs and capabilities(x.device).channels_last
         return faster and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
 
-    def scoring(self, inputs: Tensor, *, hooked: bool = False) -> ForwardPlan:
+    def scoring(
+        self,
+        inputs: Tensor,
+        *,
+        hooked: bool = False,
+        rows: int | None = None,
+        row_s: float | None = None,
+    ) -> ForwardPlan:
         """How to forward batches of perturbed copies of ``inputs`` (under inference mode).
 
         ``"fp32"``: the model as given. ``"bf16"``: its bfloat16 inference copy, or the
@@ -106,12 +117,24 @@ class Accelerator:
         ``hooked``: the forwards need hooks on the model's own modules to run (e.g. to mask
         a layer's output), so the plan never calls a copy: ``"bf16"`` runs under autocast,
         ``"auto"`` without native bfloat16 runs the model as given.
+
+        ``rows``: how many rows the caller is about to forward, and ``row_s`` the seconds
+        per row it measured. ``"auto"`` without native bfloat16 then builds or checks a copy
+        only where that many forwards win its cost back, and runs what is already built or
+        the model as given otherwise (:mod:`camkit.engine.accel.gate`). Where ``row_s`` is
+        not known yet the plan is ``provisional``: what is built already; the caller times
+        its first chunk and asks again for the rest. ``rows=None`` (not known): as many as
+        to make any copy worth it.
         """
         layout = inputs.dim() == 4 and self._layout_ok
         layout = layout and (
             self.option is True or (self._convs and capabilities(inputs.device).channels_last)
         )
         precision = effective_precision(self.precision, inputs.device)
+        if precision == "auto" and rows is not None and not hooked:
+            planned = self._auto(inputs, rows, row_s, layout)
+            if planned is not None:
+                return planned
         if precision == "bf16":
             if not capabilities(inputs.device).bf16_native:
                 _warn_emulated_bf16(inputs.device)
@@ -130,6 +153,27 @@ class Accelerator:
         if copied is not None:
             return ForwardPlan(copied, inputs.dtype, False, layout, "fp32-copy")
         return ForwardPlan(self.model, inputs.dtype, False, layout)
+
+    def _auto(
+        self, inputs: Tensor, rows: int, row_s: float | None, layout: bool
+    ) -> ForwardPlan | None:
+        """``"auto"``'s plan for ``rows`` forwards on a CPU without native bfloat16, gated on
+        their cost (:mod:`camkit.engine.accel.gate`); None: ungated."""
+        if inputs.dtype != torch.float32 or inputs.device.type != "cpu":
+            return None  # elsewhere the forwards' times are not measured here: ungated
+        choice, provisional = auto_choice(self.model, inputs, rows, row_s, layout=layout)
+        if choice == "int8-copy":
+            quantized = int8_copy(self.model, inputs)
+            if quantized is not None:
+                return ForwardPlan(quantized, inputs.dtype, False, layout, "int8-copy")
+            choice = "fp32-copy"  # the calibration built it as its reference
+        if choice == "fp32-copy":
+            copied = inference_copy(self.model, torch.float32)
+            if copied is not None:
+                return ForwardPlan(
+                    copied, inputs.dtype, False, layout, "fp32-copy", provisional=provisional
+                )
+        return ForwardPlan(self.model, inputs.dtype, False, layout, provisional=provisional)
 
     def rejected_channels_last(self) -> None:
         """Remember that the model failed on a channels-last input: run it as given."""

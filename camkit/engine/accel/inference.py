@@ -87,21 +87,34 @@ _cache: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, _Entry]] = (
 )
 
 
-def inference_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module | None:
+def inference_copy(
+    model: nn.Module, dtype: torch.dtype = torch.bfloat16, *, build: bool = True
+) -> nn.Module | None:
     """A traced copy of ``model`` in ``dtype`` with batch norms folded into convolutions, or
     ``None`` when ``model`` cannot be copied faithfully (train mode, forward hooks, a forward
-    that does not trace, a model without floating-point parameters)."""
+    that does not trace, a model without floating-point parameters). With ``build=False``,
+    only a copy already built (and still fresh) is returned."""
     with _lock:
         entries = _cache.setdefault(model, {})
         entry = entries.get(dtype)
         if entry is not None and entry.fresh(model, dtype):
             return entry.built
         modules = list(model.modules())
-        if not _copyable(modules):
+        if not build or not _copyable(modules):
             return None
         built = _build(model, modules, dtype)
         entries[dtype] = _Entry(model, modules, dtype, built)
         return built
+
+
+def copy_status(model: nn.Module, dtype: torch.dtype) -> str:
+    """What :func:`inference_copy` would do, without doing it: ``"ready"`` (a fresh copy is
+    kept), ``"none"`` (the model cannot be copied) or ``"build"`` (a copy would be traced)."""
+    with _lock:
+        entry = _cache.get(model, {}).get(dtype)
+        if entry is not None and entry.fresh(model, dtype):
+            return "none" if entry.built is None else "ready"
+    return "build" if _copyable(list(model.modules())) else "none"
 
 
 # Assignments of modules, parameters and buffers anywhere in the process, counted through

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import warnings
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +41,51 @@ MASKED_COPIES = 8
 MASKED_IMAGES = 2
 
 _lock = threading.Lock()
-# model -> (its float32 inference copy when built, the inputs last checked, int8 copy or None)
-_cache: weakref.WeakKeyDictionary[
-    nn.Module, tuple[weakref.ref[nn.Module], tuple[object, ...], nn.Module | None]
-] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Int8Entry:
+    """What is known of one model's int8 copy: the float32 inference copy it was built
+    against, the inputs last checked, the copy (None: it failed) and what it cost.
+
+    ``prepare_s``: seconds the calibration took (tracing, observers, conversion, the check);
+    ``check_s``: seconds of the check alone (the model and the copy on the samples);
+    ``speedup``: the model's time over the copy's on those samples (0 where unmeasured).
+    """
+
+    reference: weakref.ref[nn.Module]
+    key: tuple[object, ...]
+    kept: nn.Module | None
+    samples: int
+    prepare_s: float = 0.0
+    check_s: float = 0.0
+    speedup: float = 0.0
+
+
+_cache: weakref.WeakKeyDictionary[nn.Module, Int8Entry] = weakref.WeakKeyDictionary()
+
+
+def samples_for(inputs: Tensor) -> int:
+    """Rows the calibration and the check forward for ``(B, ...)`` ``inputs``."""
+    return inputs.shape[0] + MASKED_COPIES * min(inputs.shape[0], MASKED_IMAGES)
+
+
+def int8_status(model: nn.Module, inputs: Tensor) -> tuple[str, Int8Entry | None]:
+    """What :func:`int8_copy` would do for ``model`` and ``inputs``, without doing it:
+    ``"ready"`` (a copy checked on these inputs), ``"check"`` (a copy to check on them),
+    ``"failed"`` (no copy: it failed, or int8 cannot serve here) or ``"build"`` (a
+    calibration), with the model's entry where one is kept."""
+    if int8_engine() is None or inputs.device.type != "cpu" or inputs.dim() != 4:
+        return "failed", None
+    with _lock:
+        entry = _cache.get(model)
+    if entry is None or entry.reference() is None:
+        return "build", None
+    if entry.reference() is not inference_copy(model, torch.float32, build=False):
+        return "build", None  # the model changed since
+    if entry.kept is None:
+        return "failed", entry
+    return ("ready" if entry.key == _key(inputs) else "check"), entry
 
 
 def int8_copy(model: nn.Module, inputs: Tensor) -> nn.Module | None:
@@ -53,6 +96,9 @@ def int8_copy(model: nn.Module, inputs: Tensor) -> nn.Module | None:
     changes, is the same) and checked again on each new ``inputs``; one that fails the check
     on new images is calibrated again on them, and a model whose copy failed is not tried
     again (until it changes), so that ``"auto"`` never pays for calibration in vain twice.
+    What the calibration and the check cost is kept with the copy (:func:`int8_status`), for
+    ``"auto"`` to judge whether they pay on the work at hand
+    (:mod:`camkit.engine.accel.gate`).
 
     Example:
         >>> import torch
@@ -67,42 +113,55 @@ def int8_copy(model: nn.Module, inputs: Tensor) -> nn.Module | None:
     reference = inference_copy(model, torch.float32)
     if reference is None:  # train mode, hooks, untraceable: the model runs as it is
         return None
-    key = (inputs.data_ptr(), tuple(inputs.shape), float(inputs.sum()))
+    key = _key(inputs)
     with _lock:
         entry = _cache.get(model)
-        if entry is not None and entry[0]() is reference:
-            built_for, kept = entry[1], entry[2]
-            if built_for == key or kept is None:  # the same images, or a model int8 failed
-                return kept
+        if entry is not None and entry.reference() is reference:
+            if entry.key == key or entry.kept is None:  # the same images, or int8 failed
+                return entry.kept
             samples = _masked_copies(inputs.detach().float())
-            if _follows(model, kept, samples):
-                _cache[model] = (entry[0], key, kept)
-                return kept
+            if _follows(model, entry.kept, samples, entry):
+                entry.key = key
+                return entry.kept
         else:
             samples = _masked_copies(inputs.detach().float())
-        copied = _build(model, samples, engine)
-        _cache[model] = (weakref.ref(reference), key, copied)
-        return copied
+        started = time.perf_counter()
+        entry = Int8Entry(weakref.ref(reference), key, None, samples.shape[0])
+        entry.kept = _build(model, samples, engine, entry)
+        entry.prepare_s = time.perf_counter() - started
+        _cache[model] = entry
+        return entry.kept
 
 
-def _build(model: nn.Module, samples: Tensor, engine: str) -> nn.Module | None:
+def _key(inputs: Tensor) -> tuple[object, ...]:
+    return (inputs.data_ptr(), tuple(inputs.shape), float(inputs.sum()))
+
+
+def _build(model: nn.Module, samples: Tensor, engine: str, entry: Int8Entry) -> nn.Module | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             copied = _quantize(model, samples, engine)
     except Exception:  # untraceable, unsupported operator, or no kernel in this build
         return None
-    return copied if _follows(model, copied, samples) else None
+    return copied if _follows(model, copied, samples, entry) else None
 
 
-def _follows(model: nn.Module, copied: nn.Module, samples: Tensor) -> bool:
-    """Whether the copy's scores on ``samples`` follow the model's (:data:`MIN_SCORE_R`)."""
+def _follows(model: nn.Module, copied: nn.Module, samples: Tensor, entry: Int8Entry) -> bool:
+    """Whether the copy's scores on ``samples`` follow the model's (:data:`MIN_SCORE_R`);
+    the two forwards' times are kept in ``entry``."""
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected, got = model(samples), copied(samples)
+            started = time.perf_counter()
+            expected = model(samples)
+            middle = time.perf_counter()
+            got = copied(samples)
+            done = time.perf_counter()
     except Exception:  # an input the calibrated copy cannot take
         return False
+    entry.check_s = done - started
+    entry.speedup = (middle - started) / max(done - middle, 1e-9)
     if not isinstance(expected, Tensor) or not isinstance(got, Tensor):
         return False
     return expected.shape == got.shape and _score_r(expected, got) >= MIN_SCORE_R
