@@ -212,11 +212,15 @@ def bench_task(task_name: str, name: str, args: argparse.Namespace) -> dict[str,
 class Entry:
     """A method benchmarked by name: its model (a key of ``MODELS`` or ``VIT``), its layer
     (None: camkit locates it) and baseline (``"layer"``: forward + backward to the layer,
-    ``"input"``: forward + backward to the input, ``"forward"``: one forward)."""
+    ``"input"``: forward + backward to the input, ``"forward"``: one forward, ``"windows"``:
+    one forward of every SESS window plus a forward + backward to the layer of every window),
+    and, for an entry that is a method with run options, the method and the options."""
 
     model: str
     layer: str | None
     baseline: str
+    method: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 #: Methods that other branches register; each is run only where the registry has it.
@@ -224,12 +228,15 @@ ENTRIES: dict[str, Entry] = {
     "fullgrad": Entry("resnet18", "layer4", "input"),
     "guidedgradcam": Entry("resnet18", "layer4", "input"),
     "shapleycam": Entry("resnet18", "layer4", "layer"),
-    "legrad": Entry("vit", None, "input"),
+    "legrad": Entry("vit", "blocks", "input"),
     "guidedbackprop": Entry("resnet18", "layer4", "input"),
     "finercam": Entry("resnet18", "layer4", "layer"),
     "refinecam": Entry("resnet18", "layer4", "layer"),
     "kpcacam": Entry("resnet18", "layer4", "forward"),
     "fem": Entry("resnet18", "layer4", "forward"),
+    "gradcam+sess": Entry(
+        "resnet18", "layer4", "windows", "gradcam", (("sess", {"num_scales": 3}),)
+    ),
 }
 
 #: LeGrad's model: a small timm ViT, untrained, at 64 x 64 pixels.
@@ -256,10 +263,26 @@ def forward_backward_input(model: nn.Module, x: Tensor) -> Tensor:
     return grad
 
 
+def windows_cost(model: nn.Module, layer: str | None, x: Tensor, sess: dict[str, Any]) -> None:
+    """What SESS cannot avoid: one forward of every window (its score), then a forward and a
+    backward to the layer for every window (the base method's gradients)."""
+    from benchmarks.harness import forward_backward
+    from camkit.engine.sess import SESSOptions, windows
+
+    opts = SESSOptions(**sess)
+    side = min(x.shape[-2:])
+    found = torch.cat([w for w, _ in windows(x[:1], opts, side, side)])
+    with torch.inference_mode():
+        model(found)
+    assert layer is not None
+    forward_backward(model, resolve(model, layer)[1], found)
+
+
 def bench_registered(name: str, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     """A method named in :data:`ENTRIES`, or the reason it was not run."""
     entry = ENTRIES[name]
-    if name not in camkit.list_methods():
+    method = entry.method or name
+    if method not in camkit.list_methods():
         return {"method": name, "status": "not registered"}
     if entry.model == "vit":
         model_name, model, size = "vit_tiny", _vit(), VIT_SIZE
@@ -269,9 +292,11 @@ def bench_registered(name: str, args: argparse.Namespace, quick: bool) -> dict[s
         size = MODELS[model_name].size
     layer = entry.layer if entry.model == "vit" or not quick else MODELS["tiny"].layer
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    extractor = camkit.create(name, model, layer, progress=False)
+    extractor = camkit.create(method, model, layer, progress=False, **dict(entry.options))
     baseline: Fn
-    if entry.baseline == "input":
+    if entry.baseline == "windows":
+        baseline = functools.partial(windows_cost, model, layer, x, dict(entry.options)["sess"])
+    elif entry.baseline == "input":
         baseline = functools.partial(forward_backward_input, model, x)
     elif entry.baseline == "layer":
         from benchmarks.harness import forward_backward
