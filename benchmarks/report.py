@@ -211,7 +211,8 @@ def _registered(report: dict[str, Any]) -> list[str]:
         "## Methods by registered name",
         "",
         "Baseline: `input` forward + backward to the input, `layer` forward + backward to "
-        "the layer, `forward` one forward. A name the registry lacks is not run.",
+        "the layer, `forward` one forward, `windows` SESS's window forwards plus a forward + "
+        "backward to the layer per window. A name the registry lacks is not run.",
         "",
         "| method | model | layer | baseline | camkit ms | model ms | ratio |",
         "|---|---|---|---|---:|---:|---:|",
