@@ -224,7 +224,7 @@ ENTRIES: dict[str, Entry] = {
     "fullgrad": Entry("resnet18", "layer4", "input"),
     "guidedgradcam": Entry("resnet18", "layer4", "input"),
     "shapleycam": Entry("resnet18", "layer4", "layer"),
-    "legrad": Entry("vit", None, "input"),
+    "legrad": Entry("vit", "blocks", "input"),  # its blocks: the located layer is a norm
     "guidedbackprop": Entry("resnet18", "layer4", "input"),
     "finercam": Entry("resnet18", "layer4", "layer"),
     "refinecam": Entry("resnet18", "layer4", "layer"),
