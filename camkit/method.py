@@ -14,6 +14,8 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import Tensor, nn
 
@@ -62,7 +64,9 @@ class ModelServices(Protocol):
     def score_layer(self, layer: str, masks: Tensor) -> Tensor: ...
     def gradients_at(self, layer: str, inputs: Tensor) -> Tensor: ...
     def hessian_vector_product(self, layer: str, vectors: Tensor) -> tuple[Tensor, Tensor]: ...
-    def attention_gradients(self, layer: str, last: int | None) -> list[tuple[Tensor, Tensor]]: ...
+    def attention_gradients(
+        self, layer: str, last: int | None, project: Callable[[Tensor], Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor]]: ...
     def module(self, name: str) -> nn.Module: ...
     def guided_gradients(self) -> Tensor: ...
     def bias_gradients(self) -> tuple[Tensor, list[tuple[str, Tensor]]]: ...
@@ -227,20 +231,25 @@ class Context:
         """
         return self._services.hessian_vector_product(self.layer, vectors)
 
-    def attention_gradients(self, last: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    def attention_gradients(
+        self, last: int | None = None, project: Callable[[Tensor], Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
         """Attention probabilities of the ViT blocks at or inside this layer, with gradients.
 
         For each block (this layer, or the blocks of the stack this layer is; the ``last``
         ones when given), ``(P, dP)``: its ``(B, heads, N, N)`` post-softmax attention
-        probabilities and the gradient by them of the block's own target score (the model's
-        classifier on the block's mean output token). torchvision's and timm's
-        ``VisionTransformer`` are supported (see :mod:`camkit.engine.attention`); other
-        models raise :class:`~camkit.errors.LayerError`. One extra forward per chunk.
+        probabilities and the gradient by them of the block's own target score: by default
+        the model's classifier on the block's mean output token, for torchvision's and
+        timm's ``VisionTransformer``; for other models ``project``, which maps a block's
+        ``(B, N, D)`` output tokens to ``(B, classes)`` scores (without it they raise
+        :class:`~camkit.errors.LayerError`). Blocks are modules with a
+        ``nn.MultiheadAttention`` or timm ``Attention`` child (see
+        :mod:`camkit.engine.attention`). One extra forward per chunk.
 
         Example:
             >>> for probs, grads in ctx.attention_gradients(last=4): ...
         """
-        return self._services.attention_gradients(self.layer, last)
+        return self._services.attention_gradients(self.layer, last, project)
 
     def module(self, name: str) -> nn.Module:
         """Resolve another submodule of the model by the same rules as target layers.

@@ -24,7 +24,9 @@ model, for this pass only (removed on exit, also when the model raises):
 
 Each block's score is the model's head on the mean of the block's output tokens, after the
 model's final norm (as in LeGrad's reference code): ``heads(encoder.ln(mean))`` for
-torchvision, ``head(fc_norm(norm(mean)))`` for timm; other models raise ``LayerError``.
+torchvision, ``head(fc_norm(norm(mean)))`` for timm. Other models (any whose blocks have a
+self-attention child camkit reads) need a ``project`` callable: a block's ``(B, N, D)`` output
+tokens to ``(B, K)`` class scores; without one they raise ``LayerError``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit.engine.capture import Capture, grad_enabled
-from camkit.errors import GradientError, LayerError
+from camkit.errors import ConfigError, GradientError, LayerError
 
 if TYPE_CHECKING:
     from camkit.engine.services import Services
@@ -151,7 +153,7 @@ class AttentionTap:
         def hook(m: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> Any:
             if threading.get_ident() != self._thread:
                 return None
-            bound = dict(zip(("query", "key", "value", "key_padding_mask"), args)) | kwargs
+            bound = dict(zip(_MHA_ARGS, args)) | kwargs
             x = bound.get("query")
             extra = [bound.get(k) for k in ("key_padding_mask", "attn_mask")]
             if not (bound.get("key") is x and bound.get("value") is x and x is not None):
@@ -169,6 +171,11 @@ class AttentionTap:
         return hook
 
 
+#: ``nn.MultiheadAttention.forward``'s parameters, in order (callers may pass any positionally).
+_MHA_ARGS: tuple[str, ...] = ("query", "key", "value", "key_padding_mask", "need_weights")
+_MHA_ARGS += ("attn_mask", "average_attn_weights", "is_causal")
+
+
 def _check_mha(m: nn.MultiheadAttention) -> None:
     if not m.batch_first or not m._qkv_same_embed_dim or m.in_proj_weight is None:
         raise LayerError("camkit reads batch-first MultiheadAttention with one input projection")
@@ -176,16 +183,36 @@ def _check_mha(m: nn.MultiheadAttention) -> None:
         raise LayerError("camkit cannot read attention with added keys or active dropout")
 
 
+def checked(project: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A user's score projection, its output checked to be ``(B, K)`` scores."""
+
+    def head(tokens: Tensor) -> Tensor:
+        scores = project(tokens)
+        if not isinstance(scores, Tensor) or scores.dim() != 2 or len(scores) != len(tokens):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ConfigError(
+                f"score_projection must map (B, N, D) tokens to (B, classes) scores; it "
+                f"returned {got} for tokens of shape {tuple(tokens.shape)}"
+            )
+        return scores
+
+    return head
+
+
 def attention_gradients(
-    door: Services, layer: str, last: int | None = None
+    door: Services,
+    layer: str,
+    last: int | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """For each attention block at or inside ``layer`` (the ``last`` ones when given):
     ``(P, dP)``, both ``(B, heads, N, N)``: the block's attention probabilities and the
-    gradient of its own target score (the model's head on its mean output token) by them."""
+    gradient of its own target score by them: ``project`` (default: the model's head on its
+    mean output token) of the block's output tokens."""
     door.check_inputs()
     blocks = attention_blocks(door.model, layer, door.layers[layer])
     blocks = blocks[-last:] if last else blocks
-    head, x = block_head(door.model), door.inputs
+    head, x = block_head(door.model) if project is None else checked(project), door.inputs
     probs: list[list[Tensor]] = [[] for _ in blocks]
     grads: list[list[Tensor]] = [[] for _ in blocks]
     for start, stop in door.chunks(x.shape[0], f"{layer} attention gradients"):

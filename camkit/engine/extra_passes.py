@@ -11,6 +11,7 @@ depend on the layer and check the inputs themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor
@@ -32,9 +33,11 @@ class ExtraPasses:
         """:func:`camkit.engine.hessian.hessian_vector_product` (it checks the inputs first)."""
         return hessian_vector_product(cast("Services", self), layer, vectors)
 
-    def attention_gradients(self, layer: str, last: int | None) -> list[tuple[Tensor, Tensor]]:
+    def attention_gradients(
+        self, layer: str, last: int | None, project: Callable[[Tensor], Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
         """:func:`camkit.engine.attention.attention_gradients` (it checks the inputs first)."""
-        return attention_gradients(cast("Services", self), layer, last)
+        return attention_gradients(cast("Services", self), layer, last, project)
 
     def guided_gradients(self) -> Tensor:
         """:func:`camkit.engine.guided.guided_gradients`, once per call."""

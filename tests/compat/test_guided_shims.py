@@ -14,7 +14,7 @@ from torch import nn
 
 import camkit.compat.pytorch_grad_cam as shim
 from camkit.compat.pytorch_grad_cam.utils import model_targets as shim_targets
-from camkit.errors import CamkitWarning, ConfigError
+from camkit.errors import CamkitWarning, InputError
 
 pytestmark = needs_contrib
 
@@ -73,13 +73,56 @@ def test_fullgrad_aug_smooth_matches_the_original():
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_fullgrad_warns_on_target_layers_and_refuses_eigen_smooth():
+def test_fullgrad_warns_on_target_layers():
     model = bn_cnn()
     with pytest.warns(CamkitWarning, match="ignored"):
         cam = shim.FullGrad(model, [model[0]])
     assert cam.target_layers == [model[0], model[1], model[3], model[4]]
-    with pytest.raises(ConfigError, match="eigen_smooth"):
-        cam(images(1), None, eigen_smooth=True)
+
+
+@needs_grad_cam
+@pytest.mark.parametrize("make", [small_cnn, bn_cnn])
+def test_fullgrad_eigen_smooth_legacy_matches_the_original(make):
+    """pytorch-grad-cam's FullGrad does use eigen_smooth: the principal component of its
+    terms at 1/8 of the input size; ``legacy_numerics`` keeps NumPy's sign, as it does."""
+    model, x = make(), images(2)
+    theirs = full_grad(grad_cam(), copy.deepcopy(model), x, [1, 3], eigen_smooth=True)
+    plain = full_grad(grad_cam(), copy.deepcopy(model), x, [1, 3])
+    assert np.abs(theirs - plain).max() > 0.1  # the option changes the map
+    targets = [shim_targets.ClassifierOutputTarget(c) for c in (1, 3)]
+    ours = shim.FullGrad(model, [], legacy_numerics=True)(x, targets, eigen_smooth=True)
+    assert ours.dtype == np.float32 and ours.shape == (2, 32, 32)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+@needs_grad_cam
+@pytest.mark.parametrize("make", [small_cnn, bn_cnn])
+def test_fullgrad_eigen_smooth_matches_the_original_up_to_its_sign(make):
+    """By default camkit orients the component by its loadings (their sum non-negative):
+    each image's map is the original's, or its complement where NumPy's SVD picked the
+    other sign."""
+    model, x = make(), images(2)
+    theirs = full_grad(grad_cam(), copy.deepcopy(model), x, [1, 3], eigen_smooth=True)
+    ours = full_grad(shim, model, x, [1, 3], eigen_smooth=True)
+    for mine, orig in zip(ours, theirs):
+        assert min(np.abs(mine - orig).max(), np.abs(mine - (1 - orig)).max()) < 1e-5
+
+
+@needs_grad_cam
+def test_fullgrad_eigen_and_aug_smooth_match_the_original():
+    model, x = bn_cnn(), images(1)
+    theirs = full_grad(grad_cam(), copy.deepcopy(model), x, [2], eigen_smooth=True, aug_smooth=True)
+    targets = [shim_targets.ClassifierOutputTarget(2)]
+    cam = shim.FullGrad(model, [], legacy_numerics=True)
+    ours = cam(x, targets, aug_smooth=True, eigen_smooth=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    plain = full_grad(grad_cam(), copy.deepcopy(model), x, [2])
+    np.testing.assert_allclose(cam(x, targets), plain, atol=1e-5, rtol=0)  # same object
+
+
+def test_fullgrad_eigen_smooth_needs_eight_pixels():
+    with pytest.raises(InputError, match="too small"):
+        shim.FullGrad(bn_cnn(), [])(images(1, size=7), None, eigen_smooth=True)
 
 
 @needs_grad_cam

@@ -94,10 +94,55 @@ def test_legrad_shim_errors():
     model = tiny_vit()
     with pytest.raises(LayerError):
         tc_shim.LeGrad(model, [])
-    with pytest.raises(ConfigError):
-        tc_shim.LeGrad(model, "encoder.layers.encoder_layer_2", grid_shape=(4, 4))
-    with tc_shim.LeGrad(model, "encoder.layers.encoder_layer_2") as extractor:
+    layer = "encoder.layers.encoder_layer_2"
+    with pytest.raises(TypeError, match="prefix_tokens"):
+        tc_shim.LeGrad(model, layer, prefix_tokens=1.0)
+    with pytest.raises(ConfigError, match="non-negative"):
+        tc_shim.LeGrad(model, layer, prefix_tokens=-1)
+    with pytest.raises(TypeError, match="grid_shape"):
+        tc_shim.LeGrad(model, layer, grid_shape=[4, 4])
+    with pytest.raises(ConfigError, match="positive"):
+        tc_shim.LeGrad(model, layer, grid_shape=(0, 4))
+    with pytest.raises(TypeError, match="callable"):
+        tc_shim.LeGrad(model, layer, score_projection=3)
+    with tc_shim.LeGrad(model, layer, grid_shape=(2, 8)) as extractor:  # 16 patches on 2x8
+        assert extractor(0, model(images(1, size=32)))[0].shape == (1, 2, 8)
+    for kwargs, match in [
+        ({"grid_shape": (3, 5)}, "does not match"),
+        ({"prefix_tokens": 0}, "square"),  # 17 tokens
+        ({"prefix_tokens": 17}, "at least one"),
+    ]:
+        with (
+            tc_shim.LeGrad(model, layer, **kwargs) as extractor,
+            pytest.raises(ConfigError, match=match),
+        ):
+            extractor(0, model(images(1, size=32)))
+    with tc_shim.LeGrad(model, layer) as extractor:
         scores = model(images(1, size=32))
         with pytest.raises(TargetError):
             extractor(targets=lambda out: out[0], scores=scores)
     no_hooks_left(model)
+
+
+@needs_torchcam
+@pytest.mark.parametrize(("prefix", "grid", "given"), [(1, (2, 2), False), (2, (2, 3), True)])
+def test_legrad_score_projection_prefix_and_grid_match_torchcam(prefix, grid, given):
+    """A model that is no torchvision ViT, with torchcam's ``score_projection``,
+    ``prefix_tokens`` and ``grid_shape`` (given, or inferred as a square)."""
+    import copy
+
+    from test_torchcam_ported import _TinyViT
+    from torchcam.methods import LeGrad
+
+    torch.manual_seed(0)
+    model = _TinyViT(grid, prefix)
+    x = torch.randn(2, 3, *grid)
+    outs = []
+    for lib, m in ((LeGrad, copy.deepcopy(model)), (tc_shim.LeGrad, model)):
+        kwargs = {"prefix_tokens": prefix, "grid_shape": grid if given else None}
+        with lib(m, list(m.blocks), score_projection=m.project, **kwargs) as extractor:
+            outs.append(extractor([0, 2], m(x), normalized=False)[0].detach())
+        no_hooks_left(m)
+    theirs, ours = outs
+    assert ours.shape == theirs.shape == (2, *grid) and theirs.abs().max() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)

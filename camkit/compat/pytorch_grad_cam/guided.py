@@ -5,8 +5,9 @@ Differences from the originals, deliberate: the model is never changed (the orig
 replaces every ``nn.ReLU`` by a guided one and back by a new, not-in-place ``nn.ReLU``, leaves
 the model in eval mode, sets ``requires_grad`` on the caller's input and accumulates
 parameters' ``.grad``); functional ``relu`` calls in the model's forward are guided too (the
-original only replaces ``nn.ReLU`` modules); ``FullGrad`` does not implement ``eigen_smooth``
-(a :class:`~camkit.errors.ConfigError`), and for a batch of several images
+original only replaces ``nn.ReLU`` modules); ``FullGrad`` with ``eigen_smooth`` picks the sign
+of the principal component that agrees with the terms (the original keeps the sign NumPy's
+SVD returns, which ``legacy_numerics=True`` reproduces), and for a batch of several images
 ``GuidedBackpropReLUModel`` with ``target_category=None`` explains the first image's
 predicted class (the original takes the arg-max over the whole batch's output).
 """
@@ -19,15 +20,48 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
 from camkit.compat._shared import CompatTypeError, contrib, eval_mode, extractor
-from camkit.compat.pytorch_grad_cam.base_cam import BaseCAM, Target
+from camkit.compat.pytorch_grad_cam.base_cam import BaseCAM, projection, scale
 from camkit.engine.bias_gradients import bias_layers
-from camkit.errors import CamkitWarning, ConfigError
+from camkit.engine.smoothing import principal_projection
+from camkit.errors import CamkitWarning, InputError
 
 __all__ = ["FullGrad", "GuidedBackpropReLUModel"]
+
+
+def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, C, h, w)`` maps, each scaled to ``[0, 1]`` and resized (bilinear, half-pixel
+    centres, no antialiasing: OpenCV's ``INTER_LINEAR``), as pytorch-grad-cam's
+    ``scale_accross_batch_and_channels``."""
+    scaled = scale(maps.flatten(0, 1)).view(maps.shape)
+    return F.interpolate(scaled, size, mode="bilinear", align_corners=False)
+
+
+def eigen_fullgrad(legacy: bool) -> camkit.Method:
+    """camkit-contrib's ``fullgrad`` combined as pytorch-grad-cam's FullGrad with
+    ``eigen_smooth``: its terms (each input channel's, then each layer's) scaled and resized
+    to an eighth of the input, their first principal component over the terms, scaled and
+    resized back. ``legacy``: NumPy's SVD and its sign, as the original."""
+    base: Any = contrib("FullGrad").FullGrad
+
+    class EigenFullGrad(base):
+        def map(self, ctx: camkit.Context) -> Tensor:
+            parts = torch.cat(list(self.parts(ctx)), 1)
+            h, w = parts.shape[2:]
+            if h < 8 or w < 8:
+                raise InputError(
+                    f"FullGrad's eigen_smooth works on the input at 1/8 of its size; a {h}x{w} "
+                    "input is too small"
+                )
+            small = _resize(parts, (h // 8, w // 8))
+            pc = projection(small) if legacy else principal_projection(small.double()).float()
+            return _resize(pc.to(parts.device)[:, None], (h, w))[:, 0]
+
+    return EigenFullGrad(base.Config())
 
 
 class FullGrad(BaseCAM):
@@ -35,7 +69,12 @@ class FullGrad(BaseCAM):
     every convolution and batch norm with a bias, scaled and summed.
 
     ``target_layers`` is ignored, as in the original (a warning says so when not empty);
-    :attr:`target_layers` lists the layers with a bias that are used.
+    :attr:`target_layers` lists the layers with a bias that are used. With ``eigen_smooth``
+    the terms (each input channel's and each layer's map) are combined as in the original:
+    scaled, resized to 1/8 of the input, projected on their first principal component,
+    scaled and resized back. camkit orients that component to agree with the terms (their
+    loadings sum to a non-negative value); the original keeps the sign its SVD returns, so
+    its map may be the complement; ``legacy_numerics=True`` reproduces that.
 
     Example:
         >>> grayscale_cam = FullGrad(model, [])(x, [ClassifierOutputTarget(281)])
@@ -49,6 +88,8 @@ class FullGrad(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module],
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        *,
+        legacy_numerics: bool = False,
     ) -> None:
         if not isinstance(target_layers, (list, tuple)):
             raise CompatTypeError(f"target_layers must be a list, got {target_layers!r}")
@@ -59,26 +100,24 @@ class FullGrad(BaseCAM):
                 stacklevel=2,
             )
         used = [module for _, module in bias_layers(model, 4)]
-        super().__init__(model, used, reshape_transform)
+        super().__init__(model, used, reshape_transform, legacy_numerics=legacy_numerics)
+        self._eigen = self._built_eigen = False  # eigen_smooth for this call / the extractor
+
+    def _needs_activations(self, eigen_smooth: bool) -> bool:
+        return False  # FullGrad reads no layer's activations
 
     def _camkit(self) -> camkit.Extractor:
-        if self._extractor is None:
+        if self._extractor is None or self._built_eigen != self._eigen:
             # Any layer serves the clean pass; FullGrad itself reads every layer with a bias.
             layer = self.target_layers[-1:] or None
-            self._extractor = extractor(self.method, self.model, layer, self._camkit_config())
+            method = eigen_fullgrad(self.legacy_numerics) if self._eigen else self.method
+            self._extractor = extractor(method, self.model, layer, self._camkit_config())
+            self._built_eigen = self._eigen
         return self._extractor
 
-    def __call__(
-        self,
-        input_tensor: Tensor,
-        targets: Sequence[Target] | None = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-    ) -> np.ndarray:
-        """``(B, H, W)`` float32 maps in ``[0, 1]`` (``aug_smooth`` as for every shim)."""
-        if eigen_smooth:
-            raise ConfigError("camkit's FullGrad shim does not implement eigen_smooth")
-        return super().__call__(input_tensor, targets, aug_smooth, False)
+    def _maps(self, x: Tensor, targets: Any, eigen_smooth: bool) -> np.ndarray:
+        self._eigen = eigen_smooth
+        return super()._maps(x, targets, False)
 
 
 class GuidedBackpropReLUModel:

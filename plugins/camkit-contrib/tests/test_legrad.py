@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
-from camkit.errors import LayerError
+from camkit.errors import ConfigError, LayerError
 from camkit.testing import check_method, no_hooks_left, tiny_inputs, tiny_model
 
 torchvision = pytest.importorskip("torchvision")
@@ -238,3 +238,102 @@ def test_vit_b_16_stack_and_last_block() -> None:
     alone = camkit.create("legrad", model, last)(x, TARGETS).layer_maps[last]
     one = camkit.create("legrad", model, "encoder.layers", blocks=1)(x, TARGETS)
     torch.testing.assert_close(alone, one.layer_maps["encoder.layers"])
+
+
+class _Block(nn.Module):
+    """A pre-norm block whose attention is called with every argument positional."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 16), nn.GELU(), nn.Linear(16, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        x = self.ln(t)
+        t = t + self.attn(x, x, x, None, False, None, True, False)[0]
+        return t + self.mlp(t)
+
+
+class _OtherTransformer(nn.Module):
+    """No torchvision or timm ViT: three leading tokens, a max-pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.lead = nn.Parameter(torch.randn(1, 3, 8))
+        self.layers = nn.Sequential(_Block(), _Block())
+        self.classifier = nn.Linear(8, 10)
+
+    def project(self, t: Tensor) -> Tensor:
+        return self.classifier(t.amax(1))
+
+    def tokens(self, x: Tensor) -> Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return torch.cat((self.lead.expand(len(t), -1, -1), t), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.layers(self.tokens(x)))
+
+
+def test_score_projection_on_another_transformer() -> None:
+    """``score_projection`` and ``grid`` (a 2x3 grid after 3 leading tokens) against the
+    model run by hand, block by block."""
+    model, x = _OtherTransformer().eval(), torch.randn(2, 3, 8, 12)
+    t, maps = model.tokens(x), []
+    for block in model.layers:
+        probs, out = attend(block.ln(t), block.attn.in_proj_weight, block.attn.in_proj_bias, 2)
+        t = t + block.attn.out_proj(out)
+        t = t + block.mlp(t)
+        score = model.project(t)[torch.arange(2), TARGETS].sum()
+        (g,) = torch.autograd.grad(score, probs, retain_graph=True)
+        maps.append(g.clamp_min(0).mean((1, 2))[:, 3:].reshape(2, 2, 3))
+    expected = torch.stack(maps).mean(0)
+    for prefix in (None, 3):
+        cam = camkit.create(
+            "legrad", model, "layers", grid=(2, 3), score_projection=model.project,
+            prefix_tokens=prefix,
+        )  # fmt: skip
+        got = cam(x, TARGETS).layer_maps["layers"]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    no_hooks_left(model)
+
+
+def test_score_projection_and_prefix_errors() -> None:
+    model, x = _OtherTransformer().eval(), torch.randn(1, 3, 8, 12)
+    with pytest.raises(LayerError, match="VisionTransformer"):
+        camkit.create("legrad", model, "layers", grid=(2, 3))(x)
+    with pytest.raises(LayerError, match="grid="):
+        camkit.create("legrad", model, "layers", grid=(2, 3), prefix_tokens=1)(x)
+    bad = camkit.create("legrad", model, "layers", grid=(2, 3), score_projection=lambda t: t)
+    with pytest.raises(ConfigError, match="score_projection"):
+        bad(x)
+    no_hooks_left(model)
+    schema = camkit.method_info("legrad").schema()["properties"]
+    assert (
+        schema["score_projection"]["type"] == "null" and schema["prefix_tokens"]["default"] is None
+    )
+
+
+def test_score_projection_equals_the_built_in_head() -> None:
+    """A wrapped torchvision ViT (no head camkit knows) with the head as a projection gives
+    the unwrapped model's map."""
+    vit = tv_vit()
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.vit(x)
+
+    x = tiny_inputs(2, size=32)
+    plain = camkit.create("legrad", vit, "encoder.layers")(x, TARGETS).layer_maps
+    project = lambda t: vit.heads(vit.encoder.ln(t.mean(1)))  # noqa: E731
+    wrapped = camkit.create(
+        "legrad", Wrapped().eval(), "vit.encoder.layers", score_projection=project
+    )
+    got = wrapped(x, TARGETS).layer_maps["vit.encoder.layers"]
+    torch.testing.assert_close(got, plain["encoder.layers"], rtol=1e-5, atol=1e-8)

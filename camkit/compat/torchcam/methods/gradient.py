@@ -8,13 +8,15 @@ call on the same scores, ``retain_graph=True``) camkit runs the recorded input a
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import EpsilonXGradCAM, seed_from_global_rng
+from camkit.compat._shared import CompatTypeError, EpsilonXGradCAM, extractor, seed_from_global_rng
 from camkit.compat.torchcam.methods.core import _CAM, LayerArg
 from camkit.errors import ConfigError, LayerError
 
@@ -202,20 +204,28 @@ class LayerCAM(_GradCAM):
 class LeGrad(_CAM):
     r"""LeGrad (camkit-contrib's ``legrad``): each target block's positive gradients of its own
     class score by its attention probabilities, averaged over heads and queries, the leading
-    key token dropped, then averaged over the blocks into one map.
+    ``prefix_tokens`` key tokens dropped, then averaged over the blocks into one map.
 
     camkit computes each block's map in its own forward on the recorded input (through the
-    engine's attention pass, which reads torchvision's ``nn.MultiheadAttention`` and timm's
-    ``Attention``) and averages them here; the class score of a block is the model's final
-    norm and head on the mean of the block's tokens, as torchcam's built-in projection for
-    torchvision. Differences: the user's forward may run without gradients; a custom
-    ``score_projection``, ``prefix_tokens`` other than the class token and ``grid_shape``
-    are not supported (camkit reads the grid from the input size) and raise ``ConfigError``.
+    engine's attention pass, which reads ``nn.MultiheadAttention`` and timm's ``Attention``)
+    and averages them here. The class score of a block is ``score_projection`` of its output
+    tokens; by default the model's final norm and head on the mean of the block's tokens
+    (torchvision's and timm's ``VisionTransformer``). The patch grid is ``grid_shape``, or
+    the square of the tokens after the ``prefix_tokens`` leading ones, as in torchcam
+    (camkit's ``grid=``). Difference: the user's forward may run without gradients.
 
     Example:
         >>> with LeGrad(model, list(model.encoder.layers)[-4:]) as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cam = cam_extractor(scores[0].argmax().item())[0]
+
+    Args:
+        model: input model
+        target_layer: transformer block or blocks, as modules or their names
+        score_projection: maps a block's ``(N, T, D)`` tokens to ``(N, classes)`` scores
+        prefix_tokens: non-spatial key tokens to drop before the grid
+        grid_shape: the patch grid ``(h, w)``; inferred when the patch count is a square
+        enable_hooks: whether hooks should be enabled by default
     """
 
     _method = "legrad"
@@ -227,20 +237,71 @@ class LeGrad(_CAM):
         model: nn.Module,
         target_layer: nn.Module | str | list[nn.Module | str],
         *,
-        score_projection: Any = None,
+        score_projection: Callable[[Tensor], Tensor] | None = None,
         prefix_tokens: int = 1,
         grid_shape: tuple[int, int] | None = None,
         enable_hooks: bool = True,
     ) -> None:
         if target_layer is None or (isinstance(target_layer, list) and not target_layer):
             raise LayerError("LeGrad needs at least one explicit target block")
-        if score_projection is not None or prefix_tokens != 1 or grid_shape is not None:
-            raise ConfigError(
-                "camkit's LeGrad reads the class score, the class token and the patch grid of "
-                "torchvision's and timm's VisionTransformer itself: score_projection, "
-                "prefix_tokens and grid_shape cannot be changed"
-            )
+        if not isinstance(prefix_tokens, int) or isinstance(prefix_tokens, bool):
+            raise CompatTypeError("`prefix_tokens` must be an integer")
+        if prefix_tokens < 0:
+            raise ConfigError("`prefix_tokens` must be non-negative")
+        if grid_shape is not None and (
+            not isinstance(grid_shape, tuple)
+            or len(grid_shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in grid_shape)
+        ):
+            raise CompatTypeError("`grid_shape` must be a tuple of two integers")
+        if grid_shape is not None and min(grid_shape) <= 0:
+            raise ConfigError("`grid_shape` dimensions must be positive")
+        if score_projection is not None and not callable(score_projection):
+            raise CompatTypeError("`score_projection` must be callable")
+        self.score_projection = score_projection
+        self.prefix_tokens = prefix_tokens
+        self.grid_shape = grid_shape
+        self._grid: tuple[int, int] | None = None
         super().__init__(model, target_layer, enable_hooks=enable_hooks)
+
+    def _hook_a(self, module: nn.Module, _input: Any, output: Tensor, idx: int = 0) -> None:
+        if self._hooks_enabled and (not isinstance(output, Tensor) or output.ndim != 3):
+            raise LayerError(
+                "LeGrad target blocks must return tokens shaped (batch, tokens, embedding)"
+            )
+        super()._hook_a(module, _input, output, idx)
+
+    def _patch_grid(self) -> tuple[int, int]:
+        """torchcam's grid: ``grid_shape``, or the square of the tokens after the prefix."""
+        fmap = self.hook_a[0]
+        assert fmap is not None
+        patches = fmap.shape[1] - self.prefix_tokens
+        if patches <= 0:
+            raise ConfigError("`prefix_tokens` must leave at least one patch token")
+        if self.grid_shape is not None:
+            if self.grid_shape[0] * self.grid_shape[1] != patches:
+                raise ConfigError("`grid_shape` does not match the number of patch tokens")
+            return self.grid_shape
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise ConfigError("unable to infer a square patch grid; specify `grid_shape`")
+        return side, side
+
+    def _run_model(self, targets: Any) -> camkit.CAMResult:
+        grid = self._patch_grid()
+        if self._extractor is None or grid != self._grid:
+            config = {
+                "score_projection": self.score_projection,
+                "prefix_tokens": self.prefix_tokens,
+            }
+            self._extractor = extractor(
+                self._method, self.model, self.target_names, config, grid=grid
+            )
+            self._grid = grid
+        return super()._run_model(targets)
 
     def _maps(self, result: camkit.CAMResult) -> list[Tensor]:
         return [torch.stack(list(result.layer_maps.values())).mean(0)]
+
+    def _extra_repr(self) -> str:
+        return f"{super()._extra_repr()}, prefix_tokens={self.prefix_tokens}"

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import camkit
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from torch import Tensor
 
 
@@ -83,10 +85,19 @@ class FullGrad(camkit.Method):
     relu = False  # every term is non-negative
 
     def map(self, ctx: camkit.Context) -> Tensor:
+        parts = self.parts(ctx)
+        total = next(parts).sum(1)
+        for part in parts:
+            total = total + part[:, 0]
+        return total
+
+    def parts(self, ctx: camkit.Context) -> Iterator[Tensor]:
+        """The map's terms at the input's size, in order: ``(B, C_in, H, W)`` the scaled input
+        term of each input channel, then one ``(B, 1, H, W)`` per layer with a bias (its
+        channels scaled, resized and summed). The map is their sum over the channels."""
         eps = self.config.eps
         grad, terms = ctx.bias_gradients()
         size = tuple(ctx.inputs.shape[2:])
-        total = scale((grad * ctx.inputs.detach()).abs().float(), eps).sum(1)
+        yield scale((grad * ctx.inputs.detach()).abs().float(), eps)
         for _name, term in terms:
-            total = total + upsample(scale(term.abs().float(), eps).sum(1), size)
-        return total
+            yield upsample(scale(term.abs().float(), eps).sum(1), size)[:, None]

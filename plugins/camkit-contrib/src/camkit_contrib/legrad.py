@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic.json_schema import WithJsonSchema
 
 import camkit
 from camkit.errors import LayerError
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+#: How ``score_projection`` shows in the config's JSON schema (a callable has no JSON form).
+_PROJECTION_SCHEMA = {"type": "null", "description": "a Python callable, or null"}
 
 
 class LeGradConfig(camkit.MethodConfig):
@@ -18,6 +24,25 @@ class LeGradConfig(camkit.MethodConfig):
         description=(
             "aggregate only the last this many attention blocks at or inside the target layer "
             "(None: all of them)"
+        ),
+    )
+    score_projection: Annotated[Callable[..., Any] | None, WithJsonSchema(_PROJECTION_SCHEMA)] = (
+        camkit.Field(
+            None,
+            description=(
+                "a callable mapping a block's (B, N, D) output tokens to (B, classes) scores, for "
+                "models other than torchvision's and timm's VisionTransformer (None: the model's "
+                "final norm and head on the mean token)"
+            ),
+        )
+    )
+    prefix_tokens: int | None = camkit.Field(
+        None,
+        ge=0,
+        description=(
+            "how many leading tokens (class, register) precede the patch grid; camkit reads "
+            "them from the layer's grid (pass grid=(h, w) to camkit.create when it cannot "
+            "infer it), and a different count raises LayerError (None: no check)"
         ),
     )
 
@@ -42,6 +67,17 @@ class LeGrad(camkit.Method):
     for how the attention is read without changing the model). With several target layers
     each gets its own average and camkit fuses the layers as usual; to average blocks as the
     paper does, give their stack as one layer (``encoder.layers``, ``blocks``) and ``blocks=``.
+
+    Other transformers whose blocks have a ``nn.MultiheadAttention`` (batch first) or timm
+    ``Attention`` child work with ``score_projection=``: a callable from a block's ``(B, N, D)``
+    output tokens to ``(B, classes)`` scores (the paper's per-block class score for that
+    model). The patch grid is the one camkit reads from the layer's tokens (the last
+    ``h * w`` tokens; ``grid=(h, w)`` of :func:`camkit.create` sets it, and with it the
+    number of leading tokens); ``prefix_tokens=`` checks that count.
+
+    Example:
+        >>> project = lambda tokens: model.head(model.norm(tokens.mean(1)))
+        >>> cam = camkit.create("legrad", model, "blocks", score_projection=project)
     """
 
     name = "legrad"
@@ -58,8 +94,15 @@ class LeGrad(camkit.Method):
     def map(self, ctx: camkit.Context) -> Tensor:
         import torch
 
-        pairs = ctx.attention_gradients(self.config.blocks)
+        config = self.config
         b, grid, lead = ctx.activations.shape[0], ctx.activations.shape[2:], ctx.prefix_tokens
+        if config.prefix_tokens is not None and config.prefix_tokens != lead:
+            raise LayerError(
+                f"layer {ctx.layer!r} was read as {lead} leading tokens and a "
+                f"{'x'.join(map(str, grid))} grid, not {config.prefix_tokens} leading tokens; "
+                "pass grid=(h, w) to camkit.create"
+            )
+        pairs = ctx.attention_gradients(config.blocks, config.score_projection)
         maps = [g.clamp_min(0).mean((1, 2))[:, lead:] for _, g in pairs]
         relevance = torch.stack(maps).mean(0)
         if relevance.shape[-1] != grid.numel():
