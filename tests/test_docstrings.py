@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import importlib
+import os
 import pkgutil
 import re
 import shutil
@@ -37,6 +38,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: ``ClassifierOutputTarget``, ...) and are being rewritten on another branch; remove the
 #: package from here once they run.
 EXCLUDED = ("camkit.compat",)
+
+
+@contextlib.contextmanager
+def working_in(folder: Path) -> Iterator[None]:
+    """``folder`` as the working directory for the block (``contextlib.chdir`` of 3.11)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def modules() -> Iterator[types.ModuleType]:
@@ -226,7 +238,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from camkit.experiment import load_config, run
 
     root = tmp_path_factory.mktemp("quickstart")
-    with contextlib.chdir(root):
+    with working_in(root):
         run(load_config(EXAMPLES / "quickstart.toml", overrides=["data.count=8"]))
     return root / "runs"
 
@@ -254,7 +266,7 @@ def run_examples(test: doctest.DocTest, request: pytest.FixtureRequest, folder: 
     test.globs = namespace(test)
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     report: list[str] = []
-    with contextlib.chdir(folder):
+    with working_in(folder):
         try:
             if uses(test, "ctx"):
                 run_in_context(test, runner, report)
