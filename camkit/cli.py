@@ -406,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--debug`` prints the traceback as well.
 
     Example:
+        Not run by the tests: ``--version`` raises ``SystemExit``, as argparse's version
+        action does.
         >>> main(["--version"])  # doctest: +SKIP
         camkit 0.1.0
     """

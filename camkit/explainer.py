@@ -144,6 +144,7 @@ def explain(
             options, given to every method.
 
     Example:
+        Not run by the tests: it downloads ResNet-18's pretrained weights and reads a photo.
         >>> result = camkit.explain("cat.jpg", "torchvision:resnet18")  # doctest: +SKIP
         >>> result.predictions[0], result.layers["gradcam"]               # doctest: +SKIP
         (Prediction(index=281, label='tabby', ...), ['layer4'])

@@ -247,7 +247,8 @@ class Context:
         :mod:`camkit.engine.attention`). One extra forward per chunk.
 
         Example:
-            >>> for probs, grads in ctx.attention_gradients(last=4): ...
+            >>> for probs, grads in ctx.attention_gradients(last=4):
+            ...     relevance = (grads * probs).clamp(min=0).mean(1)  # (B, N, N)
         """
         return self._services.attention_gradients(self.layer, last, project)
 

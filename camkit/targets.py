@@ -57,8 +57,8 @@ class AllPositive:
 
     Example:
         >>> res = camkit.create("gradcam", tagger, "layer4")(images, targets="all-positive")
-        >>> res.pairs                  # [(image, label), ...], one per row of res.maps
-        [(0, 2), (0, 5), (1, 2)]
+        >>> res.pairs[:2]              # [(image, label), ...], one per row of res.maps
+        [(0, ...), (0, ...)]
     """
 
     def __init__(self, threshold: float = 0.0) -> None:
@@ -243,10 +243,10 @@ class SegmentationTarget:
         pixel: ``(row, col)`` of one output pixel, instead of ``mask``.
 
     Example:
-        >>> out = model(x)["out"]                                  # (B, K, H, W)
+        >>> out = segmenter(images)["out"]                         # (B, K, H, W)
         >>> whole = SegmentationTarget.predicted(out, class_index=15)
-        >>> click = SegmentationTarget(15, pixel=(120, 80))
-        >>> res = camkit.create("gradcam", model, "backbone.layer4")(x, targets=whole)
+        >>> click = SegmentationTarget(15, pixel=(40, 20))
+        >>> res = camkit.create("gradcam", segmenter, "backbone.layer4")(images, targets=whole)
     """
 
     def __init__(
@@ -380,7 +380,7 @@ class SimilarityTarget:
 
         Example:
             >>> dogs = SimilarityTarget.concept(model, dog_images)
-            >>> res = camkit.create("scorecam", model, "layer4")(x, targets=dogs)
+            >>> res = camkit.create("gradcampp", model, "layer4")(x, targets=dogs)
         """
         from camkit.tasks import embed  # camkit.tasks builds on these targets
 

@@ -1,7 +1,7 @@
 """Helpers for testing CAM methods, for camkit's own tests and for plugin authors.
 
 >>> from camkit.testing import check_method, tiny_model
->>> result = check_method("mycam")                  # tiny model, batch of 2, every check
+>>> result = check_method("gradcam")                # tiny model, batch of 2, every check
 >>> result = check_method(MyCAM, top_k=4)           # a class works before it is installed
 
 :func:`check_method` runs a method the way users will and asserts what camkit promises for

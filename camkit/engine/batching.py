@@ -45,7 +45,8 @@ def score_rows(
     concatenated (``torch.zeros(0)`` for no rows).
 
     Example:
-        >>> score_rows(model, images, lambda s, rows: s[:, 3], batch_size=64)  # (N,)
+        >>> score_rows(model, images, lambda s, rows: s[:, 3], batch_size=64).shape  # (N,)
+        torch.Size([2])
     """
     with torch.inference_mode():
         parts = [

@@ -80,6 +80,7 @@ def fuse(maps: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
             sizes or ranks, non-finite values, a bad ``size``), saying what was given.
 
     Example:
+        >>> res = camkit.create("gradcam", model, ["layer3", "layer4"])(images)
         >>> fused = camkit.fuse([res.layer_maps["layer3"], res.layer_maps["layer4"]])
     """
     dims = _checked_maps(maps)

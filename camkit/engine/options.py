@@ -120,7 +120,7 @@ class Setup:
         """The setup for ``model`` under ``options`` (default run options when ``None``).
 
         Example:
-            >>> Setup.of(model, RunOptions(precision="bf16"), method="scorecam")
+            >>> setup = Setup.of(model, RunOptions(precision="bf16"), method="scorecam")
         """
         options = options if options is not None else RunOptions.model_validate({})
         accel = accelerator(model, precision=options.precision, channels_last=options.channels_last)

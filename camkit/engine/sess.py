@@ -46,7 +46,7 @@ class SESSOptions(BaseModel):
     """The parameters of SESS (the ``sess`` run option; ``sess=True`` takes these defaults).
 
     Example:
-        >>> camkit.create("gradcam", model, "layer4", sess={"num_scales": 4, "pool": "max"})
+        >>> cam = camkit.create("gradcam", model, "layer4", sess={"num_scales": 4, "pool": "max"})
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

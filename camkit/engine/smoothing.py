@@ -49,6 +49,7 @@ def augmented_maps(run: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     predicted class picks it per augmentation (as pytorch-grad-cam does).
 
     Example:
+        >>> cam = camkit.create("gradcam", model, "layer4")
         >>> smoothed = augmented_maps(lambda t: cam(t, targets).maps, x)  # (B, H, W)
     """
     maps = [deaugment(run(augment(x, flip, factor)), flip) for flip, factor in AUGMENTATIONS]

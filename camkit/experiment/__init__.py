@@ -2,7 +2,7 @@
 
 >>> from camkit.experiment import load_config, run
 >>> config = load_config("examples/quickstart.toml", overrides=["data.count=8"])
->>> run(config)          # maps/, overlays/, metrics.csv, summary.json, report.html
+>>> result = run(config)  # maps/, overlays/, metrics.csv, summary.json, report.html
 """
 
 from __future__ import annotations

@@ -466,7 +466,7 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
 
     Example:
         >>> quote("x" * 500, limit=10)
-        "'xxxxxxxxx... (502 characters)"
+        "'xxxxxxxx... (502 characters)"
     """
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 1]}... ({len(text)} characters)"

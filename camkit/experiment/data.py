@@ -236,6 +236,7 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
         DataError: the file cannot be read or decoded.
 
     Example:
+        >>> Image.new("RGB", (320, 240)).save("photo.png")
         >>> read_image(Path("photo.png"), (224, 224)).shape
         (3, 224, 224)
     """

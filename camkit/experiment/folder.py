@@ -122,7 +122,7 @@ def read_manifest(folder: Path) -> dict[str, list[str]]:
 
     Example:
         >>> read_manifest(Path("runs/quickstart"))
-        {'methods': ['gradcam', ...], 'formats': ['png'], 'baselines': ['random', ...]}
+        {'methods': ['cam', 'gradcam', ...], 'formats': ['png'], 'baselines': ['random', ...]}
     """
     manifest: dict[str, list[str]] = {key: [] for key in _KEYS}
     try:
@@ -168,8 +168,9 @@ def written_files(folder: Path, temporaries_only: bool = False) -> Iterator[Path
     Symbolic links are neither followed nor listed.
 
     Example:
-        >>> sorted(p.name for p in written_files(Path("runs/quickstart")))[:2]
-        ['000000.png', '000001.png']
+        >>> folder = Path("runs/quickstart")
+        >>> sorted(str(p.relative_to(folder)) for p in written_files(folder))[:2]
+        ['baselines/blurred_random/shard-00000.npz', 'baselines/random/shard-00000.npz']
     """
     manifest = read_manifest(folder)
     overlay = re.compile(rf"^\d{{6}}\.({'|'.join(map(re.escape, manifest['formats'])) or '-'})$")
@@ -246,8 +247,8 @@ class FolderLock:
     """The advisory lock of one output folder; use as a context manager.
 
     Example:
-        >>> with FolderLock(Path("runs/experiment")):
-        ...     pass  # nobody else runs in runs/experiment meanwhile
+        >>> with FolderLock(Path("runs/quickstart")):
+        ...     pass  # nobody else runs in runs/quickstart meanwhile
     """
 
     def __init__(self, folder: Path) -> None:

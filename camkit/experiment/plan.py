@@ -200,7 +200,7 @@ def shard_problem(
     ``skipped_index`` covering exactly the shard's images.
 
     Example:
-        >>> shard = plan_shards(8, 4)[0]
+        >>> shard = plan_shards(8, 16)[0]  # the quickstart's shards hold batch_size images
         >>> shard_problem(shard.file(Path("runs/quickstart"), "gradcam"), shard, ["deletion"])
     """
     try:
@@ -235,7 +235,7 @@ def concatenate_shards(paths: Sequence[Path], owner: str) -> dict[str, np.ndarra
         OutputFolderError: a shard is missing or unreadable (a re-run computes it again).
 
     Example:
-        >>> paths = [s.file(Path("runs/quickstart"), "cam") for s in plan_shards(8, 4)]
+        >>> paths = [s.file(Path("runs/quickstart"), "cam") for s in plan_shards(8, 16)]
         >>> concatenate_shards(paths, "method 'cam'")["index"]
         array([0, 1, 2, 3, 4, 5, 6, 7])
     """

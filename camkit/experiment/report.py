@@ -169,6 +169,8 @@ def render(
     """The report's HTML, its pictures linked under ``report/`` and ``overlays``.
 
     Example:
+        Not run by the tests: it needs a finished run's results and summary, which
+        :func:`camkit.experiment.run` passes.
         >>> page = render(config, source, results, {}, summary, 8)  # doctest: +SKIP
     """
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(results)}

@@ -84,8 +84,8 @@ def run(
 
     Example:
         >>> from camkit.experiment import load_config
-        >>> run(load_config("examples/quickstart.toml", overrides=["data.count=4"]))
-        RunResult(folder=..., images=4, ...)
+        >>> run(load_config("examples/quickstart.toml", overrides=["data.count=8"]))
+        RunResult(folder=..., images=8, ...)
     """
     started = time.time()
     world = World.from_env(config.device)

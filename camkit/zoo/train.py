@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     """Train and write the weights; see the module's docstring.
 
     Example:
+        Not run by the tests: training takes minutes.
         >>> main(["--count", "640", "--epochs", "1", "--output", "w.pt"])  # doctest: +SKIP
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

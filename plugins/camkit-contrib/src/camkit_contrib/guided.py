@@ -151,7 +151,7 @@ def guided_backprop(
     are run options (``batch_size``, ...).
 
     Example:
-        >>> g = guided_backprop(model, images, targets=[3])  # pytorch-grad-cam: (H, W, C) of g[0]
+        >>> g = guided_backprop(model, images, [3, 7])  # pytorch-grad-cam: (H, W, C) of g[0]
     """
     return _run(GuidedBackprop(), model, x, layer, targets, options)
 
@@ -162,6 +162,6 @@ def guided_gradcam(
     """``(B, C_in, H, W)`` Guided Grad-CAM of ``x`` for ``targets``, Grad-CAM at ``layer``.
 
     Example:
-        >>> gg = guided_gradcam(model, images, "layer4", targets=[3])
+        >>> gg = guided_gradcam(model, images, "layer4", targets=[3, 7])
     """
     return _run(GuidedGradCAM(), model, x, layer, targets, options)
