@@ -153,6 +153,13 @@ def _my_cam() -> Any:
     return MyCAM
 
 
+def _vit() -> Any:
+    """A small torchvision vision transformer, random weights, eval mode."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+
+
 #: What a name that the examples take as given is bound to, built when a docstring uses it.
 GIVEN: dict[str, Callable[[], Any]] = {
     "model": _resnet18,
@@ -169,6 +176,7 @@ GIVEN: dict[str, Callable[[], Any]] = {
     "cat_images": lambda: _images(3),
     "dog_images": lambda: _images(4),
     "MyCAM": _my_cam,
+    "vit": _vit,
 }
 
 

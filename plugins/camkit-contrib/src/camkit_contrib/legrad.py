@@ -76,8 +76,10 @@ class LeGrad(camkit.Method):
     number of leading tokens); ``prefix_tokens=`` checks that count.
 
     Example:
-        >>> project = lambda tokens: model.head(model.norm(tokens.mean(1)))
-        >>> cam = camkit.create("legrad", model, "blocks", score_projection=project)
+        >>> project = lambda tokens: vit.heads(vit.encoder.ln(tokens.mean(1)))
+        >>> cam = camkit.create("legrad", vit, "encoder.layers", score_projection=project)
+        >>> cam(torch.rand(2, 3, 32, 32)).maps.shape
+        torch.Size([2, 32, 32])
     """
 
     name = "legrad"
