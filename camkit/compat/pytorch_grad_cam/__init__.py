@@ -10,6 +10,7 @@ Example:
 
 from camkit.compat._shared import not_landed
 from camkit.compat.pytorch_grad_cam import metrics, utils
+from camkit.compat.pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from camkit.compat.pytorch_grad_cam.base_cam import (
     FEM,
     KPCA_CAM,
@@ -39,7 +40,6 @@ from camkit.compat.pytorch_grad_cam.sess import SESS
 from camkit.compat.pytorch_grad_cam.shapley_cam import ShapleyCAM
 
 AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
-ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
 
 
 __all__ = [
