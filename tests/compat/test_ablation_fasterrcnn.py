@@ -47,7 +47,7 @@ def own_boxes(model, x, count=3):
     return [(d["labels"][:count].tolist(), d["boxes"][:count].numpy()) for d in out]
 
 
-def shim_maps(model, x, boxes, batch_size=32):
+def shim_maps(model, x, boxes, batch_size=32, **call):
     targets = [FasterRCNNBoxScoreTarget(labels, b) for labels, b in boxes]
     cam = shim.AblationCAM(
         model,
@@ -57,7 +57,7 @@ def shim_maps(model, x, boxes, batch_size=32):
         batch_size=batch_size,
     )
     with cam:
-        return cam(x, targets=targets)
+        return cam(x, targets=targets, **call)
 
 
 def direct_maps(model, x, boxes, chunk=64):
@@ -151,7 +151,7 @@ def original_layer():
     return Fixed()
 
 
-def grad_cam_maps(model, x, boxes):
+def grad_cam_maps(model, x, boxes, **call):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pytorch_grad_cam import AblationCAM
@@ -161,7 +161,7 @@ def grad_cam_maps(model, x, boxes):
         cam = AblationCAM(
             model, [model.backbone], reshape_transform=rt, ablation_layer=original_layer()
         )
-        return cam(x, targets=[Target(labels, b) for labels, b in boxes])
+        return cam(x, targets=[Target(labels, b) for labels, b in boxes], **call)
 
 
 @needs_grad_cam
@@ -175,15 +175,25 @@ def test_matches_grad_cam(case):
 
 @needs_grad_cam
 @pytest.mark.slow
-def test_matches_grad_cam_on_a_batch_at_the_models_size():
-    # The detector's own size (320) and proposal counts, two images, camkit's batch 64.
-    model = detector(320, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150)
+def test_matches_grad_cam_on_a_batch_with_the_models_proposals():
+    # The detector's own proposal counts (150), a larger size, two images, batches of 64.
+    model = detector(160, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150)
     x = images(2, size=112)
     boxes = own_boxes(model, x)
     ours = shim_maps(model, x, boxes, batch_size=64)
     theirs = grad_cam_maps(model, x, boxes)
     for a, b in zip(ours, theirs):
         assert r(a, b) >= 0.999
+
+
+@needs_grad_cam
+@pytest.mark.slow
+def test_eigen_smooth_matches_grad_cam(case):
+    # Both project the weighted activations on their first principal component (NumPy's SVD).
+    model, x, boxes, _ = case
+    ours = shim_maps(model, x, boxes, eigen_smooth=True)
+    theirs = grad_cam_maps(model, x, boxes, eigen_smooth=True)
+    assert ours.std() > 0.05 and r(ours, theirs) >= 0.999
 
 
 def test_detections_round_trip():
