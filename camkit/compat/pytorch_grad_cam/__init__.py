@@ -8,8 +8,9 @@ Example:
     ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
 """
 
-from camkit.compat._shared import not_landed
 from camkit.compat.pytorch_grad_cam import metrics, utils
+from camkit.compat.pytorch_grad_cam.ablation_fasterrcnn import AblationLayerFasterRCNN
+from camkit.compat.pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from camkit.compat.pytorch_grad_cam.base_cam import (
     FEM,
     KPCA_CAM,
@@ -37,10 +38,6 @@ from camkit.compat.pytorch_grad_cam.finer_cam import FinerCAM, RefineCAM
 from camkit.compat.pytorch_grad_cam.guided import FullGrad, GuidedBackpropReLUModel
 from camkit.compat.pytorch_grad_cam.sess import SESS
 from camkit.compat.pytorch_grad_cam.shapley_cam import ShapleyCAM
-
-AblationLayerFasterRCNN = not_landed("pytorch-grad-cam", "AblationLayerFasterRCNN")
-ActivationsAndGradients = not_landed("pytorch-grad-cam", "ActivationsAndGradients")
-
 
 __all__ = [
     "FEM",

@@ -420,6 +420,11 @@ class AblationCAM(BaseCAM):
     """Ablation-CAM (camkit's ``ablationcam``): weights from the relative score drop when a
     channel is zeroed.
 
+    With ``ablation_layer=AblationLayerFasterRCNN()`` it explains a torchvision detector's
+    feature pyramid (``target_layers=[model.backbone]``, ``fasterrcnn_reshape_transform``,
+    ``FasterRCNNBoxScoreTarget`` targets): see
+    :mod:`camkit.compat.pytorch_grad_cam.ablation_fasterrcnn`.
+
     Example:
         >>> grayscale_cam = AblationCAM(model, [model.layer4[-1]], batch_size=64)(x)
     """
@@ -444,12 +449,32 @@ class AblationCAM(BaseCAM):
         if ablation_layer is not None and not isinstance(ablation_layer, AblationLayer):
             raise ConfigError(
                 f"ablation_layer {type(ablation_layer).__name__}: camkit ablates channels "
-                "itself; pass AblationLayer() or AblationLayerVit(), or nothing"
+                "itself; pass AblationLayer(), AblationLayerVit(), AblationLayerFasterRCNN() "
+                "(a detector's pyramid), or nothing"
             )
         super().__init__(model, target_layers, reshape_transform, uses_gradients=False, **kw)
         self.batch_size = batch_size
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
+        self.ablation_layer = ablation_layer
         self._config["batch_size"] = batch_size
+
+    def forward(
+        self,
+        input_tensor: Tensor,
+        targets: Sequence[Target] | None,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """The maps of one input batch (a detector's pyramid with ``AblationLayerFasterRCNN``:
+        :mod:`camkit.compat.pytorch_grad_cam.ablation_fasterrcnn`)."""
+        from camkit.compat.pytorch_grad_cam import ablation_fasterrcnn as pyramid
+
+        if isinstance(self.ablation_layer, pyramid.AblationLayerFasterRCNN):
+            param = next(self.model.parameters(), None)
+            x = input_tensor.to(param.device) if param is not None else input_tensor
+            return pyramid.pyramid_ablation_maps(
+                self, self.ablation_layer, x, targets, eigen_smooth
+            )
+        return super().forward(input_tensor, targets, eigen_smooth)
 
 
 class EigenCAM(BaseCAM):

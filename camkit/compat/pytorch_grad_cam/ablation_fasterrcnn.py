@@ -1,0 +1,188 @@
+"""Ablation-CAM over a detector's feature pyramid: pytorch-grad-cam 1.5.7's
+``AblationLayerFasterRCNN``, computed by camkit's ``ablationcam``.
+
+The original explains torchvision's Faster R-CNN at ``model.backbone``, whose output is a
+dict of pyramid levels (``"0"``, ``"1"``, ..., ``"pool"``) of 256 channels each. Its channels
+are the levels' channels in the dict's order (the order ``fasterrcnn_reshape_transform``
+concatenates them in); ablating one sets it to ``-1000`` everywhere, and its weight is the
+relative drop of the target score (e.g. ``FasterRCNNBoxScoreTarget``).
+
+camkit's engine explains layers that output one tensor. The shim therefore hands camkit a
+stand-in layer, a ``(B, C, 1, 1)`` gate of ones (``C`` the pyramid's channels): a forward
+hook on the pyramid module, attached for one call, routes the levels through the gate, and
+channel ``k`` of a level becomes ``v * g_k + (1 - g_k) * (-1000)``, the level itself where the
+gate is 1 and the original's ablation where camkit's Ablation-CAM zeroes it. camkit's
+``ablationcam`` computes the weights (its chunked layer-scoring pass, the run option
+``batch_size``); the shim weights the clean pyramid's transformed activations with them and
+post-processes as every CAM of the shim does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camkit.compat._shared import eval_mode, extractor
+from camkit.compat.pytorch_grad_cam.base_cam import AblationLayer
+from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+from camkit.errors import ConfigError, LayerError, TargetError
+
+if TYPE_CHECKING:
+    from camkit.compat.pytorch_grad_cam.base_cam import AblationCAM
+
+__all__ = ["AblationLayerFasterRCNN", "PyramidAblation", "detections_of", "pyramid_ablation_maps"]
+
+
+class AblationLayerFasterRCNN(AblationLayer):
+    """Pass to ``AblationCAM(..., ablation_layer=AblationLayerFasterRCNN())`` to ablate the
+    channels of a detector's feature pyramid (``target_layers=[model.backbone]``), each set to
+    :attr:`ablation_value`, as the original.
+
+    Example:
+        >>> cam = AblationCAM(model, [model.backbone], fasterrcnn_reshape_transform,
+        ...                   ablation_layer=AblationLayerFasterRCNN())
+        >>> grayscale_cam = cam(x, targets=[FasterRCNNBoxScoreTarget(labels, boxes)])
+    """
+
+    #: the value an ablated channel takes (the original's).
+    ablation_value: float = -1000.0
+
+
+class _Gate(nn.Module):
+    """Ones ``(B, C, 1, 1)`` for a pyramid of ``C`` channels: the layer camkit ablates."""
+
+    def forward(self, levels: Mapping[str, Tensor]) -> Tensor:
+        first = next(iter(levels.values()))
+        channels = sum(v.shape[1] for v in levels.values())
+        return first.new_ones(first.shape[0], channels, 1, 1)
+
+
+class _Gated(nn.Module):
+    """The detector (a child, unchanged) and the gate its pyramid goes through."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.gate = _Gate()
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+
+class PyramidAblation:
+    """The forward hook on the pyramid module: levels through the gate, the first clean
+    pyramid recorded (for the map), ablated channels set to ``value``."""
+
+    def __init__(self, gate: nn.Module, value: float) -> None:
+        self.gate, self.value = gate, value
+        self.clean: dict[str, Tensor] | None = None
+
+    def hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, Mapping) or not all(
+            isinstance(v, Tensor) and v.dim() == 4 for v in output.values()
+        ):
+            raise LayerError(
+                "AblationLayerFasterRCNN ablates a module that returns a dict of (B, C, h, w) "
+                f"pyramid levels (a detector's backbone), got {type(output).__name__}"
+            )
+        gate = self.gate(output)
+        if self.clean is None:
+            self.clean = {k: v.detach().clone() for k, v in output.items()}
+        if bool((gate == 1).all()):
+            return None
+        ablated: dict[str, Tensor] = {}
+        start = 0
+        for key, level in output.items():
+            g = gate[:, start : start + level.shape[1]].to(level.dtype)
+            ablated[key] = level * g + (1 - g) * self.value
+            start += level.shape[1]
+        kind: Any = type(output)  # the detector's own mapping type (an OrderedDict)
+        return kind(ablated)
+
+
+def detections_of(rows: Tensor) -> dict[str, Tensor]:
+    """One image's packed detections ``(M, 6)`` (camkit's ``[x1, y1, x2, y2, score, label]``,
+    label ``-1`` pads) as the dict a torchvision detector returns, for the original's targets.
+
+    Example:
+        >>> detections_of(torch.tensor([[0.0, 0, 2, 2, 0.9, 3], [0, 0, 0, 0, 0, -1]]))["labels"]
+        tensor([3])
+    """
+    found = rows[rows[:, 5] >= 0]
+    return {"boxes": found[:, :4], "scores": found[:, 4], "labels": found[:, 5].round().long()}
+
+
+def _score(targets: Sequence[Callable[[Any], Tensor]]) -> Callable[[Tensor, Tensor], Tensor]:
+    def score(rows: Tensor, index: Tensor) -> Tensor:
+        if rows.dim() != 3 or rows.shape[2] != 6:
+            raise TargetError(
+                "AblationLayerFasterRCNN needs a detector returning one dict of boxes, scores "
+                f"and labels per image; its scores have shape {tuple(rows.shape)}"
+            )
+        values = [targets[int(i)](detections_of(row)) for row, i in zip(rows, index.tolist())]
+        return torch.stack([torch.as_tensor(v).reshape(()).to(rows) for v in values])
+
+    return score
+
+
+def pyramid_ablation_maps(
+    cam: AblationCAM,
+    layer: AblationLayerFasterRCNN,
+    x: Tensor,
+    targets: Sequence[Any] | None,
+    eigen_smooth: bool,
+) -> np.ndarray:
+    """The ``(B, H, W)`` maps of ``cam`` (an ``AblationCAM`` with ``layer`` as its ablation
+    layer) on ``x``, as the original computes them."""
+    from camkit.compat.pytorch_grad_cam.base_cam import projection, scale
+
+    if targets is None:
+        raise TargetError(
+            "a detector has no predicted class: pass targets, e.g. one "
+            "FasterRCNNBoxScoreTarget(labels, bounding_boxes) per image"
+        )
+    targets = list(targets)
+    if len(targets) != x.shape[0]:
+        raise TargetError(f"got {len(targets)} targets for a batch of {x.shape[0]}")
+    if len(cam.target_layers) != 1:
+        raise ConfigError(
+            "AblationLayerFasterRCNN ablates one pyramid module (the detector's backbone); "
+            f"got {len(cam.target_layers)} target layers"
+        )
+    gated = _Gated(cam.model)
+    ablation = PyramidAblation(gated.gate, layer.ablation_value)
+    camkit_cam = extractor(
+        cam._camkit_method(),
+        gated,
+        "gate",
+        {**cam._camkit_config(), "channels_last": False},
+    )
+    handle = cam.target_layers[0].register_forward_hook(ablation.hook)
+    try:
+        with eval_mode(cam.model):
+            result = camkit_cam(x, _score(targets))
+    finally:
+        handle.remove()
+    assert ablation.clean is not None
+    transform: Callable[[Any], Tensor] = cam.reshape_transform or fasterrcnn_reshape_transform
+    acts = transform(ablation.clean).float()
+    weights = result.weights[result.layers[0]].float().to(acts.device)
+    if acts.dim() != 4 or acts.shape[1] != weights.shape[1]:
+        raise ConfigError(
+            f"reshape_transform gave {tuple(acts.shape)}; AblationLayerFasterRCNN needs the "
+            f"pyramid's {weights.shape[1]} channels concatenated in the dict's order, "
+            "(B, C, h, w) (fasterrcnn_reshape_transform)"
+        )
+    cam.outputs = result.scores
+    weighted = acts * weights[:, :, None, None]
+    layer_map = projection(weighted) if eigen_smooth else weighted.sum(1)
+    size = tuple(x.shape[2:])
+    upsampled = F.interpolate(
+        scale(torch.relu(layer_map.float()))[:, None], size, mode="bilinear", align_corners=False
+    )[:, 0]
+    return scale(torch.relu(upsampled)).cpu().numpy().astype(np.float32)
