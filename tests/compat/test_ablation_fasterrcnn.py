@@ -176,9 +176,9 @@ def test_matches_grad_cam(case):
 @needs_grad_cam
 @pytest.mark.slow
 def test_matches_grad_cam_on_a_batch_with_the_models_proposals():
-    # The detector's own proposal counts (150), a larger size, two images, batches of 64.
-    model = detector(160, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150)
-    x = images(2, size=112)
+    # More proposals than the fast tests (60), two images, batches of 64.
+    model = detector(96, rpn_pre_nms_top_n_test=60, rpn_post_nms_top_n_test=60)
+    x = images(2, size=80)
     boxes = own_boxes(model, x)
     ours = shim_maps(model, x, boxes, batch_size=64)
     theirs = grad_cam_maps(model, x, boxes)
