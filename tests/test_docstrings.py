@@ -6,8 +6,10 @@ repository's and, for the examples that read one, ``runs/quickstart`` a finished
 quickstart experiment on 8 images. The examples see their module's globals plus the names
 they take as given (:data:`GIVEN`): ``torch``, ``nn``, ``np``, ``camkit``, a ``model``
 (torchvision's ResNet-18, random weights, eval mode), ``images`` / ``x`` (two random 64 x 64
-images), ``targets``, and small task models (``segmenter``, ``tagger``, ``detector``); each is
-built only for the docstrings that use it, fresh, so no example sees what another one did.
+images), ``targets``, for the compat shims' examples the peers' ``input_tensor`` (one random
+``(1, 3, 64, 64)`` image), ``rgb_img`` (the same image, ``(64, 64, 3)``) and ``grayscale_cams``,
+and small task models (``segmenter``, ``tagger``, ``detector``); each is built only for the
+docstrings that use it, fresh, so no example sees what another one did.
 Examples that use ``ctx`` run inside a method's ``weights(ctx)`` during a real call
 (:class:`Probe`). An example that cannot run here is marked ``# doctest: +SKIP``, with the
 reason in the text above it.
@@ -34,10 +36,8 @@ import camkit
 PACKAGES = ("camkit", "camkit_contrib")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-#: Not collected yet: the compat shims' examples assume the peers' names (``model``,
-#: ``ClassifierOutputTarget``, ...) and are being rewritten on another branch; remove the
-#: package from here once they run.
-EXCLUDED = ("camkit.compat",)
+#: Modules whose examples are not collected (none: every package's run).
+EXCLUDED: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -153,6 +153,20 @@ def _my_cam() -> Any:
     return MyCAM
 
 
+def _rgb_img() -> Any:
+    """The image of ``input_tensor`` as the peers' examples hold it: ``(64, 64, 3)`` float32
+    in ``[0, 1]``."""
+    return _images(1)[0].permute(1, 2, 0).numpy()
+
+
+def _grayscale_cams() -> Any:
+    """Maps of ``input_tensor`` as pytorch-grad-cam returns them: ``(1, 64, 64)`` float32 in
+    ``[0, 1]``."""
+    import numpy as np
+
+    return np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+
+
 def _vit() -> Any:
     """A small torchvision vision transformer, random weights, eval mode."""
     from torchvision.models import VisionTransformer
@@ -177,6 +191,9 @@ GIVEN: dict[str, Callable[[], Any]] = {
     "dog_images": lambda: _images(4),
     "MyCAM": _my_cam,
     "vit": _vit,
+    "input_tensor": lambda: _images(1),
+    "rgb_img": _rgb_img,
+    "grayscale_cams": _grayscale_cams,
 }
 
 

@@ -3,9 +3,16 @@
 
 Example:
     >>> from camkit.compat.pytorch_grad_cam import GradCAM
+    >>> from camkit.compat.pytorch_grad_cam.utils.image import show_cam_on_image
     >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    >>> targets = [ClassifierOutputTarget(281)]
     >>> with GradCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
-    ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
+    ...     grayscale_cam = cam(input_tensor=input_tensor, targets=targets)
+    >>> grayscale_cam.shape, grayscale_cam.dtype
+    ((1, 64, 64), dtype('float32'))
+    >>> visualization = show_cam_on_image(rgb_img, grayscale_cam[0, :], use_rgb=True)
+    >>> visualization.shape, visualization.dtype
+    ((64, 64, 3), dtype('uint8'))
 """
 
 from camkit.compat.pytorch_grad_cam import metrics, utils

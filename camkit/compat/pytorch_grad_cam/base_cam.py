@@ -287,8 +287,13 @@ class GradCAM(BaseCAM):
     """Grad-CAM (camkit's ``gradcam``): channels weighted by their averaged gradient.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import GradCAM
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
         >>> with GradCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
-        ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
+        ...     grayscale_cam = cam(input_tensor=input_tensor, targets=targets)
+        >>> grayscale_cam.shape
+        (1, 64, 64)
     """
 
     method = "gradcam"
@@ -298,7 +303,8 @@ class HiResCAM(BaseCAM):
     """HiResCAM (camkit's ``hirescam``): gradients times activations, element-wise.
 
     Example:
-        >>> grayscale_cam = HiResCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import HiResCAM
+        >>> grayscale_cam = HiResCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "hirescam"
@@ -308,7 +314,8 @@ class GradCAMElementWise(BaseCAM):
     """Element-wise Grad-CAM (camkit's ``gradcam-elementwise``).
 
     Example:
-        >>> grayscale_cam = GradCAMElementWise(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import GradCAMElementWise
+        >>> grayscale_cam = GradCAMElementWise(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "gradcam-elementwise"
@@ -322,7 +329,8 @@ class XGradCAM(BaseCAM):
     camkit guards only exact zeros, and ``legacy_numerics=True`` reproduces the original.
 
     Example:
-        >>> grayscale_cam = XGradCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import XGradCAM
+        >>> grayscale_cam = XGradCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "xgradcam"
@@ -337,7 +345,8 @@ class LayerCAM(BaseCAM):
     """Layer-CAM (camkit's ``layercam``).
 
     Example:
-        >>> grayscale_cam = LayerCAM(model, [model.layer3[-1], model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import LayerCAM
+        >>> grayscale_cam = LayerCAM(model, [model.layer3[-1], model.layer4[-1]])(input_tensor)
     """
 
     method = "layercam"
@@ -353,7 +362,8 @@ class GradCAMPlusPlus(BaseCAM):
     ``legacy_numerics=True`` reproduces the original.
 
     Example:
-        >>> grayscale_cam = GradCAMPlusPlus(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import GradCAMPlusPlus
+        >>> grayscale_cam = GradCAMPlusPlus(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "gradcampp"
@@ -382,9 +392,10 @@ class ScoreCAM(BaseCAM):
     (default 16 masked inputs per forward).
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import ScoreCAM
         >>> cam = ScoreCAM(model, [model.layer4[-1]])
         >>> cam.batch_size = 32
-        >>> grayscale_cam = cam(x)
+        >>> grayscale_cam = cam(input_tensor)
     """
 
     method = "scorecam"
@@ -426,7 +437,8 @@ class AblationCAM(BaseCAM):
     :mod:`camkit.compat.pytorch_grad_cam.ablation_fasterrcnn`.
 
     Example:
-        >>> grayscale_cam = AblationCAM(model, [model.layer4[-1]], batch_size=64)(x)
+        >>> from camkit.compat.pytorch_grad_cam import AblationCAM
+        >>> grayscale_cam = AblationCAM(model, [model.layer4[-1]], batch_size=64)(input_tensor)
     """
 
     method = "ablationcam"
@@ -486,7 +498,8 @@ class EigenCAM(BaseCAM):
     the complement); ``legacy_numerics=True`` reproduces that with NumPy's SVD.
 
     Example:
-        >>> grayscale_cam = EigenCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import EigenCAM
+        >>> grayscale_cam = EigenCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "eigencam"
@@ -514,7 +527,8 @@ class EigenGradCAM(EigenCAM):
     ``legacy_numerics=True`` reproduces pytorch-grad-cam's centred, sign-ambiguous projection.
 
     Example:
-        >>> grayscale_cam = EigenGradCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import EigenGradCAM
+        >>> grayscale_cam = EigenGradCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "eigengradcam"
@@ -534,7 +548,8 @@ class RandomCAM(BaseCAM):
     seeded from NumPy's global generator (``np.random.seed`` makes it reproducible).
 
     Example:
-        >>> grayscale_cam = RandomCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import RandomCAM
+        >>> grayscale_cam = RandomCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "randomcam"
@@ -554,7 +569,8 @@ class KPCA_CAM(BaseCAM):
     complement).
 
     Example:
-        >>> grayscale_cam = KPCA_CAM(model, [model.layer4[-1]], kernel="rbf")(x)
+        >>> from camkit.compat.pytorch_grad_cam import KPCA_CAM
+        >>> grayscale_cam = KPCA_CAM(model, [model.layer4[-1]], kernel="rbf")(input_tensor)
     """
 
     method = "kpcacam"
@@ -580,7 +596,8 @@ class FEM(BaseCAM):
     ``mean + k * std``.
 
     Example:
-        >>> grayscale_cam = FEM(model, [model.layer4[-1]], k=2)(x)
+        >>> from camkit.compat.pytorch_grad_cam import FEM
+        >>> grayscale_cam = FEM(model, [model.layer3[-1]], k=2)(input_tensor)
     """
 
     method = "fem"
@@ -604,7 +621,8 @@ class SegEigenCAM(BaseCAM):
     ``|gradients| * activations``, flipped when its most extreme value is negative.
 
     Example:
-        >>> grayscale_cam = SegEigenCAM(model, [model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import SegEigenCAM
+        >>> grayscale_cam = SegEigenCAM(model, [model.layer4[-1]])(input_tensor)
     """
 
     method = "segeigencam"

@@ -53,8 +53,11 @@ class DeepFeatureFactorization:
     ``reshape_transform`` is accepted; camkit reads token layers' layout itself.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import DeepFeatureFactorization
         >>> dff = DeepFeatureFactorization(model, model.layer4, computation_on_concepts=model.fc)
-        >>> concepts, explanations, concept_outputs = dff(x, n_components=4)
+        >>> concepts, batch_explanations, concept_outputs = dff(input_tensor, n_components=4)
+        >>> concepts.shape, batch_explanations[0].shape, concept_outputs.shape
+        ((512, 4), (4, 64, 64), (4, 1000))
     """
 
     def __init__(

@@ -64,8 +64,11 @@ class FinerCAM(_Wrapper):
     sorted by the distance of their logit to the target's.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import FinerCAM
         >>> with FinerCAM(model, [model.layer4[-1]]) as cam:
-        ...     grayscale_cam = cam(x, alpha=0.8)
+        ...     grayscale_cam = cam(input_tensor, alpha=0.8)
+        >>> grayscale_cam.shape
+        (1, 64, 64)
     """
 
     def __init__(
@@ -125,7 +128,10 @@ class RefineCAM(_Wrapper):
     Keyword arguments go to ``base_method``.
 
     Example:
-        >>> refined = RefineCAM(model, [model.layer2[-1], model.layer4[-1]])(x)
+        >>> from camkit.compat.pytorch_grad_cam import RefineCAM
+        >>> refined = RefineCAM(model, [model.layer2[-1], model.layer4[-1]])(input_tensor)
+        >>> refined.shape
+        (1, 64, 64)
     """
 
     def __init__(

@@ -77,7 +77,11 @@ class FullGrad(BaseCAM):
     its map may be the complement; ``legacy_numerics=True`` reproduces that.
 
     Example:
-        >>> grayscale_cam = FullGrad(model, [])(x, [ClassifierOutputTarget(281)])
+        >>> from camkit.compat.pytorch_grad_cam import FullGrad
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> grayscale_cam = FullGrad(model, [])(input_tensor, [ClassifierOutputTarget(281)])
+        >>> grayscale_cam.shape
+        (1, 64, 64)
     """
 
     method = "fullgrad"
@@ -126,7 +130,11 @@ class GuidedBackpropReLUModel:
     the first image's input gradient as an ``(H, W, C)`` float32 array.
 
     Example:
-        >>> gb = GuidedBackpropReLUModel(model=model, device="cpu")(x, target_category=281)
+        >>> from camkit.compat.pytorch_grad_cam import GuidedBackpropReLUModel
+        >>> gb_model = GuidedBackpropReLUModel(model=model, device="cpu")
+        >>> gb = gb_model(input_tensor, target_category=281)
+        >>> gb.shape, gb.dtype
+        ((64, 64, 3), dtype('float32'))
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:

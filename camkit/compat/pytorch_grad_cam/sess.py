@@ -33,8 +33,12 @@ class SESS(_Wrapper):
     per call.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import SESS, GradCAM
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         >>> with SESS(model, [model.layer4[-1]], base_method=GradCAM, num_scales=4) as cam:
-        ...     grayscale_cam = cam(x, [ClassifierOutputTarget(281)])
+        ...     grayscale_cam = cam(input_tensor, [ClassifierOutputTarget(281)])
+        >>> grayscale_cam.shape
+        (1, 64, 64)
     """
 
     def __init__(

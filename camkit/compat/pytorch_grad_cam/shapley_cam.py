@@ -20,8 +20,13 @@ class ShapleyCAM(BaseCAM):
     of ViTs work: camkit reads them itself.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam import ShapleyCAM
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
         >>> with ShapleyCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
-        ...     grayscale_cam = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
+        ...     grayscale_cam = cam(input_tensor=input_tensor, targets=targets)
+        >>> grayscale_cam.shape
+        (1, 64, 64)
     """
 
     method = "shapleycam"

@@ -52,7 +52,10 @@ class PredictionExplanation:
         a new ``directory``; nothing is left behind if writing fails.
 
         Example:
-            >>> explain(model, x).save("explained", Image.open("cat.png"))
+            >>> from camkit.compat.torchcam.explain import explain
+            >>> from torchvision.transforms.functional import to_pil_image
+            >>> result = explain(model, input_tensor, target_layer="layer4")
+            >>> result.save("explained", to_pil_image(input_tensor[0]))
             PosixPath('explained')
         """
         if not isinstance(image, Image.Image):
@@ -138,8 +141,10 @@ def explain(
     The model must be in eval mode; parameters' ``.grad`` are left as they were.
 
     Example:
-        >>> result = explain(model.eval(), x, expected_class_idx=3, target_layer="layer4")
+        >>> from camkit.compat.torchcam.explain import explain
+        >>> result = explain(model, input_tensor, expected_class_idx=3, target_layer="layer4")
         >>> result.predicted_class_idx, result.cams[3][0].shape
+        (..., torch.Size([2, 2]))
     """
     if torch.is_inference_mode_enabled():
         raise GradientError(

@@ -88,6 +88,10 @@ class ClassificationMetric(_Metric):
     :func:`camkit.metrics.average_drop` and :func:`camkit.metrics.increase_in_confidence`.
 
     Example:
+        >>> from functools import partial
+        >>> from camkit.compat.torchcam.methods import GradCAM
+        >>> from camkit.compat.torchcam.metrics import ClassificationMetric
+        >>> cam_extractor = GradCAM(model, "layer4")
         >>> metric = ClassificationMetric(cam_extractor, partial(torch.softmax, dim=-1))
         >>> metric.update(input_tensor)
         >>> metric.summary()
@@ -135,6 +139,10 @@ class DeletionInsertionMetric(_Metric):
     the areas are integrated against the fraction of positions actually changed.
 
     Example:
+        >>> from functools import partial
+        >>> from camkit.compat.torchcam.methods import GradCAM
+        >>> from camkit.compat.torchcam.metrics import DeletionInsertionMetric
+        >>> cam_extractor = GradCAM(model, "layer4")
         >>> metric = DeletionInsertionMetric(cam_extractor, partial(torch.softmax, dim=-1))
         >>> metric.update(input_tensor)
         >>> metric.summary()

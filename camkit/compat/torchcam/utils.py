@@ -34,6 +34,7 @@ def overlay_mask(
         the RGB overlay, of ``img``'s size.
 
     Example:
+        >>> from camkit.compat.torchcam.utils import overlay_mask
         >>> from PIL import Image
         >>> img = Image.new("RGB", (32, 32))
         >>> mask = Image.fromarray(np.random.rand(7, 7).astype(np.float32), mode="F")

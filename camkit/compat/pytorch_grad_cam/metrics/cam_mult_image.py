@@ -23,6 +23,9 @@ def multiply_tensor_with_cam(input_tensor: Tensor, cam: Tensor) -> Tensor:
     """The ``(C, H, W)`` input times its ``(H, W)`` map.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.metrics.cam_mult_image import (
+        ...     multiply_tensor_with_cam,
+        ... )
         >>> multiply_tensor_with_cam(torch.ones(3, 2, 2), torch.zeros(2, 2)).sum()
         tensor(0.)
     """
@@ -33,7 +36,15 @@ class CamMultImageConfidenceChange:
     """Per image: target score of ``input * cam`` minus the score of ``input``.
 
     Example:
-        >>> change = CamMultImageConfidenceChange()(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.cam_mult_image import (
+        ...     CamMultImageConfidenceChange,
+        ... )
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = CamMultImageConfidenceChange()
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     def __init__(self) -> None:
@@ -69,7 +80,13 @@ class DropInConfidence(CamMultImageConfidenceChange):
     """Per image: ``max(0, -change)``, the confidence lost on ``input * cam``.
 
     Example:
-        >>> drop = DropInConfidence()(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = DropInConfidence()
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     def _reported(self, change: np.ndarray) -> np.ndarray:
@@ -80,7 +97,13 @@ class IncreaseInConfidence(CamMultImageConfidenceChange):
     """Per image: ``1.0`` where ``input * cam`` raises the confidence.
 
     Example:
-        >>> increase = IncreaseInConfidence()(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.cam_mult_image import IncreaseInConfidence
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = IncreaseInConfidence()
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     def _reported(self, change: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ class NoisyLinearImputer:
     1/6 (edges) and 1/12 (corners), as in the original.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import NoisyLinearImputer
         >>> imputer = NoisyLinearImputer(noise=0.0)
         >>> keep = torch.ones(4, 4)
         >>> keep[1, 1] = 0
@@ -119,7 +120,13 @@ class ROADMostRelevantFirst(_ROAD):
     better).
 
     Example:
-        >>> change = ROADMostRelevantFirst(percentile=80)(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import ROADMostRelevantFirst
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = ROADMostRelevantFirst(percentile=80)
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     def __init__(self, percentile: float = 80) -> None:
@@ -131,7 +138,13 @@ class ROADLeastRelevantFirst(_ROAD):
     percentile (higher is better).
 
     Example:
-        >>> change = ROADLeastRelevantFirst(percentile=20)(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = ROADLeastRelevantFirst(percentile=20)
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     order = "lerf"
@@ -161,7 +174,13 @@ class ROADMostRelevantFirstAverage(_Average):
     """:class:`ROADMostRelevantFirst` averaged over ``percentiles`` (lower is better).
 
     Example:
-        >>> change = ROADMostRelevantFirstAverage()(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import ROADMostRelevantFirstAverage
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = ROADMostRelevantFirstAverage()
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
 
@@ -169,7 +188,13 @@ class ROADLeastRelevantFirstAverage(_Average):
     """:class:`ROADLeastRelevantFirst` averaged over ``percentiles`` (higher is better).
 
     Example:
-        >>> change = ROADLeastRelevantFirstAverage()(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = ROADLeastRelevantFirstAverage()
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     metric = ROADLeastRelevantFirst
@@ -179,7 +204,13 @@ class ROADCombined:
     """``(LeRF average - MoRF average) / 2`` per image (higher is better).
 
     Example:
-        >>> score = ROADCombined(percentiles=[20, 40, 60, 80])(x, grayscale_cams, targets, model)
+        >>> from camkit.compat.pytorch_grad_cam.metrics.road import ROADCombined
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        >>> targets = [ClassifierOutputTarget(281)]
+        >>> cam_metric = ROADCombined(percentiles=[20, 40, 60, 80])
+        >>> scores = cam_metric(input_tensor, grayscale_cams, targets, model)
+        >>> scores.shape
+        (1,)
     """
 
     def __init__(self, percentiles: Sequence[float] = PERCENTILES) -> None:

@@ -29,6 +29,7 @@ def preprocess_image(
     """``(H, W, C)`` image (uint8, or floats used as they are) -> normalized ``(1, C, H, W)``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.image import preprocess_image
         >>> preprocess_image(np.full((2, 2, 3), 255, np.uint8)).flatten()[0]
         tensor(1.)
     """
@@ -43,6 +44,7 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     """Standardize, scale to a standard deviation of 0.1 around 0.5, clip, as uint8.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.image import deprocess_image
         >>> deprocess_image(np.zeros((2, 2, 3))).max()
         np.uint8(127)
     """
@@ -69,6 +71,7 @@ def show_cam_on_image(
         image_weight: ``w``, in ``[0, 1]``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.image import show_cam_on_image
         >>> show_cam_on_image(np.zeros((4, 4, 3), np.float32), np.ones((4, 4))).shape
         (4, 4, 3)
     """
@@ -93,6 +96,7 @@ def scale_cam_image(
     volumes) to ``target_size`` given as ``(W, H)`` (``(D, W, H)`` for volumes).
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.image import scale_cam_image
         >>> scale_cam_image(np.arange(4.0).reshape(1, 2, 2), (4, 4)).shape
         (1, 4, 4)
     """
@@ -111,6 +115,7 @@ def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Sequence[i
     """:func:`scale_cam_image` over every ``(B, C)`` map of a ``(B, C, h, w)`` array.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.image import scale_accross_batch_and_channels
         >>> scale_accross_batch_and_channels(np.ones((2, 3, 2, 2)), (4, 4)).shape
         (2, 3, 4, 4)
     """

@@ -35,6 +35,7 @@ class ClassifierOutputTarget:
     """The logit of ``category``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         >>> ClassifierOutputTarget(1)(torch.tensor([0.5, 2.0]))
         tensor(2.)
     """
@@ -50,6 +51,9 @@ class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
     """The softmax probability of ``category``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import (
+        ...     ClassifierOutputSoftmaxTarget,
+        ... )
         >>> ClassifierOutputSoftmaxTarget(0)(torch.zeros(2))
         tensor(0.5000)
     """
@@ -62,6 +66,7 @@ class ClassifierOutputReST(ClassifierOutputTarget):
     """The logit of ``category`` minus its cross-entropy loss (pre- and post-softmax).
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
         >>> float(ClassifierOutputReST(0)(torch.zeros(2)))  # 0 - log 2
         -0.6931...
     """
@@ -77,6 +82,9 @@ class BinaryClassifierOutputTarget(ClassifierOutputTarget):
     """The output itself for ``category == 1``, its negation otherwise (one-logit models).
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import (
+        ...     BinaryClassifierOutputTarget,
+        ... )
         >>> BinaryClassifierOutputTarget(0)(torch.tensor([1.5]))
         tensor([-1.5000])
     """
@@ -89,6 +97,7 @@ class SoftmaxOutputTarget:
     """The softmax of the output.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import SoftmaxOutputTarget
         >>> SoftmaxOutputTarget()(torch.zeros(2))
         tensor([0.5000, 0.5000])
     """
@@ -101,6 +110,7 @@ class RawScoresOutputTarget:
     """The output as it is.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import RawScoresOutputTarget
         >>> RawScoresOutputTarget()(torch.ones(2))
         tensor([1., 1.])
     """
@@ -113,6 +123,9 @@ class SemanticSegmentationTarget:
     """The summed ``category`` scores of the pixels in ``mask`` (an ``(H, W)`` NumPy array).
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import (
+        ...     SemanticSegmentationTarget,
+        ... )
         >>> SemanticSegmentationTarget(0, np.ones((2, 2), np.float32))(torch.ones(3, 2, 2))
         tensor(4.)
     """
@@ -130,6 +143,7 @@ class FasterRCNNBoxScoreTarget:
     label (when IoU exceeds ``iou_threshold``), summed.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
         >>> out = {"boxes": torch.tensor([[0.0, 0, 2, 2]]), "labels": torch.tensor([1]),
         ...        "scores": torch.tensor([0.9])}
         >>> FasterRCNNBoxScoreTarget([1], [np.array([0.0, 0, 2, 2])])(out)
@@ -164,6 +178,7 @@ class FinerWeightedTarget:
     over the comparison categories :math:`j`, with :math:`p` the softmax probabilities.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
         >>> float(FinerWeightedTarget(0, [1], 1.0)(torch.tensor([2.0, 1.0])))
         1.0
     """

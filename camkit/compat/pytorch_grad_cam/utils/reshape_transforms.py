@@ -17,6 +17,9 @@ def vit_reshape_transform(tensor: Tensor, height: int = 14, width: int = 14) -> 
     """``(B, 1 + h w, D)`` tokens without the class token -> ``(B, D, h, w)``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import (
+        ...     vit_reshape_transform,
+        ... )
         >>> vit_reshape_transform(torch.zeros(2, 1 + 4, 8), 2, 2).shape
         torch.Size([2, 8, 2, 2])
     """
@@ -29,6 +32,9 @@ def swinT_reshape_transform(tensor: Tensor, height: int = 7, width: int = 7) -> 
     """``(B, h w, C)`` (or ``(B, h, w, C)``) -> ``(B, C, h, w)``.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import (
+        ...     swinT_reshape_transform,
+        ... )
         >>> swinT_reshape_transform(torch.zeros(2, 4, 8), 2, 2).shape
         torch.Size([2, 8, 2, 2])
     """
@@ -40,6 +46,9 @@ def fasterrcnn_reshape_transform(x: dict[str, Tensor]) -> Tensor:
     level and concatenated along channels.
 
     Example:
+        >>> from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import (
+        ...     fasterrcnn_reshape_transform,
+        ... )
         >>> levels = {"0": torch.ones(1, 2, 8, 8), "pool": torch.ones(1, 2, 2, 2)}
         >>> fasterrcnn_reshape_transform(levels).shape
         torch.Size([1, 4, 2, 2])

@@ -27,10 +27,13 @@ class CAM(_CAM):
     from the forward pass the user ran (no second forward).
 
     Example:
+        >>> from camkit.compat.torchcam.methods import CAM
         >>> with CAM(model, "layer4", "fc") as cam_extractor:
         ...     with torch.inference_mode():
         ...         out = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model
@@ -98,10 +101,13 @@ class ScoreCAM(_CAM):
     .. math:: w^{(c)} = softmax_k\Big(Y^{(c)}\big(U(\hat A_k) \odot X_b\big) - Y^{(c)}(X_b)\Big)
 
     Example:
+        >>> from camkit.compat.torchcam.methods import ScoreCAM
         >>> with ScoreCAM(model, "layer4") as cam_extractor:
         ...     with torch.inference_mode():
         ...         out = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model
@@ -137,10 +143,13 @@ class SSCAM(ScoreCAM):
     reproducible; the draws are camkit's, not torchcam's.
 
     Example:
-        >>> with SSCAM(model, "layer4", num_samples=4) as cam_extractor:
+        >>> from camkit.compat.torchcam.methods import SSCAM
+        >>> with SSCAM(model, "layer4", num_samples=2) as cam_extractor:
         ...     with torch.inference_mode():
         ...         out = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model
@@ -221,10 +230,13 @@ class ISCAM(ScoreCAM):
     reproduces the code (see docs/migrating.md).
 
     Example:
-        >>> with ISCAM(model, "layer4", num_samples=4) as cam_extractor:
+        >>> from camkit.compat.torchcam.methods import ISCAM
+        >>> with ISCAM(model, "layer4", num_samples=2) as cam_extractor:
         ...     with torch.inference_mode():
         ...         out = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model

@@ -402,6 +402,7 @@ class _CAM:
             the ``(N, H, W)`` fused map.
 
         Example:
+            >>> from camkit.compat.torchcam.methods import GradCAM
             >>> fused = GradCAM.fuse_cams([torch.rand(1, 7, 7), torch.rand(1, 14, 14)])
             >>> tuple(fused.shape)
             (1, 14, 14)

@@ -42,9 +42,12 @@ class GradCAM(_GradCAM):
     .. math:: w_k^{(c)} = \frac{1}{H W} \sum_{i,j} \frac{\partial Y^{(c)}}{\partial A_k(i, j)}
 
     Example:
+        >>> from camkit.compat.torchcam.methods import GradCAM
         >>> with GradCAM(model, "layer4") as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100, scores=scores)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
     """
 
     _method = "gradcam"
@@ -62,9 +65,12 @@ class GradCAMpp(_GradCAM):
     weights are :math:`\sum_{i,j} g^2 ReLU(g)`; ``legacy_numerics=True`` reproduces that.
 
     Example:
+        >>> from camkit.compat.torchcam.methods import GradCAMpp
         >>> with GradCAMpp(model, "layer4") as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100, scores=scores)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model
@@ -109,9 +115,12 @@ class SmoothGradCAMpp(_CAM):
     docs/migrating.md). The noise is seeded from torch's global generator.
 
     Example:
-        >>> with SmoothGradCAMpp(model, "layer4") as cam_extractor:
+        >>> from camkit.compat.torchcam.methods import SmoothGradCAMpp
+        >>> with SmoothGradCAMpp(model, "layer4", num_samples=4) as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
 
     Args:
         model: input model
@@ -157,9 +166,12 @@ class XGradCAM(_GradCAM):
     zeros, and ``legacy_numerics=True`` reproduces torchcam.
 
     Example:
+        >>> from camkit.compat.torchcam.methods import XGradCAM
         >>> with XGradCAM(model, "layer4") as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100, scores=scores)
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
     """
 
     _method = "xgradcam"
@@ -188,10 +200,13 @@ class LayerCAM(_GradCAM):
     equation 9), as torchcam does.
 
     Example:
+        >>> from camkit.compat.torchcam.methods import LayerCAM
         >>> with LayerCAM(model, ["layer3", "layer4"]) as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100, scores=scores)
         ...     fused = cam_extractor.fuse_cams(cams)
+        >>> [cam.shape for cam in cams], fused.shape
+        ([torch.Size([1, 4, 4]), torch.Size([1, 2, 2])], torch.Size([1, 4, 4]))
     """
 
     _method = "layercam"
@@ -215,9 +230,12 @@ class LeGrad(_CAM):
     (camkit's ``grid=``). Difference: the user's forward may run without gradients.
 
     Example:
-        >>> with LeGrad(model, list(model.encoder.layers)[-4:]) as cam_extractor:
-        ...     scores = model(input_tensor)
+        >>> from camkit.compat.torchcam.methods import LeGrad
+        >>> with LeGrad(vit, list(vit.encoder.layers)[-4:]) as cam_extractor:
+        ...     scores = vit(torch.rand(1, 3, 32, 32))
         ...     cam = cam_extractor(scores[0].argmax().item())[0]
+        >>> cam.shape
+        torch.Size([1, 4, 4])
 
     Args:
         model: input model

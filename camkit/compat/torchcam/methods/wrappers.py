@@ -74,9 +74,12 @@ class FinerCAM(_CAMWrapper):
     per sample).
 
     Example:
+        >>> from camkit.compat.torchcam.methods import FinerCAM, LayerCAM
         >>> with FinerCAM(model, "layer4", base_method=LayerCAM) as cam_extractor:
         ...     scores = model(input_tensor)
         ...     cams = cam_extractor(class_idx=100, scores=scores, comparison_idx=[101, 102])
+        >>> cams[0].shape
+        torch.Size([1, 2, 2])
     """
 
     def __init__(
@@ -211,9 +214,13 @@ class RefineCAM(_CAMWrapper):
     result: ``normalized=False`` raises a ``ConfigError``.
 
     Example:
-        >>> with RefineCAM(model, ["layer2", "layer3", "layer4"], base_method=LayerCAM) as ext:
+        >>> from camkit.compat.torchcam.methods import LayerCAM, RefineCAM
+        >>> layers = ["layer2", "layer3", "layer4"]
+        >>> with RefineCAM(model, layers, base_method=LayerCAM) as cam_extractor:
         ...     scores = model(input_tensor)
-        ...     cam = ext(class_idx=100, scores=scores)[0]
+        ...     cam = cam_extractor(class_idx=100, scores=scores)[0]
+        >>> cam.shape
+        torch.Size([1, 8, 8])
     """
 
     def __init__(
