@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from camkit import errors, targets, tasks
     from camkit.api import (
         create,
+        explainer_info,
+        list_explainers,
         list_methods,
         list_plugins,
         make_config,
@@ -30,8 +32,16 @@ if TYPE_CHECKING:
     from camkit.engine import CAMResult, Extractor, RunOptions, fuse
     from camkit.engine.layers import LayerSpec
     from camkit.explainer import explain
-    from camkit.method import Context, Field, Method, MethodConfig, hookimpl, minmax_normalize
-    from camkit.registry import MethodInfo, PluginInfo
+    from camkit.method import (
+        Context,
+        ExplainerSpec,
+        Field,
+        Method,
+        MethodConfig,
+        hookimpl,
+        minmax_normalize,
+    )
+    from camkit.registry import ExplainerInfo, MethodInfo, PluginInfo
     from camkit.viz import overlay
 
 #: Public name -> the module that defines it.
@@ -40,6 +50,8 @@ _LAZY = {
     "targets": "camkit",
     "tasks": "camkit",
     "create": "camkit.api",
+    "explainer_info": "camkit.api",
+    "list_explainers": "camkit.api",
     "list_methods": "camkit.api",
     "list_plugins": "camkit.api",
     "make_config": "camkit.api",
@@ -53,11 +65,13 @@ _LAZY = {
     "LayerSpec": "camkit.engine.layers",
     "explain": "camkit.explainer",
     "Context": "camkit.method",
+    "ExplainerSpec": "camkit.method",
     "Field": "camkit.method",
     "Method": "camkit.method",
     "MethodConfig": "camkit.method",
     "hookimpl": "camkit.method",
     "minmax_normalize": "camkit.method",
+    "ExplainerInfo": "camkit.registry",
     "MethodInfo": "camkit.registry",
     "PluginInfo": "camkit.registry",
     "overlay": "camkit.viz",
@@ -66,6 +80,8 @@ _LAZY = {
 __all__ = [
     "CAMResult",
     "Context",
+    "ExplainerInfo",
+    "ExplainerSpec",
     "Extractor",
     "Field",
     "LayerSpec",
@@ -78,8 +94,10 @@ __all__ = [
     "create",
     "errors",
     "explain",
+    "explainer_info",
     "fuse",
     "hookimpl",
+    "list_explainers",
     "list_methods",
     "list_plugins",
     "make_config",

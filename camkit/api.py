@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from camkit.errors import ConfigError
 from camkit.method import MethodConfig
-from camkit.registry import MethodInfo, PluginInfo, registry
+from camkit.registry import ExplainerInfo, MethodInfo, PluginInfo, registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +31,22 @@ def list_methods(pattern: str | None = None) -> list[str]:
 def method_info(name: str) -> MethodInfo:
     """Describe a method: summary, paper, config schema, gradients, providing distribution."""
     return registry.info(name)
+
+
+def list_explainers(pattern: str | None = None) -> list[str]:
+    """Names of the registered explainers (non-CAM methods with result types of their own,
+    :class:`camkit.ExplainerSpec`), sorted, optionally filtered by an fnmatch pattern."""
+    return registry.explainer_names(pattern)
+
+
+def explainer_info(name: str) -> ExplainerInfo:
+    """Describe an explainer: summary, paper, what to import and call, what it returns.
+
+    Example:
+        >>> camkit.explainer_info("dff").spec.import_path()  # with camkit-contrib
+        'from camkit_contrib.dff import DeepFeatureFactorization'
+    """
+    return registry.explainer(name)
 
 
 def list_plugins() -> list[PluginInfo]:

@@ -21,19 +21,44 @@ if TYPE_CHECKING:
     from camkit.explainer import Explanation
 
 
+#: The heading of the second table of ``camkit methods``.
+EXPLAINERS_HEADING = "other explainers (not CAM methods: own result types)"
+
+
 def _methods(args: argparse.Namespace) -> int:
     pattern = args.pattern
     # A plain name is looked up like method_info() does: aliases, any case, "did you mean".
     if pattern and not any(ch in pattern for ch in "*?["):
         return _method_detail(pattern, args.json)
-    rows = [camkit.method_info(name) for name in camkit.list_methods(pattern)]
+    explainers = [camkit.explainer_info(n) for n in camkit.list_explainers(pattern)]
+    # --json keeps its shape: a list of methods, or with --explainers a list of explainers.
+    rows = [] if args.explainers else [camkit.method_info(n) for n in camkit.list_methods(pattern)]
     if args.json:
-        print(json.dumps([_info_dict(info) for info in rows], indent=2))
+        if args.explainers:
+            print(json.dumps([_explainer_dict(e) for e in explainers], indent=2))
+        else:
+            print(json.dumps([_info_dict(i) for i in rows], indent=2))
         return 0
     _note_broken_plugins()
-    if not rows:
-        print(f"no method matches {pattern!r}; `camkit methods` lists them all", file=sys.stderr)
+    if not rows and not explainers:
+        what = "explainer" if args.explainers else "method"
+        nor = "" if args.explainers else " (nor does any explainer)"
+        print(
+            f"no {what} matches {pattern!r}{nor}; `camkit methods` lists them all",
+            file=sys.stderr,
+        )
         return 1
+    if rows:
+        _summary_table(rows)
+    if explainers:
+        if rows:
+            print()
+        print(EXPLAINERS_HEADING)
+        _summary_table(explainers)
+    return 0
+
+
+def _summary_table(rows: Sequence[camkit.MethodInfo | camkit.ExplainerInfo]) -> None:
     _print_table(
         ("name", "needs", "source", "distribution", "summary"),
         [
@@ -41,10 +66,9 @@ def _methods(args: argparse.Namespace) -> int:
             for i in rows
         ],
     )
-    return 0
 
 
-def _needs(info: camkit.MethodInfo) -> str:
+def _needs(info: camkit.MethodInfo | camkit.ExplainerInfo) -> str:
     """What a call costs beyond one forward pass: ``gradients`` (one backward pass),
     ``forwards`` (a forward pass per channel, mask or noisy copy), ``vit-attention`` (a vision
     transformer's attention blocks: other models are refused), several joined by ``+``, or
@@ -73,6 +97,7 @@ def _source(paper: str) -> str:
 
 def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
     return {
+        "kind": "method",
         "name": info.name,
         "aliases": list(info.aliases),
         "summary": info.summary,
@@ -87,7 +112,53 @@ def _info_dict(info: camkit.MethodInfo) -> dict[str, Any]:
     }
 
 
+def _explainer_dict(info: camkit.ExplainerInfo) -> dict[str, Any]:
+    spec = info.spec
+    return {
+        "kind": "explainer",
+        "name": info.name,
+        "aliases": list(info.aliases),
+        "summary": info.summary,
+        "paper": info.paper,
+        "needs_gradients": info.needs_gradients,
+        "many_forwards": info.many_forwards,
+        "needs": _needs(info),
+        "distribution": info.distribution,
+        "version": info.version,
+        "target": spec.target,
+        "function": spec.function or None,
+        "returns": spec.returns,
+        "import": spec.import_path(),
+        "example": spec.example or None,
+    }
+
+
+def _explainer_detail(info: camkit.ExplainerInfo, as_json: bool) -> int:
+    spec = info.spec
+    if as_json:
+        print(json.dumps(_explainer_dict(info), indent=2))
+        return 0
+    print(f"{info.name} ({info.distribution} {info.version}): an explainer, not a CAM method")
+    print(f"  {info.summary}")
+    if info.paper:
+        print(f"  paper: {info.paper}")
+    if info.aliases:
+        print(f"  aliases: {', '.join(info.aliases)}")
+    print(f"  needs: {_needs(info)}")
+    print(f"  call: {spec.import_path()}")
+    if spec.function:
+        print(f"    or: {spec.import_path('function')}")
+    if spec.example:
+        print(f"  example: {spec.example}")
+    module, _, qualname = spec.returns.partition(":")
+    print(f"  returns: {qualname} ({module})")
+    print("  not available through camkit.create, `camkit explain` or experiments")
+    return 0
+
+
 def _method_detail(name: str, as_json: bool) -> int:
+    if _is_explainer(name):
+        return _explainer_detail(camkit.explainer_info(name), as_json)
     info = camkit.method_info(name)
     if as_json:
         print(json.dumps(_info_dict(info), indent=2))
@@ -117,6 +188,14 @@ def _method_detail(name: str, as_json: bool) -> int:
         if spec.get("description"):
             print(f"        {spec['description']}")
     return 0
+
+
+def _is_explainer(name: str) -> bool:
+    try:
+        camkit.explainer_info(name)
+    except CamkitError:
+        return False
+    return True
 
 
 _JSON_TYPES = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
@@ -182,6 +261,7 @@ def _plugins(args: argparse.Namespace) -> int:
                         "version": p.version,
                         "status": p.status,
                         "methods": p.methods,
+                        "explainers": p.explainers,
                         "error": _error_text(p),
                     }
                     for p in plugins
@@ -198,12 +278,20 @@ def _plugins(args: argparse.Namespace) -> int:
                 p.distribution,
                 p.version,
                 p.status,
-                ", ".join(p.methods) if p.status == "ok" else _error_text(p) or "",
+                _provided(p) if p.status == "ok" else _error_text(p) or "",
             )
             for p in plugins
         ],
     )
     return 0
+
+
+def _provided(plugin: camkit.PluginInfo) -> str:
+    """``"a, b"``, then ``"; explainers: c"`` when the plugin has explainers."""
+    text = ", ".join(plugin.methods)
+    if plugin.explainers:
+        text += ("; " if text else "") + "explainers: " + ", ".join(plugin.explainers)
+    return text
 
 
 def _error_text(plugin: camkit.PluginInfo) -> str | None:
@@ -317,9 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    methods = sub.add_parser("methods", help="list CAM methods, or describe one", parents=[common])
-    methods.add_argument("pattern", nargs="?", help="a method name, or an fnmatch pattern")
-    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods = sub.add_parser(
+        "methods",
+        help="list CAM methods and other explainers, or describe one",
+        parents=[common],
+    )
+    methods.add_argument(
+        "pattern", nargs="?", help="a method or explainer name, or an fnmatch pattern"
+    )
+    methods.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (a list of methods; with --explainers, of explainers)",
+    )
+    methods.add_argument(
+        "--explainers",
+        action="store_true",
+        help="list only the other explainers (not CAM methods: own result types)",
+    )
     methods.set_defaults(func=_methods)
 
     plugins = sub.add_parser(

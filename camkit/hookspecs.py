@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from camkit.method import Method
+    from camkit.method import ExplainerSpec, Method
 
 hookspec = pluggy.HookspecMarker("camkit")
 
@@ -39,4 +39,21 @@ def camkit_methods() -> list[type[Method]]:  # type: ignore[empty-body]
     model is run (``batch_size``, ``precision``, ...) is the engine's
     :class:`camkit.RunOptions`. A name or alias that another plugin already claims raises
     :class:`camkit.errors.PluginError` naming both distributions; nothing is overwritten.
+    """
+
+
+@hookspec
+def camkit_explainers() -> list[ExplainerSpec]:  # type: ignore[empty-body]
+    """Return descriptions of the explainers (non-CAM methods) this plugin provides.
+
+    An explainer is an explanation method that does not fit :class:`camkit.Method` (no target
+    class, several maps per image, a result type of its own). Each is a
+    :class:`camkit.ExplainerSpec`: plain data (name, summary, paper, the ``"module:qualname"``
+    of the object to call and of the result type it returns), so listing explainers imports
+    neither the plugin's code behind them nor torch. ``camkit methods`` lists them in a table
+    of their own; :func:`camkit.explainer_info` describes one.
+
+    Explainers share the method namespace: a name or alias that a method or another
+    explainer already claims raises :class:`camkit.errors.PluginError` naming both
+    distributions. Called when :func:`camkit_methods` is.
     """

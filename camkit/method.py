@@ -8,6 +8,8 @@ upsampling, fusion) is the engine's job.
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pluggy
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Context",
+    "ExplainerSpec",
     "Field",
     "Method",
     "MethodConfig",
@@ -354,3 +357,65 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    """Describes an *explainer*: an explanation method that is no CAM method.
+
+    Some methods do not fit :class:`Method`: they have no target class, return several maps
+    per image, or a result type of their own (Deep Feature Factorization returns a map per
+    concept). A plugin publishes them through the ``camkit_explainers`` hook as plain data, so
+    ``camkit methods`` lists them without importing the plugin's code (nor torch); the user
+    imports and calls them directly. camkit does not run them: :func:`camkit.create` and
+    ``camkit explain`` take CAM methods only.
+
+    Attributes:
+        name: lower-case letters, digits and hyphens; shares one namespace with the methods.
+        summary: one line.
+        target: ``"module:qualname"`` of the class (or function) to call.
+        returns: ``"module:qualname"`` of the result type it returns.
+        paper: the reference, ``"Author et al., Title, Venue Year"``.
+        aliases: other names ``camkit methods NAME`` accepts.
+        function: ``"module:qualname"`` of a one-call function form, if any.
+        example: one line showing the call.
+        needs_gradients: it runs a backward pass.
+        many_forwards: it runs the model many times per image.
+
+    Example:
+        >>> spec = ExplainerSpec(
+        ...     name="dff",
+        ...     summary="Deep Feature Factorization: concepts by NMF of a layer's activations",
+        ...     target="camkit_contrib.dff:DeepFeatureFactorization",
+        ...     returns="camkit_contrib.dff:DFFResult",
+        ... )
+        >>> spec.import_path()
+        'from camkit_contrib.dff import DeepFeatureFactorization'
+    """
+
+    name: str
+    summary: str
+    target: str
+    returns: str
+    paper: str = ""
+    aliases: tuple[str, ...] = ()
+    function: str = ""
+    example: str = ""
+    needs_gradients: bool = False
+    many_forwards: bool = False
+
+    #: Explainers are never vision-transformer-only (the table's ``needs`` column reads it).
+    needs_attention: ClassVar[bool] = False
+
+    def import_path(self, which: str = "target") -> str:
+        """The import statement for ``target``, ``returns`` or ``function``."""
+        module, _, qualname = getattr(self, which).partition(":")
+        return f"from {module} import {qualname.partition('.')[0]}"
+
+    def load(self, which: str = "target") -> Any:
+        """Import and return the object ``target`` (or ``returns``, ``function``) names."""
+        module, _, qualname = getattr(self, which).partition(":")
+        value: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            value = getattr(value, part)
+        return value

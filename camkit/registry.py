@@ -1,7 +1,9 @@
 """The method registry: a pluggy manager over the ``camkit`` entry-point group.
 
 A few small functions over a dict of :class:`MethodInfo`, built on first use. Built-in
-methods (:mod:`camkit.methods`) and third-party plugins go through the same hook.
+methods (:mod:`camkit.methods`) and third-party plugins go through the same hook. Explainers
+(:class:`~camkit.method.ExplainerSpec`, from the ``camkit_explainers`` hook) are kept beside
+the methods, in the same namespace, as :class:`ExplainerInfo`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import pluggy
 from camkit import hookspecs
 from camkit._version import __version__
 from camkit.errors import MethodNotFoundError, PluginError, did_you_mean
-from camkit.method import Method, MethodConfig
+from camkit.method import ExplainerSpec, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "camkit"
 BUILTIN = "camkit"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_IMPORT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,48 @@ class MethodInfo:
         return self.config.model_json_schema()
 
 
+@dataclass(frozen=True)
+class ExplainerInfo:
+    """What the registry knows about one explainer: its spec and who provides it."""
+
+    spec: ExplainerSpec
+    distribution: str
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.spec.aliases
+
+    @property
+    def summary(self) -> str:
+        return self.spec.summary
+
+    @property
+    def paper(self) -> str:
+        return self.spec.paper
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self.spec.needs_gradients
+
+    @property
+    def many_forwards(self) -> bool:
+        return self.spec.many_forwards
+
+    @property
+    def needs_attention(self) -> bool:
+        return False
+
+    def load(self, which: str = "target") -> Any:
+        """Import the explainer (or its ``returns`` type, its ``function``): see
+        :meth:`ExplainerSpec.load`."""
+        return self.spec.load(which)
+
+
 @dataclass
 class PluginInfo:
     """One plugin: an entry point, the built-ins, or an object registered at run time."""
@@ -57,6 +102,7 @@ class PluginInfo:
     status: str  # "ok", "broken" or "blocked"
     methods: list[str] = field(default_factory=list)
     error: BaseException | None = None
+    explainers: list[str] = field(default_factory=list)
 
 
 def canonical_name(name: str) -> str:
@@ -71,6 +117,8 @@ class Registry:
         self._pm: pluggy.PluginManager | None = None
         self._methods: dict[str, MethodInfo] = {}
         self._aliases: dict[str, str] = {}
+        self._explainers: dict[str, ExplainerInfo] = {}
+        self._explainer_aliases: dict[str, str] = {}
         self._plugins: dict[str, PluginInfo] = {}
         self._lock = threading.RLock()
 
@@ -87,6 +135,7 @@ class Registry:
         pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         pm.add_hookspecs(hookspecs)
         self._methods, self._aliases, self._plugins = {}, {}, {}
+        self._explainers, self._explainer_aliases = {}, {}
         disabled = {
             canonical_name(n) for n in os.environ.get("CAMKIT_DISABLE_PLUGINS", "").split(",") if n
         }
@@ -139,6 +188,12 @@ class Registry:
                 for cls in _as_list(impl.function())
             ]
             infos = [self._info(cls, dist, version) for cls in classes]
+            explainers = [
+                self._explainer_info(spec, dist, version)
+                for impl in pm.hook.camkit_explainers.get_hookimpls()
+                if impl.plugin is plugin
+                for spec in _as_list(impl.function(), "camkit_explainers", "ExplainerSpec")
+            ]
         except Exception as exc:
             pm.unregister(plugin)
             # An installed plugin that breaks the contract is set aside; code registering a
@@ -147,25 +202,32 @@ class Registry:
                 raise
             self._plugins[name] = PluginInfo(name, dist, version, "broken", error=exc)
             return
-        new_names: dict[str, MethodInfo] = {}
-        for info in infos:
-            for claimed in (info.name, *info.aliases):
+        new_names: dict[str, MethodInfo | ExplainerInfo] = {}
+        claims: list[MethodInfo | ExplainerInfo] = [*infos, *explainers]
+        for claim in claims:
+            for claimed in (claim.name, *claim.aliases):
                 key = canonical_name(claimed)
-                owner = self._owner_of(key) or (new_names.get(key))
+                owner = self._owner_of(key) or self._explainer_of(key) or new_names.get(key)
                 if owner is not None:
                     pm.unregister(plugin)
                     raise PluginError(
-                        f"method name {claimed!r} is claimed twice: by method {owner.name!r} of "
-                        f"distribution {owner.distribution!r} and by method {info.name!r} of "
-                        f"distribution {info.distribution!r}. Uninstall one, or block it with "
-                        f"CAMKIT_DISABLE_PLUGINS={name}."
+                        f"{_kind(claim)} name {claimed!r} is claimed twice: by {_kind(owner)} "
+                        f"{owner.name!r} of distribution {owner.distribution!r} and by "
+                        f"{_kind(claim)} {claim.name!r} of distribution {claim.distribution!r}. "
+                        f"Uninstall one, or block it with CAMKIT_DISABLE_PLUGINS={name}."
                     )
-                new_names[key] = info
+                new_names[key] = claim
         for info in infos:
             self._methods[info.name] = info
             for alias in info.aliases:
                 self._aliases[canonical_name(alias)] = info.name
-        self._plugins[name] = PluginInfo(name, dist, version, "ok", [i.name for i in infos])
+        for explainer in explainers:
+            self._explainers[explainer.name] = explainer
+            for alias in explainer.aliases:
+                self._explainer_aliases[canonical_name(alias)] = explainer.name
+        self._plugins[name] = PluginInfo(
+            name, dist, version, "ok", [i.name for i in infos], None, [e.name for e in explainers]
+        )
 
     def _owner_of(self, key: str) -> MethodInfo | None:
         if key in self._methods:
@@ -173,6 +235,31 @@ class Registry:
         if key in self._aliases:
             return self._methods[self._aliases[key]]
         return None
+
+    def _explainer_of(self, key: str) -> ExplainerInfo | None:
+        key = self._explainer_aliases.get(key, key)
+        return self._explainers.get(key)
+
+    @staticmethod
+    def _explainer_info(spec: Any, dist: str, version: str) -> ExplainerInfo:
+        if not isinstance(spec, ExplainerSpec):
+            raise PluginError(
+                f"distribution {dist!r} returned {spec!r} from camkit_explainers(), which is not "
+                "a camkit.ExplainerSpec"
+            )
+        for claimed in (spec.name, *spec.aliases):
+            if not _NAME.match(claimed or ""):
+                raise PluginError(
+                    f"explainer {spec.name!r} of distribution {dist!r} claims the name "
+                    f"{claimed!r}; names are lower-case letters, digits and hyphens"
+                )
+        for which in ("target", "returns", *(("function",) if spec.function else ())):
+            if not _IMPORT.match(getattr(spec, which)):
+                raise PluginError(
+                    f"explainer {spec.name!r} of distribution {dist!r}: {which} "
+                    f"{getattr(spec, which)!r} is not of the form 'module:qualname'"
+                )
+        return ExplainerInfo(spec, dist, version)
 
     @staticmethod
     def _info(cls: Any, dist: str, version: str) -> MethodInfo:
@@ -225,6 +312,10 @@ class Registry:
                 removed = self._methods.pop(method)
                 for alias in removed.aliases:
                     self._aliases.pop(canonical_name(alias), None)
+            for explainer in info.explainers if info else []:
+                gone = self._explainers.pop(explainer)
+                for alias in gone.aliases:
+                    self._explainer_aliases.pop(canonical_name(alias), None)
 
     def reload(self) -> None:
         """Forget everything and rediscover plugins (after installing one, or in tests)."""
@@ -253,10 +344,38 @@ class Registry:
                     f"method {name!r} is provided by plugin {plugin.name!r}, which "
                     "CAMKIT_DISABLE_PLUGINS blocks"
                 )
-        known = sorted({*self._methods, *self._aliases})
+        explainer = self._explainer_of(key)
+        if explainer is not None:
+            raise MethodNotFoundError(
+                f"{name!r} is no CAM method but an explainer with a result type of its own "
+                f"({explainer.summary}); call it directly: {explainer.spec.import_path()} "
+                f"(see camkit.explainer_info({explainer.name!r}))"
+            )
+        known = sorted({*self._methods, *self._aliases, *self._explainers})
         raise MethodNotFoundError(
             f"no CAM method named {name!r}.{did_you_mean(key, known)} "
             f"Available: {', '.join(sorted(self._methods))}"
+        )
+
+    def explainer_names(self, pattern: str | None = None) -> list[str]:
+        self._ensure_loaded()
+        names = sorted(self._explainers)
+        return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern.lower())]
+
+    def explainer(self, name: str) -> ExplainerInfo:
+        self._ensure_loaded()
+        key = canonical_name(name)
+        found = self._explainer_of(key)
+        if found is not None:
+            return found
+        if self._owner_of(key) is not None:
+            raise MethodNotFoundError(
+                f"{name!r} is a CAM method, not an explainer: see camkit.method_info({name!r})"
+            )
+        known = sorted({*self._explainers, *self._explainer_aliases})
+        raise MethodNotFoundError(
+            f"no explainer named {name!r}.{did_you_mean(key, known)} "
+            f"Available: {', '.join(sorted(self._explainers)) or 'none'}"
         )
 
     def plugins(self) -> list[PluginInfo]:
@@ -264,12 +383,18 @@ class Registry:
         return sorted(self._plugins.values(), key=lambda p: (p.name != BUILTIN, p.name))
 
 
-def _as_list(returned: Any) -> list[Any]:
+def _as_list(
+    returned: Any, hook: str = "camkit_methods", what: str = "Method classes"
+) -> list[Any]:
     if returned is None:
         return []
     if isinstance(returned, (list, tuple)):
         return list(returned)
-    raise PluginError(f"camkit_methods() must return a list of Method classes, got {returned!r}")
+    raise PluginError(f"{hook}() must return a list of {what}, got {returned!r}")
+
+
+def _kind(info: MethodInfo | ExplainerInfo) -> str:
+    return "explainer" if isinstance(info, ExplainerInfo) else "method"
 
 
 registry = Registry()

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from camkit_contrib import DeepFeatureFactorization, deep_feature_factorization
+from camkit_contrib import DeepFeatureFactorization, DFFResult, deep_feature_factorization
 from camkit_contrib.dff import nmf
 from torch import Tensor
 
+import camkit
 from camkit.errors import ConfigError
 
 
@@ -185,3 +186,18 @@ def test_dff_matches_grad_cam_up_to_concept_order(resnet, images, layer):
     ours = res.maps.transpose(0, 1).reshape(3, -1).double().numpy()
     assert best_matched_correlation(ours, theirs) >= 0.99
     assert concepts.shape == tuple(res.concepts.T.shape)
+
+
+def test_dff_is_listed_as_an_explainer_that_loads_and_runs(resnet, images):
+    """The spec camkit-contrib publishes names the objects users get, and its example runs."""
+    import camkit_contrib
+
+    info = camkit.explainer_info("dff")
+    assert info.spec in camkit_contrib.EXPLAINERS
+    assert info.distribution == "camkit-contrib"
+    assert info.load() is DeepFeatureFactorization
+    assert info.load("function") is deep_feature_factorization
+    assert info.load("returns") is DFFResult
+    namespace = {"DeepFeatureFactorization": info.load(), "model": resnet, "images": images}
+    result = eval(info.spec.example, namespace)
+    assert isinstance(result, DFFResult) and result.maps.shape[:2] == (len(images), 4)

@@ -9,7 +9,8 @@ contract. :class:`FinerTarget` (Finer-CAM's contrastive objective) is also a tar
 gradient method, and :func:`refine` (RefineCAM's fusion) fuses any multi-layer extractor's
 maps by their product. :func:`guided_backprop` and :func:`guided_gradcam` return the full
 ``(B, C_in, H, W)`` guided gradients. :func:`deep_feature_factorization` (Deep Feature
-Factorization) is no CAM method: it returns a :class:`DFFResult` with a map per concept.
+Factorization) is no CAM method: it returns a :class:`DFFResult` with a map per concept;
+``camkit methods`` lists it as an explainer (``dff``), through the ``camkit_explainers`` hook.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ METHODS: list[type[camkit.Method]] = [
 ]
 
 __all__ = [
+    "EXPLAINERS",
     "FEM",
     "KPCACAM",
     "METHODS",
@@ -73,6 +75,7 @@ __all__ = [
     "RefineCAM",
     "SegEigenCAM",
     "ShapleyCAM",
+    "camkit_explainers",
     "camkit_methods",
     "deep_feature_factorization",
     "guided_backprop",
@@ -84,3 +87,26 @@ __all__ = [
 @camkit.hookimpl
 def camkit_methods() -> list[type[camkit.Method]]:
     return list(METHODS)
+
+
+#: The explainers camkit-contrib provides: not CAM methods, listed by ``camkit methods``.
+EXPLAINERS: list[camkit.ExplainerSpec] = [
+    camkit.ExplainerSpec(
+        name="dff",
+        aliases=("deep-feature-factorization",),
+        summary="Deep Feature Factorization: k concepts (NMF of a layer's activations), "
+        "a map per concept and image",
+        paper="Collins, Achanta & Süsstrunk, Deep Feature Factorization for Concept "
+        "Discovery, ECCV 2018",
+        target="camkit_contrib.dff:DeepFeatureFactorization",
+        function="camkit_contrib.dff:deep_feature_factorization",
+        returns="camkit_contrib.dff:DFFResult",
+        example='DeepFeatureFactorization(model, "layer4", n_components=4, '
+        "classifier=model.fc)(images)",
+    ),
+]
+
+
+@camkit.hookimpl
+def camkit_explainers() -> list[camkit.ExplainerSpec]:
+    return list(EXPLAINERS)
