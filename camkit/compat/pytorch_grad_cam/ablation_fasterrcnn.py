@@ -43,10 +43,27 @@ class AblationLayerFasterRCNN(AblationLayer):
     channels of a detector's feature pyramid (``target_layers=[model.backbone]``), each set to
     :attr:`ablation_value`, as the original.
 
-    Example:
-        >>> cam = AblationCAM(model, [model.backbone], fasterrcnn_reshape_transform,
-        ...                   ablation_layer=AblationLayerFasterRCNN())
-        >>> grayscale_cam = cam(x, targets=[FasterRCNNBoxScoreTarget(labels, boxes)])
+    Example (not run by the test suite: it runs the detector once per pyramid channel, 1280
+    forwards for a ResNet FPN; ``tests/compat/test_ablation_fasterrcnn.py`` runs it on a
+    smaller detector):
+        >>> from camkit.compat.pytorch_grad_cam import AblationCAM
+        >>> from camkit.compat.pytorch_grad_cam.ablation_layer import AblationLayerFasterRCNN
+        >>> from camkit.compat.pytorch_grad_cam.utils.model_targets import (
+        ...     FasterRCNNBoxScoreTarget,
+        ... )
+        >>> from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import (
+        ...     fasterrcnn_reshape_transform,
+        ... )
+        >>> found = detector(input_tensor)[0]
+        >>> targets = [FasterRCNNBoxScoreTarget(found["labels"][:1], found["boxes"][:1])]
+        >>> cam = AblationCAM(  # doctest: +SKIP
+        ...     detector,
+        ...     [detector.backbone],
+        ...     fasterrcnn_reshape_transform,
+        ...     ablation_layer=AblationLayerFasterRCNN(),
+        ... )
+        >>> cam(input_tensor, targets=targets).shape  # doctest: +SKIP
+        (1, 64, 64)
     """
 
     #: the value an ablated channel takes (the original's).
