@@ -1,5 +1,10 @@
 """pytorch-grad-cam 1.5.7's ``pytorch_grad_cam.metrics``."""
 
-from camkit.compat.pytorch_grad_cam.metrics import cam_mult_image, road
+from camkit.compat.pytorch_grad_cam.metrics import (
+    arcc,
+    cam_mult_image,
+    perturbation_confidence,
+    road,
+)
 
-__all__ = ["cam_mult_image", "road"]
+__all__ = ["arcc", "cam_mult_image", "perturbation_confidence", "road"]
