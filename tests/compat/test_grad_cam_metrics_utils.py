@@ -343,3 +343,28 @@ def test_replace_layers_match_grad_cam(resnet):
     assert not any(isinstance(m, nn.ReLU) for m in ours.modules())
     assert ours.layer4[1].relu is tanh
     assert sum(isinstance(m, nn.ReLU) for m in resnet.modules()) == 9  # the original untouched
+
+
+@pytest.mark.parametrize("base", ["GradCAM", "EigenCAM", "LayerCAM"])
+def test_refine_cam_arcc_scores(base):
+    """test_refine_cam.py::test_refine_cam, its ARCC part (the shapes are ported in
+    test_grad_cam_ported.py): ARCC of RefineCAM's maps with RefineCAM as the base method,
+    one score per image, each in [0, 1]; on the small CNN, batch 2."""
+    from conftest import until_landed
+
+    import camkit.compat.pytorch_grad_cam as shim
+
+    model = small_cnn()
+    x, batch = images(2, 32), 2
+    targets = [ClassifierOutputTarget(3) for _ in range(batch)]
+    cam = until_landed(
+        shim.RefineCAM,
+        model=model,
+        target_layers=[model[0][1], model[0][3]],
+        base_method=getattr(shim, base),
+    )
+    grayscale_cam = cam(input_tensor=x, targets=targets)
+    metric = shim_arcc.ARCC(base_method=cam)
+    scores = metric(input_tensor=x, grayscale_cams=grayscale_cam, targets=targets, model=model)
+    assert len(scores) == batch
+    assert np.all(scores >= 0) and np.all(scores <= 1)
