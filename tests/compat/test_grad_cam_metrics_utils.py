@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import images, needs_grad_cam, small_cnn
+from conftest import images, needs_grad_cam, small_cnn, until_landed
 from torch import nn
 
 from camkit.compat.pytorch_grad_cam.metrics import arcc as shim_arcc
@@ -350,8 +350,6 @@ def test_refine_cam_arcc_scores(base):
     """test_refine_cam.py::test_refine_cam, its ARCC part (the shapes are ported in
     test_grad_cam_ported.py): ARCC of RefineCAM's maps with RefineCAM as the base method,
     one score per image, each in [0, 1]; on the small CNN, batch 2."""
-    from conftest import until_landed
-
     import camkit.compat.pytorch_grad_cam as shim
 
     model = small_cnn()
