@@ -25,12 +25,8 @@ from camkit.compat.pytorch_grad_cam.utils import svd_on_activations as shim_svd
 from camkit.compat.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from camkit.errors import ConfigError
 
-#: public names of the original's modules the shim has elsewhere only (the DFF helpers are
-#: in ``camkit.compat.pytorch_grad_cam.feature_factorization``); a name fixed fails the test
-KNOWN_GAPS = {
-    ("utils.image", "create_labels_legend"),
-    ("utils.image", "show_factorization_on_image"),
-}
+#: public names of the original's modules the shim does not have at the same path (none)
+KNOWN_GAPS: set[tuple[str, str]] = set()
 
 
 def _original_modules() -> list[str]:

@@ -122,3 +122,13 @@ def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Sequence[i
     batch, channels = tensor.shape[:2]
     scaled = scale_cam_image(tensor.reshape(batch * channels, *tensor.shape[2:]), target_size)
     return scaled.reshape(batch, channels, target_size[1], target_size[0])
+
+
+def __getattr__(name: str) -> object:
+    """The Deep Feature Factorization drawing helpers, at the original's path (loaded on use:
+    they live in :mod:`camkit.compat.pytorch_grad_cam.feature_factorization`)."""
+    if name in ("create_labels_legend", "show_factorization_on_image"):
+        from camkit.compat.pytorch_grad_cam import feature_factorization
+
+        return getattr(feature_factorization, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
