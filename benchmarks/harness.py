@@ -137,13 +137,14 @@ def rows_of(x: Tensor, n: int) -> Tensor:
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
-    """Pearson correlation of two maps (flattened); 1.0 when both are constant and equal."""
+    """Pearson correlation of two maps (flattened), in [-1, 1] (rounding clipped); 1.0 when
+    both are constant and equal."""
     a, b = a.flatten().double(), b.flatten().double()
     da, db = a - a.mean(), b - b.mean()
     denom = float(da.norm() * db.norm())
     if denom == 0:
         return 1.0 if torch.equal(a, b) else 0.0
-    return float((da * db).sum()) / denom
+    return min(1.0, max(-1.0, float((da * db).sum()) / denom))
 
 
 def top_overlap(a: Tensor, b: Tensor, fraction: float = 0.2) -> float:
