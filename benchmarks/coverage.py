@@ -9,8 +9,8 @@ included by registered name (skipped as "not registered" where absent).
   (MobileNetV3-Large), ``weights=None, weights_backbone=None``, small images; a gradient
   method against forward + backward of the same target to the layer, a Score-family method
   against its ``C`` bare forwards;
-- **registered**: :data:`ENTRIES` names methods that other branches may register, each with
-  its model, layer and baseline; a name the registry lacks is reported, not run.
+- **registered**: :data:`ENTRIES` names methods that plugins (camkit-contrib) register, each
+  with its model, layer and baseline; a name the registry lacks is reported, not run.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ class Entry:
     options: tuple[tuple[str, Any], ...] = ()
 
 
-#: Methods that other branches register; each is run only where the registry has it.
+#: Methods that plugins (camkit-contrib) register; each is run only where the registry has it.
 ENTRIES: dict[str, Entry] = {
     "fullgrad": Entry("resnet18", "layer4", "input"),
     "guidedgradcam": Entry("resnet18", "layer4", "input"),
