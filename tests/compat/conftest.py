@@ -68,8 +68,8 @@ def tiny_vit() -> nn.Module:
 
 def until_landed(factory, *args, **kwargs):
     """``factory(*args, **kwargs)``, or a skip while the shim raises ``MethodNotFoundError``
-    (camkit-contrib, which computes several shims, not installed): the ported test runs
-    wherever it is. Any other error fails the test."""
+    (camkit-contrib, which computes several shims, is not installed), so that the ported
+    test is skipped there instead of failing. Any other error fails the test."""
     from camkit.errors import MethodNotFoundError
 
     try:
