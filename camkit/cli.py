@@ -133,17 +133,22 @@ def _explainer_dict(info: camkit.ExplainerInfo) -> dict[str, Any]:
     }
 
 
-def _explainer_detail(info: camkit.ExplainerInfo, as_json: bool) -> int:
-    spec = info.spec
-    if as_json:
-        print(json.dumps(_explainer_dict(info), indent=2))
-        return 0
-    print(f"{info.name} ({info.distribution} {info.version}): an explainer, not a CAM method")
+def _print_header(info: camkit.MethodInfo | camkit.ExplainerInfo, kind: str = "") -> None:
+    """The first lines of ``camkit methods NAME``: name, distribution, summary, paper, aliases."""
+    print(f"{info.name} ({info.distribution} {info.version}){kind}")
     print(f"  {info.summary}")
     if info.paper:
         print(f"  paper: {info.paper}")
     if info.aliases:
         print(f"  aliases: {', '.join(info.aliases)}")
+
+
+def _explainer_detail(info: camkit.ExplainerInfo, as_json: bool) -> int:
+    spec = info.spec
+    if as_json:
+        print(json.dumps(_explainer_dict(info), indent=2))
+        return 0
+    _print_header(info, ": an explainer, not a CAM method")
     print(f"  needs: {_needs(info)}")
     print(f"  call: {spec.import_path()}")
     if spec.function:
@@ -163,12 +168,7 @@ def _method_detail(name: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(_info_dict(info), indent=2))
         return 0
-    print(f"{info.name} ({info.distribution} {info.version})")
-    print(f"  {info.summary}")
-    if info.paper:
-        print(f"  paper: {info.paper}")
-    if info.aliases:
-        print(f"  aliases: {', '.join(info.aliases)}")
+    _print_header(info)
     print(f"  needs gradients: {'yes' if info.needs_gradients else 'no'}")
     print(f"  forward passes: {'one per channel, mask or sample' if info.many_forwards else 'one'}")
     if info.needs_attention:
