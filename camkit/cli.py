@@ -6,7 +6,9 @@ Imports stay inside the commands, so ``--version`` and ``--help`` answer without
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
 import traceback
@@ -520,13 +522,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
     except CamkitError as exc:
         return _fail(str(exc), getattr(exc, "exit_code", 2), args.debug)
+    except BrokenPipeError:  # the reader left (`camkit methods | head`): stop quietly
+        _silence_stdout()
+        return 1
     except OSError as exc:
         return _fail(_os_error_text(exc), 1, args.debug)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, args.debug)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout without a descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

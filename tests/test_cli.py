@@ -269,6 +269,13 @@ def test_errors_end_in_one_line(capsys, monkeypatch, error, code, line):
     assert captured.err == f"camkit: error: {line}\n"
 
 
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+    # `camkit methods | head`: the reader closes the pipe before camkit is done writing
+    monkeypatch.setattr("camkit.cli._methods", _Raising(BrokenPipeError(32, "Broken pipe")))
+    assert main(["methods"]) == 1
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("argv", [["--debug", "methods"], ["methods", "--debug"]])
 def test_debug_shows_the_traceback(capsys, monkeypatch, argv):
     monkeypatch.setattr("camkit.cli._methods", _Raising(camkit.errors.ConfigError("bad key")))
