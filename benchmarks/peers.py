@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks import _ints, _names
 from benchmarks.harness import forward_backward, interleaved, loadavg, log, machine
 
 #: (camkit name, torchcam class, pytorch-grad-cam class); None where the peer lacks it.
@@ -48,14 +48,6 @@ METHODS: list[tuple[str, str | None, str | None]] = [
 PERTURBATION = {"Score-CAM": 64, "Ablation-CAM": 64}
 CONTRIB = {"Eigen-CAM", "Ablation-CAM"}
 Call = Callable[[], object]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
-
-
-def _names(text: str) -> list[str]:
-    return [v for v in re.split(r"[,\s]+", text.strip()) if v]
 
 
 def parser() -> argparse.ArgumentParser:
