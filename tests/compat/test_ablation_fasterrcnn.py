@@ -112,6 +112,7 @@ def case():
     maps = shim_maps(model, x, boxes)
     assert model.backbone is backbone and model.training
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
+    assert all("forward" not in vars(m) for m in model.modules())  # its own forward is back
     return model.eval(), x, boxes, maps
 
 
@@ -216,3 +217,63 @@ def test_bad_use_is_a_typed_error(case):
     with pytest.raises(LayerError, match="dict"):
         shim.AblationCAM(cnn, [cnn[0][3]], ablation_layer=layer)(images(1), [lambda o: o[0]])
     assert all(len(m._forward_hooks) == 0 for m in cnn.modules())
+    assert all("forward" not in vars(m) for m in cnn.modules())
+
+
+def test_the_pyramid_is_computed_once_per_call(case):
+    # As the original, the ablated forwards reuse the clean pyramid: the backbone's body runs
+    # for the clean forward only, and a target that fails mid-call leaves the model as it was.
+    model, x, boxes, ours = case
+    calls = []
+    handle = model.backbone.body.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        again = shim_maps(model, x, boxes, batch_size=128)
+        assert len(calls) == 1
+        np.testing.assert_allclose(again, ours, atol=1e-5)
+
+        def failing(found):
+            if failing.seen:  # the first ablated chunk (the clean score came first)
+                raise TargetError("boom")
+            failing.seen = True
+            return FasterRCNNBoxScoreTarget(*boxes[0])(found)
+
+        failing.seen = False
+        with pytest.raises(TargetError, match="boom"):
+            shim.AblationCAM(
+                model, [model.backbone], ablation_layer=shim.AblationLayerFasterRCNN()
+            )(x, [failing])
+    finally:
+        handle.remove()
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def test_another_input_runs_the_pyramid_module():
+    # The stand-in forward answers only inputs equal to the clean forward's, in its thread.
+    from camkit.compat.pytorch_grad_cam.ablation_fasterrcnn import PyramidAblation, _Gate
+
+    class Pyramid(torch.nn.Module):
+        def forward(self, x):
+            return {"0": x * 2, "pool": x[:, :, ::2, ::2]}
+
+    module, ablation = Pyramid(), PyramidAblation(_Gate(), -1000.0)
+    undo = ablation.attach(module)
+    try:
+        x = torch.rand(2, 3, 4, 4)
+        first = module(x)
+        assert ablation.reused == 0 and torch.equal(first["0"], x * 2)
+        again = module(x[[1, 1, 0]])  # the same images, in another order: reused
+        assert ablation.reused == 1 and torch.equal(again["0"], x[[1, 1, 0]] * 2)
+        other = x.clone()
+        other[0, 0, 0, 0] += 1
+        assert torch.equal(module(other)["0"], other * 2) and ablation.reused == 1
+        import threading
+
+        out = []
+        worker = threading.Thread(target=lambda: out.append(module(x)))
+        worker.start()
+        worker.join()
+        assert torch.equal(out[0]["0"], x * 2) and ablation.reused == 1
+    finally:
+        undo()
+    assert "forward" not in vars(module)
