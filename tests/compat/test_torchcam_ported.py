@@ -8,6 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from copy import deepcopy
 from functools import partial
+from operator import itemgetter
 
 import pytest
 import torch
@@ -742,6 +743,21 @@ def test_deletion_insertion_complete_curves_and_auc():
     the curves are camkit's ``perturbation_curve``, the AUCs the original's)."""
     metric = _fixed_metric(steps=2)
     metric.update(_exact_input(), class_idx=0)
+    assert metric.summary() == pytest.approx({"deletion_auc": 0.4, "insertion_auc": 0.6})
+
+
+def test_classification_metric_accepts_output_targets():
+    """test_metrics.py::test_classification_metric_accepts_output_targets."""
+    extractor = _FixedExtractor(_SumClassifier(), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+    metric = ClassificationMetric(extractor)
+    metric.update(_exact_input(), targets=itemgetter(0))
+    assert metric.summary() == pytest.approx({"avg_drop": 0.6 / (1 + 1e-7), "conf_increase": 0})
+
+
+def test_deletion_insertion_accepts_output_targets():
+    """test_metrics.py::test_deletion_insertion_accepts_output_targets."""
+    metric = _fixed_metric(steps=2)
+    metric.update(_exact_input(), targets=itemgetter(0))
     assert metric.summary() == pytest.approx({"deletion_auc": 0.4, "insertion_auc": 0.6})
 
 
