@@ -1186,6 +1186,24 @@ def test_overlay_mask_preserves_raw_band_modes(mode, shape):
     assert np.abs(expected.astype(np.int16) - actual.astype(np.int16)).max() <= 1
 
 
+def test_overlay_mask_preserves_nan_alpha():
+    """test_utils.py::test_overlay_mask_preserves_nan_alpha (matplotlib's jet for the legacy
+    overlay; with a NaN alpha the colormap does not change the pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    matplotlib = pytest.importorskip("matplotlib")
+    img = Image.fromarray(np.arange(60, dtype=np.uint8).reshape(4, 5, 3))
+    mask = Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5))
+    with pytest.warns(RuntimeWarning):
+        expected = _legacy_overlay(img, mask, matplotlib.colormaps["jet"], alpha=float("nan"))
+    with pytest.warns(RuntimeWarning):
+        actual = np.asarray(overlay_mask(img, mask, alpha=float("nan")))
+    np.testing.assert_array_equal(actual, expected)
+
+
 @pytest.mark.parametrize("alpha", [0, -0.1, 1.0, "0.5", None])
 def test_overlay_mask_invalid_alpha(alpha):
     """test_utils.py::test_overlay_mask_invalid_alpha."""
