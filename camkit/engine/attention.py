@@ -176,11 +176,27 @@ _MHA_ARGS: tuple[str, ...] = ("query", "key", "value", "key_padding_mask", "need
 _MHA_ARGS += ("attn_mask", "average_attn_weights", "is_causal")
 
 
-def _check_mha(m: nn.MultiheadAttention) -> None:
+def check_layout(model: nn.Module, layer: str, module: nn.Module) -> None:
+    """Raise :class:`LayerError` unless camkit can read the attention of every block at or
+    inside ``module`` (its kind and layout; the mode, e.g. active dropout, is checked when
+    the attention is read)."""
+    for _, block in attention_blocks(model, layer, module):
+        attention = _attention_of(block)
+        if isinstance(attention, nn.MultiheadAttention):
+            _check_mha_layout(attention)
+
+
+def _check_mha_layout(m: nn.MultiheadAttention) -> None:
     if not m.batch_first or not m._qkv_same_embed_dim or m.in_proj_weight is None:
         raise LayerError("camkit reads batch-first MultiheadAttention with one input projection")
-    if m.bias_k is not None or m.add_zero_attn or (m.training and m.dropout > 0):
-        raise LayerError("camkit cannot read attention with added keys or active dropout")
+    if m.bias_k is not None or m.add_zero_attn:
+        raise LayerError("camkit cannot read attention with added keys")
+
+
+def _check_mha(m: nn.MultiheadAttention) -> None:
+    _check_mha_layout(m)
+    if m.training and m.dropout > 0:
+        raise LayerError("camkit cannot read attention under active attention dropout")
 
 
 def checked(project: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from copy import deepcopy
 from functools import partial
+from operator import itemgetter
 
 import pytest
 import torch
-from conftest import needs_contrib, needs_torchcam, until_landed
+from conftest import HAS_CONTRIB, needs_contrib, needs_torchcam, until_landed
 from torch import Tensor, nn
 
 from camkit.compat.torchcam import methods as shim
@@ -745,6 +746,21 @@ def test_deletion_insertion_complete_curves_and_auc():
     assert metric.summary() == pytest.approx({"deletion_auc": 0.4, "insertion_auc": 0.6})
 
 
+def test_classification_metric_accepts_output_targets():
+    """test_metrics.py::test_classification_metric_accepts_output_targets."""
+    extractor = _FixedExtractor(_SumClassifier(), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+    metric = ClassificationMetric(extractor)
+    metric.update(_exact_input(), targets=itemgetter(0))
+    assert metric.summary() == pytest.approx({"avg_drop": 0.6 / (1 + 1e-7), "conf_increase": 0})
+
+
+def test_deletion_insertion_accepts_output_targets():
+    """test_metrics.py::test_deletion_insertion_accepts_output_targets."""
+    metric = _fixed_metric(steps=2)
+    metric.update(_exact_input(), targets=itemgetter(0))
+    assert metric.summary() == pytest.approx({"deletion_auc": 0.4, "insertion_auc": 0.6})
+
+
 def test_deletion_insertion_non_divisible_steps():
     """test_metrics.py::test_deletion_insertion_non_divisible_steps (through ``update``)."""
     x = torch.tensor([[[[0.3, 0.25, 0.2, 0.15, 0.1]]]])
@@ -1170,6 +1186,24 @@ def test_overlay_mask_preserves_raw_band_modes(mode, shape):
     assert np.abs(expected.astype(np.int16) - actual.astype(np.int16)).max() <= 1
 
 
+def test_overlay_mask_preserves_nan_alpha():
+    """test_utils.py::test_overlay_mask_preserves_nan_alpha (matplotlib's jet for the legacy
+    overlay; with a NaN alpha the colormap does not change the pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from camkit.compat.torchcam.utils import overlay_mask
+
+    matplotlib = pytest.importorskip("matplotlib")
+    img = Image.fromarray(np.arange(60, dtype=np.uint8).reshape(4, 5, 3))
+    mask = Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5))
+    with pytest.warns(RuntimeWarning):
+        expected = _legacy_overlay(img, mask, matplotlib.colormaps["jet"], alpha=float("nan"))
+    with pytest.warns(RuntimeWarning):
+        actual = np.asarray(overlay_mask(img, mask, alpha=float("nan")))
+    np.testing.assert_array_equal(actual, expected)
+
+
 @pytest.mark.parametrize("alpha", [0, -0.1, 1.0, "0.5", None])
 def test_overlay_mask_invalid_alpha(alpha):
     """test_utils.py::test_overlay_mask_invalid_alpha."""
@@ -1252,10 +1286,14 @@ def test_scorecam_restores_state_on_error(name):
 
 
 class _TinyBlock(nn.Module):
-    def __init__(self, hidden_dim: int = 8, num_heads: int = 2) -> None:
+    def __init__(
+        self, hidden_dim: int = 8, num_heads: int = 2, *, batch_first: bool = True, **options
+    ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(hidden_dim)
-        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+        self.self_attention = nn.MultiheadAttention(
+            hidden_dim, num_heads, batch_first=batch_first, **options
+        )
         self.ln_2 = nn.LayerNorm(hidden_dim)
         self.mlp = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim * 2), nn.GELU(), nn.Linear(hidden_dim * 2, hidden_dim)
@@ -1279,11 +1317,13 @@ class _PositionalAttentionBlock(_TinyBlock):
 class _TinyViT(nn.Module):
     """Patch embedding, prefix tokens, attention blocks, a mean-pooled head."""
 
-    def __init__(self, grid_shape=(2, 2), prefix_tokens: int = 1, num_layers: int = 2) -> None:
+    def __init__(
+        self, grid_shape=(2, 2), prefix_tokens: int = 1, num_layers: int = 2, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, 8, 1)
         self.prefix = nn.Parameter(torch.randn(1, prefix_tokens, 8))
-        self.blocks = nn.ModuleList([_TinyBlock() for _ in range(num_layers)])
+        self.blocks = nn.ModuleList([_TinyBlock(dropout=dropout) for _ in range(num_layers)])
         self.norm = nn.LayerNorm(8)
         self.head = nn.Linear(8, 3)
 
@@ -1441,6 +1481,323 @@ def test_the_legrad_reference_is_torchcams():
     ) as ext:
         cam = ext([0, 2], model(x))[0]
     torch.testing.assert_close(cam, expected, atol=1e-6, rtol=1e-5)
+
+
+# -- tests/test_methods_transformer.py: LeGrad's checks -------------------------------------
+# torchcam patches each target block's attention during the user's forward; the shim leaves
+# the model alone until it is called and reads the attention in camkit's own forward (the
+# engine's attention pass). Its checks are camkit's: at construction for the blocks, when
+# called for the rest. Where the shim explains an input torchcam rejects, the port checks
+# the map against the reference above.
+
+
+class _CrossAttentionBlock(_TinyBlock):
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.ln_1(tokens)
+        memory = x.roll(1, dims=1)
+        x, _ = self.self_attention(x, memory, memory, need_weights=False)
+        x = x + tokens
+        return x + self.mlp(self.ln_2(x))
+
+
+class _InvalidOutputBlock(_TinyBlock):
+    def forward(self, tokens: Tensor) -> Tensor:
+        return super().forward(tokens).mean(dim=1)
+
+
+class _DropTokenBlock(_TinyBlock):
+    def forward(self, tokens: Tensor) -> Tensor:
+        return super().forward(tokens)[:, :-1]
+
+
+class _NoWeightsAttention(nn.MultiheadAttention):
+    def forward(self, *args, **kwargs):
+        output, _ = super().forward(*args, **kwargs)
+        return output, None
+
+
+class _AveragedWeightsAttention(nn.MultiheadAttention):
+    def forward(self, *args, **kwargs):
+        output, weights = super().forward(*args, **kwargs)
+        assert isinstance(weights, Tensor)
+        return output, weights.mean(dim=1)
+
+
+class _ShortWeightsAttention(nn.MultiheadAttention):
+    def forward(self, *args, **kwargs):
+        output, weights = super().forward(*args, **kwargs)
+        assert isinstance(weights, Tensor)
+        return output, weights[..., :-1]
+
+
+class _RecordingBlock(_TinyBlock):
+    """Calls its attention with ``options`` and records the weights it gets back."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.options, self.returned = options, []
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.ln_1(tokens)
+        x, weights = self.self_attention(x, x, x, **self.options)
+        self.returned.append(weights)
+        x = x + tokens
+        return x + self.mlp(self.ln_2(x))
+
+
+def _separate_projection_block() -> nn.Module:
+    block = _TinyBlock()
+    block.self_attention = nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True)
+    return block
+
+
+def _hook_counts(model: nn.Module) -> list[tuple[int, int]]:
+    return [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
+
+
+def _raised(call) -> type[BaseException]:
+    try:
+        call()
+    except Exception as exc:
+        return type(exc)
+    raise AssertionError("the call did not raise")
+
+
+@pytest.mark.parametrize(
+    ("target_factory", "exception", "error"),
+    [
+        (nn.Identity, TypeError, "no attention block"),
+        (partial(_TinyBlock, batch_first=False), ValueError, "batch-first"),
+        (_separate_projection_block, ValueError, "one input projection"),
+        (partial(_TinyBlock, add_bias_kv=True), ValueError, "added keys"),
+        (partial(_TinyBlock, add_zero_attn=True), ValueError, "added keys"),
+    ],
+)
+def test_legrad_rejects_unsupported_target_blocks(target_factory, exception, error):
+    """test_methods_transformer.py::test_legrad_rejects_unsupported_target_blocks (camkit's
+    messages; no hook is left on the model)."""
+    from camkit.errors import LayerError
+
+    model = _TinyViT()
+    model.blocks[0] = target_factory()
+    hooks = _hook_counts(model)
+    with pytest.raises(exception, match=error) as raised:
+        shim.LeGrad(model, model.blocks[0], score_projection=model.project)
+    assert isinstance(raised.value, LayerError)
+    assert _hook_counts(model) == hooks
+
+
+def test_legrad_rejects_invalid_configuration():
+    """test_methods_transformer.py::test_legrad_rejects_invalid_configuration (camkit's
+    messages)."""
+    model = _TinyViT(grid_shape=(2, 3))
+    block, project = model.blocks[0], model.project
+    with pytest.raises(ValueError, match="score_projection"):
+        shim.LeGrad(model, block)
+    with pytest.raises(ValueError, match="explicit target"):
+        shim.LeGrad(model, [], score_projection=project)
+    with pytest.raises(TypeError, match="integer"):
+        shim.LeGrad(model, block, score_projection=project, prefix_tokens=1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        shim.LeGrad(model, block, score_projection=project, prefix_tokens=-1)
+    with pytest.raises(TypeError, match="tuple of two integers"):
+        shim.LeGrad(model, block, score_projection=project, grid_shape=[2, 3])
+    with pytest.raises(ValueError, match="positive"):
+        shim.LeGrad(model, block, score_projection=project, grid_shape=(2, 0))
+    with pytest.raises(TypeError, match="callable"):
+        shim.LeGrad(model, block, score_projection=object())
+    x = torch.randn(1, 3, 2, 3)
+    for options, error in (
+        ({}, "square patch grid"),
+        ({"grid_shape": (2, 2)}, "does not match"),
+        ({"prefix_tokens": 7}, "at least one patch"),
+    ):
+        with shim.LeGrad(model, block, score_projection=project, **options) as extractor:
+            scores = model(x)
+            with pytest.raises(ValueError, match=error):
+                extractor(0, scores)
+
+
+def test_legrad_rejects_invalid_attention_inputs():
+    """test_methods_transformer.py::test_legrad_rejects_invalid_attention_inputs (torchcam's
+    patched attention rejects a missing key and unbatched tokens; the shim does not touch the
+    attention module, so a direct call behaves as torch's: the same error for the missing key,
+    the same output for unbatched tokens)."""
+    model = _TinyViT()
+    attention = model.blocks[0].self_attention
+    query = torch.randn(1, 5, 8)
+    unbatched = query.squeeze(0)
+    error = _raised(lambda: attention(query, None, query))
+    expected = attention(unbatched, unbatched, unbatched)[0]
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project):
+        with pytest.raises(error):
+            attention(query, None, query)
+        torch.testing.assert_close(attention(unbatched, unbatched, unbatched)[0], expected)
+
+
+@needs_contrib
+def test_legrad_rejects_disconnected_scores_and_invalid_forward_modes():
+    """test_methods_transformer.py::test_legrad_rejects_disconnected_scores_and_invalid_
+    forward_modes. The shim explains the two forwards torchcam rejects: a model in training
+    mode with attention dropout (the map is the eval-mode one, as for every shim call) and a
+    forward under ``inference_mode`` (camkit runs the recorded input again); both maps equal
+    the reference. A score disconnected from the attention is a ``GradientError``
+    (``RuntimeError``), a ``score_projection`` that returns no ``(N, classes)`` scores a
+    ``ConfigError`` (``ValueError``), when the extractor is called."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 2, 2)
+    model = _TinyViT(dropout=0.1).train()
+    _, expected = _legrad_reference(deepcopy(model).eval(), x, 0, [0], 1, (2, 2))
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+        scores = model(x)
+        torch.testing.assert_close(extractor(0, scores)[0], expected, atol=1e-6, rtol=1e-5)
+    assert all(m.training for m in model.modules())
+
+    model = _TinyViT()
+    _, expected = _legrad_reference(deepcopy(model), x, 0, [0], 1, (2, 2))
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+        with torch.inference_mode():
+            scores = model(x)
+        torch.testing.assert_close(extractor(0, scores)[0], expected, atol=1e-6, rtol=1e-5)
+
+    def disconnected(tokens: Tensor) -> Tensor:
+        return model.project(tokens.detach())
+
+    with shim.LeGrad(model, model.blocks[0], score_projection=disconnected) as extractor:
+        scores = model(x)
+        with pytest.raises(RuntimeError, match="gradient"):
+            extractor(0, scores)
+    with shim.LeGrad(
+        model, model.blocks[0], score_projection=lambda tokens: tokens.mean()
+    ) as extractor:
+        scores = model(x)
+        with pytest.raises(ValueError, match=r"\(B, classes\) scores"):
+            extractor(0, scores)
+
+
+@needs_contrib
+def test_legrad_rejects_cross_attention():
+    """test_methods_transformer.py::test_legrad_rejects_cross_attention (when the extractor
+    is called: camkit reads the attention in its own forward)."""
+    model = _TinyViT()
+    model.blocks[0] = _CrossAttentionBlock()
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+        scores = model(torch.randn(1, 3, 2, 2))
+        with pytest.raises(ValueError, match="self-attention"):
+            extractor(0, scores)
+
+
+@needs_contrib
+@pytest.mark.parametrize(
+    "attention_type", [_NoWeightsAttention, _AveragedWeightsAttention, _ShortWeightsAttention]
+)
+def test_legrad_rejects_incompatible_attention_outputs(attention_type):
+    """test_methods_transformer.py::test_legrad_rejects_incompatible_attention_outputs.
+    camkit computes the attention probabilities from the module's inputs and never reads the
+    weights it returns, so the shim explains these modules: the map equals the reference.
+    The shim does not change the caller's ``need_weights=False`` (torchcam forces ``True``),
+    so the two modules that assert on their weights fail in the model's own forward, as they
+    do without an extractor; with a block that asks for the weights, the map is checked."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 2, 2)
+    model = _TinyViT()
+    model.blocks[0].self_attention = attention_type(8, 2, batch_first=True)
+    if attention_type is not _NoWeightsAttention:
+        error = _raised(lambda: model(x))
+        with (
+            shim.LeGrad(model, model.blocks[0], score_projection=model.project),
+            pytest.raises(error),
+        ):
+            model(x)
+        model.blocks[0] = _RecordingBlock(need_weights=True)
+        model.blocks[0].self_attention = attention_type(8, 2, batch_first=True)
+    _, expected = _legrad_reference(deepcopy(model), x, 0, [0], 1, (2, 2))
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+        scores = model(x)
+        torch.testing.assert_close(extractor(0, scores)[0], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("block_type", "during_forward"), [(_InvalidOutputBlock, True), (_DropTokenBlock, False)]
+)
+def test_legrad_rejects_incompatible_block_outputs(block_type, during_forward):
+    """test_methods_transformer.py::test_legrad_rejects_incompatible_block_outputs (camkit's
+    messages: a block that drops a token leaves no square grid; with the grid given, camkit's
+    own check of the attention keys against the block's tokens)."""
+    model = _TinyViT()
+    model.blocks[0] = block_type()
+    x = torch.randn(1, 3, 2, 2)
+    with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+        if during_forward:
+            with pytest.raises(ValueError, match="must return tokens"):
+                model(x)
+        else:
+            scores = model(x)
+            with pytest.raises(ValueError, match="square patch grid"):
+                extractor(0, scores)
+    if not during_forward and HAS_CONTRIB:
+        with shim.LeGrad(
+            model, model.blocks[0], score_projection=model.project, grid_shape=(1, 3)
+        ) as extractor:
+            scores = model(x)
+            with pytest.raises(ValueError, match="its attention has 4 keys"):
+                extractor(0, scores)
+
+
+def test_legrad_rejects_missing_captured_state():
+    """test_methods_transformer.py::test_legrad_rejects_missing_captured_state (the shim
+    keeps no ``hook_attn``: camkit reads the attention when called; the recorded block
+    tokens cleared, both ``__call__`` and ``compute_cams`` raise ``NotForwardedError``, an
+    ``AssertionError``)."""
+    model = _TinyViT()
+    x = torch.randn(1, 3, 2, 2)
+    for call in ("__call__", "compute_cams"):
+        with shim.LeGrad(model, model.blocks[0], score_projection=model.project) as extractor:
+            scores = model(x)
+            extractor.hook_a[0] = None
+            with pytest.raises(AssertionError, match="forward inputs through the model"):
+                getattr(extractor, call)(0, scores)
+
+
+@needs_contrib
+@pytest.mark.parametrize(
+    ("options", "shape"),
+    [({}, (1, 5, 5)), ({"need_weights": False}, None), ({"average_attn_weights": False},
+     (1, 2, 5, 5))],
+)  # fmt: skip
+def test_legrad_rejects_missing_attention_return_options(options, shape):
+    """test_methods_transformer.py::test_legrad_rejects_missing_attention_return_options
+    (torchcam's private record of the caller's ``need_weights`` and
+    ``average_attn_weights``; the public part: the attention returns what its caller asked
+    for, in the user's forward and in camkit's, with the same values)."""
+    torch.manual_seed(0)
+    model = _TinyViT()
+    model.blocks[0] = block = _RecordingBlock(**options)
+    with shim.LeGrad(model, block, score_projection=model.project) as extractor:
+        scores = model(torch.randn(1, 3, 2, 2))
+        assert torch.isfinite(extractor(0, scores)[0]).all()
+    user, *camkit_passes = block.returned
+    assert camkit_passes
+    assert (None if user is None else tuple(user.shape)) == shape
+    for returned in camkit_passes:
+        if shape is None:
+            assert returned is None
+        else:
+            torch.testing.assert_close(returned.detach(), user.detach())
+
+
+def test_legrad_remove_hooks_restores_attention():
+    """test_methods_transformer.py::test_legrad_remove_hooks_restores_attention (and every
+    other module's hooks)."""
+    model = _TinyViT()
+    attention = model.blocks[0].self_attention
+    hooks = (len(attention._forward_pre_hooks), len(attention._forward_hooks))
+    every = _hook_counts(model)
+    extractor = shim.LeGrad(model, model.blocks[0], score_projection=model.project)
+    extractor.remove_hooks()
+    assert (len(attention._forward_pre_hooks), len(attention._forward_hooks)) == hooks
+    assert _hook_counts(model) == every
+    assert extractor.hook_handles == []
 
 
 def test_metrics_reject_unsupported_spatial_rank():

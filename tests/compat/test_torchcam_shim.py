@@ -423,6 +423,61 @@ def test_metrics_match_torchcam(metric):  # test_classification_metric, test_del
         assert summaries[0][key] == pytest.approx(summaries[1][key], abs=1e-5)
 
 
+@needs_torchcam
+@pytest.mark.parametrize("metric", ["ClassificationMetric", "DeletionInsertionMetric"])
+@pytest.mark.parametrize("name", ["GradCAM", "ScoreCAM"])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_metrics_with_output_targets_match_torchcam(metric, name, softmax):
+    """``update(x, targets=...)``: one target for the batch, and one per sample (two samples
+    sharing one), equal to torchcam's summaries."""
+    from functools import partial
+    from operator import itemgetter
+
+    from torchcam import methods as peer
+    from torchcam import metrics as peer_metrics
+
+    from camkit.compat.torchcam import metrics as shim_metrics
+
+    model, x = small_cnn(), images(3)
+    shared = itemgetter(1)
+    per_sample = [shared, lambda row: row[3] - row[0], shared]
+    logits_fn = partial(torch.softmax, dim=-1) if softmax else None
+    kwargs = {"steps": 5, "batch_size": 4} if metric == "DeletionInsertionMetric" else {}
+    summaries = []
+    for lib, mlib in ((shim, shim_metrics), (peer, peer_metrics)):
+        with getattr(lib, name)(model, "0.3") as extractor:
+            m = getattr(mlib, metric)(extractor, logits_fn, **kwargs)
+            m.update(x, targets=itemgetter(2))
+            m.update(x, targets=per_sample)
+            summaries.append(m.summary())
+    assert summaries[0].keys() == summaries[1].keys()
+    for key in summaries[0]:
+        assert summaries[0][key] == pytest.approx(summaries[1][key], abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["ClassificationMetric", "DeletionInsertionMetric"])
+def test_metrics_reject_bad_output_targets(cnn, metric):
+    from camkit.compat._shared import CompatTypeError
+    from camkit.compat.torchcam import metrics as shim_metrics
+    from camkit.errors import TargetError
+
+    x = images(2)
+    with shim.GradCAM(cnn, "0.3") as extractor:
+        m = getattr(shim_metrics, metric)(extractor)
+        with pytest.raises(TargetError, match="not both"):
+            m.update(x, 1, targets=lambda row: row[0])
+        with pytest.raises(CompatTypeError, match="callable"):
+            m.update(x, targets=[0, 1])
+        with pytest.raises(TargetError, match="one per sample"):
+            m.update(x, targets=[lambda row: row[0]])
+        with pytest.raises(TargetError, match="scalar"):
+            m.update(x, targets=lambda row: row[:2])
+        with pytest.raises(CompatTypeError, match="tensor"):
+            m.update(x, targets=lambda row: 1.0)
+        assert m.total == 0
+        assert extractor._hooks_enabled
+
+
 def test_metric_summary_needs_an_update(cnn):  # test_classification_metric (empty summary)
     from camkit.compat.torchcam.metrics import ClassificationMetric
 

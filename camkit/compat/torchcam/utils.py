@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,8 @@ from PIL import Image
 import camkit
 from camkit.compat._shared import CompatTypeError
 from camkit.errors import InputError
+from camkit.viz import check_colormap
+from camkit.viz import colormap as colormap_of
 
 __all__ = ["overlay_mask"]
 
@@ -28,7 +31,9 @@ def overlay_mask(
         img: background image (grayscale or RGB).
         mask: ``(h, w)`` grayscale mask in ``[0, 1]`` (e.g. mode ``"F"``).
         colormap: a colormap name or a callable ``cmap(values, bytes=True)``.
-        alpha: weight of the background, in ``[0, 1)``.
+        alpha: weight of the background, in ``[0, 1)``. A NaN passes the range check, as in
+            torchcam: the blend is then NaN and NumPy's cast of it to uint8 warns
+            (``RuntimeWarning``), as torchcam's does; the pixels are the same as torchcam's.
 
     Returns:
         the RGB overlay, of ``img``'s size.
@@ -43,7 +48,7 @@ def overlay_mask(
     """
     if not isinstance(img, Image.Image) or not isinstance(mask, Image.Image):
         raise CompatTypeError("img and mask arguments need to be PIL.Image")
-    if not isinstance(alpha, float) or not 0 <= alpha < 1:
+    if not isinstance(alpha, float) or alpha < 0 or alpha >= 1:
         raise InputError(
             f"alpha argument is expected to be of type float between 0 and 1, got {alpha!r}"
         )
@@ -56,8 +61,21 @@ def overlay_mask(
     if raw.dtype == np.uint8:
         img = Image.fromarray(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=-1))
     if callable(colormap):
-        heat = Image.fromarray(colormap(values, bytes=True)[:, :, :3])
-        return Image.blend(heat, img.convert("RGB"), alpha)
-    if not np.issubdtype(values.dtype, np.floating):
-        values = values / 255  # integer masks index a 256-colour table in torchcam
+        heat = colormap(values, bytes=True)[:, :, :3]
+    else:
+        check_colormap(colormap)
+        if not np.issubdtype(values.dtype, np.floating):
+            values = values / 255  # integer masks index a 256-colour table in torchcam
+        heat = None
+    if math.isnan(alpha):
+        # torchcam's arithmetic blend, kept for a NaN alpha: NumPy warns (RuntimeWarning) as
+        # it casts the NaN pixels to uint8, and the pixels are the platform's cast of NaN.
+        if heat is None:
+            heat = colormap_of(values, colormap)
+        background = np.asarray(img)
+        if background.ndim == 2:
+            background = np.repeat(background[..., None], 3, axis=-1)
+        return Image.fromarray((alpha * background + (1 - alpha) * heat).astype(np.uint8))
+    if heat is not None:
+        return Image.blend(Image.fromarray(heat), img.convert("RGB"), alpha)
     return camkit.overlay(img, values.astype(np.float32), alpha=1 - alpha, cmap=colormap)

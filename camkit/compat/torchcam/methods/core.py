@@ -57,7 +57,9 @@ def camkit_target(targets: OutputTarget | list[OutputTarget], batch: int) -> Cal
 
     def score(rows: Tensor, index: Tensor) -> Tensor:
         values = [fns[int(i)](row) for row, i in zip(rows, index.tolist())]
-        if not all(isinstance(v, Tensor) and v.numel() == 1 for v in values):
+        if not all(isinstance(v, Tensor) for v in values):
+            raise CompatTypeError("an output target must return a tensor")
+        if not all(v.numel() == 1 for v in values):
             raise TargetError("an output target must return a scalar tensor for each sample")
         return torch.stack([v.reshape(()) for v in values])
 

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.compat._shared import CompatTypeError, EpsilonXGradCAM, extractor, seed_from_global_rng
-from camkit.compat.torchcam.methods.core import _CAM, LayerArg
+from camkit.compat.torchcam.methods.core import _CAM, LayerArg, NotForwardedError
+from camkit.engine.attention import attention_blocks, block_head, check_layout
 from camkit.errors import ConfigError, LayerError
 
 __all__ = [
@@ -216,6 +217,11 @@ class LayerCAM(_GradCAM):
         return [torch.tanh(gamma * cam) for cam in cams]
 
 
+class NotAnAttentionBlockError(LayerError, CompatTypeError):
+    """A LeGrad target block holds no attention camkit reads (a ``TypeError``, as in
+    torchcam, and a :class:`~camkit.errors.LayerError`)."""
+
+
 class LeGrad(_CAM):
     r"""LeGrad (camkit-contrib's ``legrad``): each target block's positive gradients of its own
     class score by its attention probabilities, averaged over heads and queries, the leading
@@ -227,7 +233,13 @@ class LeGrad(_CAM):
     tokens; by default the model's final norm and head on the mean of the block's tokens
     (torchvision's and timm's ``VisionTransformer``). The patch grid is ``grid_shape``, or
     the square of the tokens after the ``prefix_tokens`` leading ones, as in torchcam
-    (camkit's ``grid=``). Difference: the user's forward may run without gradients.
+    (camkit's ``grid=``).
+
+    The shim does not patch the attention modules: the user's forward runs the model as it
+    is, in any grad mode (``inference_mode`` too) and with attention dropout active in
+    training mode (the map is the eval-mode one, as for every shim call), where torchcam
+    raises. The target blocks are checked when the extractor is built, the rest (self-
+    attention, the projection's scores, the grid) when it is called.
 
     Example:
         >>> from camkit.compat.torchcam.methods import LeGrad
@@ -244,6 +256,18 @@ class LeGrad(_CAM):
         prefix_tokens: non-spatial key tokens to drop before the grid
         grid_shape: the patch grid ``(h, w)``; inferred when the patch count is a square
         enable_hooks: whether hooks should be enabled by default
+
+    Raises:
+        NotAnAttentionBlockError: a target block holds no attention camkit reads (a
+            ``TypeError`` and a ``LayerError``).
+        LayerError: a target block's ``nn.MultiheadAttention`` is not batch first, has
+            separate key/value dimensions or added keys; no ``score_projection`` for a model
+            other than torchvision's and timm's ``VisionTransformer``; when called: cross-
+            attention, masks, blocks that do not return ``(N, T, D)`` tokens.
+        CompatTypeError, ConfigError: invalid ``prefix_tokens``, ``grid_shape`` or
+            ``score_projection``; when called, a grid that does not fit the tokens or
+            ``score_projection`` scores not shaped ``(N, classes)``.
+        GradientError: when called, a block's score that does not depend on its attention.
     """
 
     _method = "legrad"
@@ -282,6 +306,29 @@ class LeGrad(_CAM):
         self._grid: tuple[int, int] | None = None
         super().__init__(model, target_layer, enable_hooks=enable_hooks)
 
+    def _target_names(
+        self, model: nn.Module, target_layer: LayerArg, input_shape: tuple[int, ...]
+    ) -> list[str]:
+        """The target blocks' names, each checked to hold attention camkit reads, and the
+        model checked to have a head for the blocks' scores unless ``score_projection`` is
+        given (before any hook is registered)."""
+        names = super()._target_names(model, target_layer, input_shape)
+        for name in names:
+            try:
+                attention_blocks(model, name, self.submodule_dict[name])
+            except LayerError as exc:
+                raise NotAnAttentionBlockError(str(exc)) from None
+            check_layout(model, name, self.submodule_dict[name])
+        if self.score_projection is None:
+            try:
+                block_head(model)
+            except LayerError as exc:
+                raise LayerError(
+                    f"{exc}; pass `score_projection`, a callable from a block's (N, T, D) "
+                    "tokens to (N, classes) scores"
+                ) from None
+        return names
+
     def _hook_a(self, module: nn.Module, _input: Any, output: Tensor, idx: int = 0) -> None:
         if self._hooks_enabled and (not isinstance(output, Tensor) or output.ndim != 3):
             raise LayerError(
@@ -292,7 +339,11 @@ class LeGrad(_CAM):
     def _patch_grid(self) -> tuple[int, int]:
         """torchcam's grid: ``grid_shape``, or the square of the tokens after the prefix."""
         fmap = self.hook_a[0]
-        assert fmap is not None
+        if fmap is None:
+            raise NotForwardedError(
+                "no block tokens were recorded: forward inputs through the model (with hooks "
+                "enabled) before calling the extractor"
+            )
         patches = fmap.shape[1] - self.prefix_tokens
         if patches <= 0:
             raise ConfigError("`prefix_tokens` must leave at least one patch token")
