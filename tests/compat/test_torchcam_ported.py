@@ -1282,7 +1282,7 @@ def test_scorecam_restores_state_on_error(name):
         assert model.training
 
 
-# -- tests/test_methods_transformer.py: LeGrad (skipped until camkit has it) ----------------
+# -- tests/test_methods_transformer.py: LeGrad ----------------------------------------------
 
 
 class _TinyBlock(nn.Module):
