@@ -46,6 +46,9 @@ METHODS: list[tuple[str, str | None, str | None]] = [
 ]
 #: methods that forward one masked copy per channel: batch_size for both libraries.
 PERTURBATION = {"Score-CAM": 64, "Ablation-CAM": 64}
+#: pytorch-grad-cam's AblationCAM with AblationLayerFasterRCNN on a Faster R-CNN ResNet-50 FPN
+#: (``weights=None``), explaining its own top three boxes (``FasterRCNNBoxScoreTarget``).
+DETECTOR = "Ablation-CAM:FasterRCNN"
 CONTRIB = {"Eigen-CAM", "Ablation-CAM"}
 Call = Callable[[], object]
 
@@ -62,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
         "--perturbation-batch-sizes",
         type=_ints,
         help="batch sizes for Score-CAM and Ablation-CAM (default: --batch-sizes)",
+    )
+    p.add_argument(
+        "--detector-size", type=int, default=128, help=f"input side in pixels for {DETECTOR}"
     )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -176,6 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "shim_over_original": ours / orig,
                     }
                 )  # fmt: skip
+    detector = have["pytorch-grad-cam"] and have["camkit-contrib"]
+    if detector and (wanted is None or DETECTOR in wanted):
+        results.append(_detector_row(args))
     return {
         "machine": machine(),
         "loadavg": loadavg(),
@@ -183,6 +192,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "results": results,
     }
+
+
+def _detector_row(args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`DETECTOR` at batch 1; the bare time is the detector's forward (no gradient)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    import camkit.compat.pytorch_grad_cam as gc_shim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pytorch_grad_cam as gc
+        from pytorch_grad_cam.ablation_layer import AblationLayerFasterRCNN
+
+    size = args.detector_size
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=size,
+        max_size=size, rpn_pre_nms_top_n_test=30, rpn_post_nms_top_n_test=10,
+    ).eval()  # fmt: skip
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        found = model(x)[0]
+    labels, boxes = found["labels"][:3], found["boxes"][:3].numpy()
+
+    def build(lib: Any, layer: Any) -> Call:
+        def call() -> object:
+            targets = [lib.utils.model_targets.FasterRCNNBoxScoreTarget(labels, boxes)]
+            transform = lib.utils.reshape_transforms.fasterrcnn_reshape_transform
+            with lib.AblationCAM(
+                model, [model.backbone], transform, ablation_layer=layer(), batch_size=32
+            ) as cam:
+                return cam(x, targets=targets)
+
+        return call
+
+    def bare() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    log(f"pytorch-grad-cam {DETECTOR} batch 1 ({size} px)")
+    fns = {
+        "bare": bare,
+        "original": build(gc, AblationLayerFasterRCNN),
+        "shim": build(gc_shim, gc_shim.AblationLayerFasterRCNN),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = interleaved(fns, args.repeats, args.warmup)
+    bare_s, orig, ours = t["bare"].median, t["original"].median, t["shim"].median
+    return {
+        "peer": "pytorch-grad-cam", "method": DETECTOR, "class": "AblationCAM", "batch": 1,
+        "size": size, "bare_s": bare_s, "original_s": orig, "shim_s": ours,
+        "original_x_bare": orig / bare_s, "shim_x_bare": ours / bare_s,
+        "shim_over_original": ours / orig,
+    }  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -196,6 +260,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{s['repeats']} interleaved runs after {s['warmup']} warm-up. Machine: {m['cpu']}, "
         f"{m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; load "
         f"average at the end {report['loadavg']}.",
+        "",
+        f"{DETECTOR}: {s['detector_size']} px, its bare time the detector's forward.",
         "",
         "| peer | method | batch | bare fwd+bwd (ms) | original (ms) | shim (ms) "
         "| original / bare | shim / bare | shim / original |",

@@ -47,3 +47,16 @@ def test_peers_skip_what_is_not_installed(monkeypatch: pytest.MonkeyPatch):
     assert report["results"] == []
     assert len(report["notes"]) == 3 and all("not installed" in n for n in report["notes"])
     assert "torchcam is not installed" in peers.markdown(report)
+
+
+@pytest.mark.slow
+def test_peers_time_the_detector_ablation(tmp_path: Path):
+    have = peers.available()
+    if not (have["pytorch-grad-cam"] and have["camkit-contrib"]):
+        pytest.skip("pytorch-grad-cam and camkit-contrib are needed")
+    report = peers.run(_args("--methods", peers.DETECTOR, "--detector-size", "64"))
+    (row,) = report["results"]
+    assert row["method"] == peers.DETECTOR and row["size"] == 64 and row["batch"] == 1
+    assert row["shim_over_original"] == pytest.approx(row["shim_s"] / row["original_s"])
+    assert row["original_x_bare"] == pytest.approx(row["original_s"] / row["bare_s"])
+    assert f"| {peers.DETECTOR} | 1 |" in peers.markdown(report)
