@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from camkit.engine.capture import preserved_buffers
 from camkit.engine.checks import validated_input
 from camkit.engine.layers import LayerSpec, locate, resolve_all
-from camkit.engine.maps import fuse, weighted_sum
+from camkit.engine.maps import fused, weighted_sum
 from camkit.engine.options import RunOptions, Setup
 from camkit.engine.outputs import Layout, check_layout
 from camkit.engine.services import Services
@@ -174,7 +174,7 @@ class Extractor:
         ):
             raise PluginError(f"method {method.name!r} fused its layers into a wrong shape")
         return CAMResult(
-            maps=fuse(list(layer_maps.values()), size=x.shape[2:]) if maps is None else maps,
+            maps=fused(list(layer_maps.values()), x.shape[2:]) if maps is None else maps,
             layer_maps=layer_maps,
             weights=weights,
             scores=call.scores,

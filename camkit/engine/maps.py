@@ -92,10 +92,17 @@ def fuse(maps: Sequence[Tensor], size: Sequence[int] | None = None) -> Tensor:
         and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
     ):
         raise InputError(f"fuse() needs size=None or {dims} positive ints, got {size!r}")
-    fused = [resize(minmax_normalize(m.float(), dims), size) for m in maps]
-    out = fused[0] if len(fused) == 1 else torch.stack(fused).amax(0)
-    # Interpolation weights sum to one only to float rounding; ``out`` is a new tensor.
-    return out.clamp_(max=1.0)
+    return fused(maps, size)
+
+
+def fused(maps: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+    """:func:`fuse` of maps the engine has checked already (finite, one batch size and rank,
+    ``size`` their spatial rank)."""
+    dims = len(size)
+    out = [resize(minmax_normalize(m.float(), dims), size) for m in maps]
+    top = out[0] if len(out) == 1 else torch.stack(out).amax(0)
+    # Interpolation weights sum to one only to float rounding; ``top`` is a new tensor.
+    return top.clamp_(max=1.0)
 
 
 def _checked_maps(maps: object) -> int:

@@ -8,6 +8,8 @@ layout heuristics) lives in this subpackage, and private torch APIs are confined
 
 from __future__ import annotations
 
+import functools
+
 import threading
 import warnings
 from dataclasses import dataclass
@@ -75,11 +77,15 @@ class Accelerator:
         self.model = model
         self.precision = precision
         self.option = channels_last
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-        self._convs = bool(convs)
-        self._grouped = any(m.groups > 1 for m in convs)
         # False once the model rejected a channels-last input.
         self._layout_ok = channels_last is not False
+
+    @functools.cached_property
+    def _conv_kinds(self) -> tuple[bool, bool]:
+        """Whether the model has 2-D convolutions, and grouped ones (walked once, when the
+        layout is first decided: a call with ``channels_last=False`` never walks it)."""
+        convs = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        return bool(convs), any(m.groups > 1 for m in convs)
 
     def explain_channels_last(self, x: Tensor) -> bool:
         """Whether the explained (clean) forward gets a channels-last copy of ``x``.
@@ -94,8 +100,9 @@ class Accelerator:
             return False
         if self.option is True:
             return True
-        faster = self._convs and capabilities(x.device).channels_last
-        return faster and x.device.type == "cpu" and (x.shape[0] > 1 or self._grouped)
+        convs, grouped = self._conv_kinds
+        faster = convs and capabilities(x.device).channels_last
+        return faster and x.device.type == "cpu" and (x.shape[0] > 1 or grouped)
 
     def scoring(
         self,
@@ -128,7 +135,8 @@ class Accelerator:
         """
         layout = inputs.dim() == 4 and self._layout_ok
         layout = layout and (
-            self.option is True or (self._convs and capabilities(inputs.device).channels_last)
+            self.option is True
+            or (self._conv_kinds[0] and capabilities(inputs.device).channels_last)
         )
         precision = effective_precision(self.precision, inputs.device)
         if precision == "auto" and rows is not None and not hooked:
