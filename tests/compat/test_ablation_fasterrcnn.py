@@ -264,16 +264,20 @@ def test_another_input_runs_the_pyramid_module():
         assert ablation.reused == 0 and torch.equal(first["0"], x * 2)
         again = module(x[[1, 1, 0]])  # the same images, in another order: reused
         assert ablation.reused == 1 and torch.equal(again["0"], x[[1, 1, 0]] * 2)
+        same = module(x[[0, 0]])  # one image's rows: the levels in memory of their own
+        assert ablation.reused == 2 and torch.equal(same["0"], x[[0, 0]] * 2)
+        assert same["0"].is_contiguous()
+        assert same["0"].untyped_storage().data_ptr() != ablation.clean["0"].data_ptr()
         other = x.clone()
         other[0, 0, 0, 0] += 1
-        assert torch.equal(module(other)["0"], other * 2) and ablation.reused == 1
+        assert torch.equal(module(other)["0"], other * 2) and ablation.reused == 2
         import threading
 
         out = []
         worker = threading.Thread(target=lambda: out.append(module(x)))
         worker.start()
         worker.join()
-        assert torch.equal(out[0]["0"], x * 2) and ablation.reused == 1
+        assert torch.equal(out[0]["0"], x * 2) and ablation.reused == 2
     finally:
         undo()
     assert "forward" not in vars(module)

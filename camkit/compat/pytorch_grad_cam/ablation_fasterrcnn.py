@@ -108,6 +108,7 @@ class PyramidAblation:
         self.gate, self.value = gate, value
         self.clean: dict[str, Tensor] | None = None
         self.clean_input: Tensor | None = None
+        self.recalled: dict[str, Tensor] | None = None  # the last levels recalled
         self.reused = 0
         self._thread = threading.get_ident()
 
@@ -156,10 +157,19 @@ class PyramidAblation:
             if found is None:
                 return None
             rows.append(found)
-        index = torch.tensor(rows, device=x.device)
         self.reused += 1
         kind: Any = type(clean)  # the module's own mapping type (an OrderedDict)
-        return kind((k, v.index_select(0, index)) for k, v in clean.items())
+        if len(set(rows)) == 1:  # one image's rows: views of its levels, copied once, ablated
+            first = rows[0]
+            views = (
+                (k, v[first : first + 1].expand(len(rows), *v.shape[1:])) for k, v in clean.items()
+            )
+            levels = kind(views)
+        else:
+            index = torch.tensor(rows, device=x.device)
+            levels = kind((k, v.index_select(0, index)) for k, v in clean.items())
+        self.recalled = levels
+        return levels
 
     def hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
         if not isinstance(output, Mapping) or not all(
@@ -173,15 +183,28 @@ class PyramidAblation:
         if self.clean is None:
             self.clean = {k: v.detach().clone() for k, v in output.items()}
         if bool((gate == 1).all()):
-            return None
+            # Nothing ablated: the levels as they are, in memory of their own (a recalled
+            # pyramid is views of the clean one).
+            if self.recalled is None or output is not self.recalled:
+                return None
+            kind: Any = type(output)
+            return kind((k, v.contiguous()) for k, v in self.recalled.items())
+        binary = bool(((gate == 0) | (gate == 1)).all())  # as camkit's ablation masks are
         ablated: dict[str, Tensor] = {}
         start = 0
         for key, level in output.items():
-            g = gate[:, start : start + level.shape[1]].to(level.dtype)
-            ablated[key] = level * g + (1 - g) * self.value
+            g = gate[:, start : start + level.shape[1]]
+            if binary:  # one copy of the level, then the ablated channels set to the value
+                out = level.clone(memory_format=torch.contiguous_format)
+                rows, channels = (g.flatten(1) == 0).nonzero(as_tuple=True)
+                out[rows, channels] = self.value
+                ablated[key] = out
+            else:
+                g = g.to(level.dtype)
+                ablated[key] = level * g + (1 - g) * self.value
             start += level.shape[1]
-        kind: Any = type(output)  # the detector's own mapping type (an OrderedDict)
-        return kind(ablated)
+        same: Any = type(output)  # the detector's own mapping type (an OrderedDict)
+        return same(ablated)
 
 
 def detections_of(rows: Tensor) -> dict[str, Tensor]:
