@@ -261,8 +261,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; load "
         f"average at the end {report['loadavg']}.",
         "",
-        f"{DETECTOR}: {s['detector_size']} px, its bare time the detector's forward.",
-        "",
+        *(
+            [f"{DETECTOR}: {s['detector_size']} px; its bare time is the detector's forward.", ""]
+            if any(r["method"] == DETECTOR for r in report["results"])
+            else []
+        ),
         "| peer | method | batch | bare fwd+bwd (ms) | original (ms) | shim (ms) "
         "| original / bare | shim / bare | shim / original |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -35,6 +35,7 @@ def test_peers_time_each_installed_peer(tmp_path: Path, capsys: pytest.CaptureFi
         assert r["original_x_bare"] == pytest.approx(r["original_s"] / r["bare_s"])
     text = capsys.readouterr().out
     assert text.count("| Grad-CAM | 1 |") == len(expected)
+    assert peers.DETECTOR not in text  # not asked for: neither timed nor described
 
 
 def test_peers_skip_what_is_not_installed(monkeypatch: pytest.MonkeyPatch):
@@ -59,4 +60,5 @@ def test_peers_time_the_detector_ablation(tmp_path: Path):
     assert row["method"] == peers.DETECTOR and row["size"] == 64 and row["batch"] == 1
     assert row["shim_over_original"] == pytest.approx(row["shim_s"] / row["original_s"])
     assert row["original_x_bare"] == pytest.approx(row["original_s"] / row["bare_s"])
-    assert f"| {peers.DETECTOR} | 1 |" in peers.markdown(report)
+    text = peers.markdown(report)
+    assert f"| {peers.DETECTOR} | 1 |" in text and "64 px; its bare time is the detector's" in text
