@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import images, needs_contrib, needs_grad_cam, small_cnn
+from compat_helpers import images, needs_contrib, needs_grad_cam, small_cnn
 
 import camkit.compat.pytorch_grad_cam as shim
 from camkit.compat.pytorch_grad_cam.ablation_fasterrcnn import detections_of

@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import images, needs_grad_cam, small_cnn, tiny_vit
+from compat_helpers import images, needs_grad_cam, small_cnn, tiny_vit
 from torch import Tensor, nn
 
 from camkit.compat._shared import CompatTypeError

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_CONTRIB, images, needs_contrib, needs_grad_cam, needs_torchcam, tiny_vit
+from compat_helpers import (
+    HAS_CONTRIB,
+    images,
+    needs_contrib,
+    needs_grad_cam,
+    needs_torchcam,
+    tiny_vit,
+)
 from test_grad_cam_shim import compare
 from test_grad_cam_shim import peer as grad_cam_peer
 from test_grad_cam_shim import run as grad_cam_run
@@ -130,7 +137,7 @@ def _vit_transform(grid: int):
 
 
 def _vit(kind: str) -> tuple[nn.Module, int, int]:
-    """(model, input side, token grid side): the tiny ViT of conftest, or torchvision's
+    """(model, input side, token grid side): the tiny ViT of compat_helpers, or torchvision's
     ViT-B/16 without weights."""
     if kind == "tiny":
         return tiny_vit(), 32, 4

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import images, needs_contrib, needs_grad_cam, needs_torchcam, small_cnn
+from compat_helpers import images, needs_contrib, needs_grad_cam, needs_torchcam, small_cnn
 from torch import Tensor, nn
 
 import camkit.compat.pytorch_grad_cam as shim

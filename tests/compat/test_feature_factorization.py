@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import needs_contrib, needs_grad_cam
+from compat_helpers import needs_contrib, needs_grad_cam
 from PIL import Image
 
 import camkit.compat.pytorch_grad_cam as shim

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import images, needs_grad_cam, small_cnn, until_landed
+from compat_helpers import images, needs_grad_cam, small_cnn, until_landed
 from torch import nn
 
 from camkit.compat.pytorch_grad_cam.metrics import arcc as shim_arcc

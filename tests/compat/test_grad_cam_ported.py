@@ -12,7 +12,7 @@ import gc
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn, until_landed
+from compat_helpers import small_cnn, until_landed
 
 import camkit.compat.pytorch_grad_cam as shim
 from camkit.compat.pytorch_grad_cam.utils.image import preprocess_image

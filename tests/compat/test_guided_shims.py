@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import images, needs_contrib, needs_grad_cam, small_cnn
+from compat_helpers import images, needs_contrib, needs_grad_cam, small_cnn
 from torch import nn
 
 import camkit.compat.pytorch_grad_cam as shim

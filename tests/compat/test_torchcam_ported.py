@@ -12,7 +12,7 @@ from operator import itemgetter
 
 import pytest
 import torch
-from conftest import HAS_CONTRIB, needs_contrib, needs_torchcam, until_landed
+from compat_helpers import HAS_CONTRIB, needs_contrib, needs_torchcam, until_landed
 from torch import Tensor, nn
 
 from camkit.compat.torchcam import methods as shim

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import images, needs_torchcam, small_cnn
+from compat_helpers import images, needs_torchcam, small_cnn
 from torch import Tensor, nn
 
 from camkit.compat.torchcam import methods as shim
