@@ -9,7 +9,6 @@ layout heuristics) lives in this subpackage, and private torch APIs are confined
 from __future__ import annotations
 
 import functools
-
 import threading
 import warnings
 from dataclasses import dataclass
