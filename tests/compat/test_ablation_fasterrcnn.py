@@ -281,3 +281,27 @@ def test_another_input_runs_the_pyramid_module():
     finally:
         undo()
     assert "forward" not in vars(module)
+
+
+def test_a_transform_that_does_not_fit_fails_before_the_ablations(case):
+    # Checked on the clean pyramid, as the backbone returns it: the heads never run.
+    model, x, boxes, _ = case
+    target = [FasterRCNNBoxScoreTarget(*boxes[0])]
+    layer = shim.AblationLayerFasterRCNN()
+    calls = []
+    handle = model.roi_heads.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ConfigError, match="channels concatenated"):
+            shim.AblationCAM(model, [model.backbone], lambda levels: levels["0"], layer)(x, target)
+        assert calls == []
+
+        def missing(levels):
+            return levels["p6"]  # RetinaNet's level name, absent from this pyramid
+
+        with pytest.raises(ConfigError, match=r"levels \['0', '1', 'pool'\].*KeyError"):
+            shim.AblationCAM(model, [model.backbone], missing, layer)(x, target)
+    finally:
+        handle.remove()
+    assert all("forward" not in vars(m) for m in model.modules())
+    with pytest.raises(ConfigError, match="this pyramid has none"):
+        fasterrcnn_reshape_transform({"0": torch.ones(1, 2, 4, 4), "p6": torch.ones(1, 2, 1, 1)})

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from camkit.compat._shared import eval_mode, extractor
 from camkit.compat.pytorch_grad_cam.base_cam import AblationLayer
 from camkit.compat.pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
-from camkit.errors import ConfigError, LayerError, TargetError
+from camkit.errors import CamkitError, ConfigError, LayerError, TargetError
 
 if TYPE_CHECKING:
     from camkit.compat.pytorch_grad_cam.base_cam import AblationCAM
@@ -104,8 +104,14 @@ class PyramidAblation:
     the gate, ablated channels set to ``value``; the first (clean) pyramid and its input are
     recorded, and later forwards of an input equal to the clean one reuse the clean levels."""
 
-    def __init__(self, gate: nn.Module, value: float) -> None:
+    def __init__(
+        self,
+        gate: nn.Module,
+        value: float,
+        check: Callable[[dict[str, Tensor]], object] | None = None,
+    ) -> None:
         self.gate, self.value = gate, value
+        self.check = check  # called on the clean pyramid, before any ablated forward
         self.clean: dict[str, Tensor] | None = None
         self.clean_input: Tensor | None = None
         self.recalled: dict[str, Tensor] | None = None  # the last levels recalled
@@ -182,6 +188,8 @@ class PyramidAblation:
         gate = self.gate(output)
         if self.clean is None:
             self.clean = {k: v.detach().clone() for k, v in output.items()}
+            if self.check is not None:
+                self.check(self.clean)
         if bool((gate == 1).all()):
             # Nothing ablated: the levels as they are, in memory of their own (a recalled
             # pyramid is views of the clean one).
@@ -257,7 +265,10 @@ def pyramid_ablation_maps(
             f"got {len(cam.target_layers)} target layers"
         )
     gated = _Gated(cam.model)
-    ablation = PyramidAblation(gated.gate, layer.ablation_value)
+    transform: Callable[[Any], Tensor] = cam.reshape_transform or fasterrcnn_reshape_transform
+    ablation = PyramidAblation(
+        gated.gate, layer.ablation_value, lambda levels: _activations(transform, levels)
+    )
     camkit_cam = extractor(
         cam._camkit_method(),
         gated,
@@ -271,15 +282,8 @@ def pyramid_ablation_maps(
     finally:
         undo()
     assert ablation.clean is not None
-    transform: Callable[[Any], Tensor] = cam.reshape_transform or fasterrcnn_reshape_transform
-    acts = transform(ablation.clean).float()
+    acts = _activations(transform, ablation.clean)
     weights = result.weights[result.layers[0]].float().to(acts.device)
-    if acts.dim() != 4 or acts.shape[1] != weights.shape[1]:
-        raise ConfigError(
-            f"reshape_transform gave {tuple(acts.shape)}; AblationLayerFasterRCNN needs the "
-            f"pyramid's {weights.shape[1]} channels concatenated in the dict's order, "
-            "(B, C, h, w) (fasterrcnn_reshape_transform)"
-        )
     cam.outputs = result.scores
     weighted = acts * weights[:, :, None, None]
     layer_map = projection(weighted) if eigen_smooth else weighted.sum(1)
@@ -288,3 +292,27 @@ def pyramid_ablation_maps(
         scale(torch.relu(layer_map.float()))[:, None], size, mode="bilinear", align_corners=False
     )[:, 0]
     return scale(torch.relu(upsampled)).cpu().numpy().astype(np.float32)
+
+
+def _activations(transform: Callable[[Any], Tensor], levels: dict[str, Tensor]) -> Tensor:
+    """The pyramid's ``(B, C, h, w)`` activations by ``transform`` (checked: ``C`` is the
+    pyramid's channels, in the dict's order), in float32; a :class:`ConfigError` otherwise."""
+    channels = sum(v.shape[1] for v in levels.values())
+    try:
+        acts = transform(levels)
+    except CamkitError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"reshape_transform failed on the pyramid's levels {list(levels)} "
+            f"({type(exc).__name__}: {exc}); pass one for this pyramid, returning its "
+            f"{channels} channels concatenated in the dict's order as (B, C, h, w)"
+        ) from exc
+    if not isinstance(acts, Tensor) or acts.dim() != 4 or acts.shape[1] != channels:
+        got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+        raise ConfigError(
+            f"reshape_transform gave {got}; AblationLayerFasterRCNN needs the "
+            f"pyramid's {channels} channels concatenated in the dict's order, "
+            "(B, C, h, w) (fasterrcnn_reshape_transform)"
+        )
+    return acts.float()

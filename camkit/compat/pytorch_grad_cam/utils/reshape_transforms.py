@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit.errors import ConfigError
+
 __all__ = ["fasterrcnn_reshape_transform", "swinT_reshape_transform", "vit_reshape_transform"]
 
 
@@ -53,5 +55,10 @@ def fasterrcnn_reshape_transform(x: dict[str, Tensor]) -> Tensor:
         >>> fasterrcnn_reshape_transform(levels).shape
         torch.Size([1, 4, 2, 2])
     """
+    if "pool" not in x:
+        raise ConfigError(
+            "fasterrcnn_reshape_transform resizes a pyramid's levels to its 'pool' level, and "
+            f"this pyramid has none (levels {list(x)}); pass a reshape_transform for it"
+        )
     size = x["pool"].shape[-2:]
     return torch.cat([F.interpolate(v.abs(), size, mode="bilinear") for v in x.values()], dim=1)
