@@ -108,10 +108,11 @@ class PyramidAblation:
         self,
         gate: nn.Module,
         value: float,
-        check: Callable[[dict[str, Tensor]], object] | None = None,
+        check: Callable[[dict[str, Tensor]], Any] | None = None,
     ) -> None:
         self.gate, self.value = gate, value
         self.check = check  # called on the clean pyramid, before any ablated forward
+        self.checked: Any = None  # what it returned
         self.clean: dict[str, Tensor] | None = None
         self.clean_input: Tensor | None = None
         self.recalled: dict[str, Tensor] | None = None  # the last levels recalled
@@ -189,7 +190,7 @@ class PyramidAblation:
         if self.clean is None:
             self.clean = {k: v.detach().clone() for k, v in output.items()}
             if self.check is not None:
-                self.check(self.clean)
+                self.checked = self.check(self.clean)
         if bool((gate == 1).all()):
             # Nothing ablated: the levels as they are, in memory of their own (a recalled
             # pyramid is views of the clean one).
@@ -281,8 +282,7 @@ def pyramid_ablation_maps(
             result = camkit_cam(x, _score(targets))
     finally:
         undo()
-    assert ablation.clean is not None
-    acts = _activations(transform, ablation.clean)
+    acts: Tensor = ablation.checked  # the clean pyramid's, checked before the ablations
     weights = result.weights[result.layers[0]].float().to(acts.device)
     cam.outputs = result.scores
     weighted = acts * weights[:, :, None, None]
