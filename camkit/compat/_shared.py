@@ -1,9 +1,9 @@
-"""What both shims share: error types, eval-mode runs, and the replay of a user's forward."""
+"""What both shims share: error types, eval-mode runs, camkit extractors."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
@@ -66,44 +66,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-class Replay(nn.Module):
-    """A stand-in model that replays a forward pass the user already ran.
-
-    camkit's extractors run their model and hook its target layers. Given the outputs the
-    user's own forward produced at the target layers (still attached to its autograd graph)
-    and the scores it returned, ``Replay`` feeds each recorded output through an identity
-    ``tap`` and returns the recorded scores: camkit hooks ``taps.i`` and differentiates the
-    scores with respect to the very tensors of the user's graph, so gradient methods cost one
-    backward pass and no second forward. The real model is a child (``model.``) so that
-    methods that read its modules (CAM's classifier) find them.
-    """
-
-    def __init__(self, model: nn.Module, layers: int) -> None:
-        super().__init__()
-        self.model = model
-        self.taps = nn.ModuleList(nn.Identity() for _ in range(layers))
-        self.outputs: Sequence[Tensor] = ()
-        self.scores: Tensor | None = None
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [f"taps.{i}" for i in range(len(self.taps))]
-
-    def forward(self, _x: Tensor) -> Tensor:
-        for tap, output in zip(self.taps, self.outputs):
-            tap(output)
-        assert self.scores is not None
-        return self.scores
-
-    @contextmanager
-    def replaying(self, outputs: Sequence[Tensor], scores: Tensor) -> Iterator[None]:
-        self.outputs, self.scores = outputs, scores
-        try:
-            yield
-        finally:
-            self.outputs, self.scores = (), None
 
 
 def seed_from_global_rng() -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -90,6 +90,20 @@ class Capture:
 
         return hook
 
+    def take(self, outputs: Sequence[Any]) -> None:
+        """Record the target layers' outputs of a forward pass the caller already ran (one per
+        layer, in order; no hooks). With ``gradients``, an output off the autograd graph starts
+        one at itself, as the hook does: :meth:`grad` then reports that the score does not
+        depend on it."""
+        for (name, _), output in zip(self.layers, outputs, strict=True):
+            tensor = layer_tensor(output, name)
+            if not self.gradients:
+                self.activations[name] = tensor.detach()
+            elif tensor.requires_grad:
+                self.activations[name] = tensor
+            else:
+                self.activations[name] = tensor.detach().requires_grad_(True)
+
     def check_ran(self) -> None:
         """Every target layer ran (whether its values are finite is checked later)."""
         missing = [name for name, _ in self.layers if name not in self.activations]
@@ -117,7 +131,18 @@ class Capture:
                 "operations (does the model detach or run under torch.no_grad() internally?); "
                 "this method needs gradients"
             )
-        grads = torch.autograd.grad(total, [self.activations[n] for n in names], allow_unused=True)
+        try:
+            grads = torch.autograd.grad(
+                total, [self.activations[n] for n in names], allow_unused=True
+            )
+        except RuntimeError as exc:
+            if "second time" not in str(exc):
+                raise
+            # Only a recorded pass (Services.recorded) can meet a graph already used.
+            raise GradientError(
+                "the autograd graph of the recorded forward pass was already freed by a backward "
+                "pass; run the model again (or keep the graph with retain_graph=True)"
+            ) from exc
         for name, grad in zip(names, grads):
             if grad is None:
                 raise GradientError(
@@ -137,9 +162,15 @@ def check_gradients(gradients: dict[str, Tensor]) -> None:
             )
 
 
-@contextmanager
-def grad_enabled() -> Iterator[None]:
+def grad_enabled() -> AbstractContextManager[None]:
     """Record autograd graphs whatever the caller's grad or inference mode."""
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        return nullcontext()  # already recording (the usual case): nothing to switch
+    return _recording()
+
+
+@contextmanager
+def _recording() -> Iterator[None]:
     with torch.inference_mode(False), torch.enable_grad():
         yield
 

@@ -47,7 +47,7 @@ def validated_input(x: object, modules: Sequence[nn.Module]) -> Tensor:
         raise InputError(
             f"the input is on {x.device} but the model is on {param.device}; move one of them"
         )
-    return x.detach()
+    return x.detach() if x.requires_grad else x
 
 
 def check_input(x: Tensor) -> None:
@@ -71,7 +71,7 @@ def all_finite(t: Tensor) -> bool:
 def total_is_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every element of every tensor is finite, as far as their sums tell (an
     overflowing total is reported as not finite: the caller then looks closer)."""
-    parts = [t.detach().sum() for t in tensors]
+    parts = [(t.detach() if t.requires_grad else t).sum() for t in tensors]
     # On the CPU reading each sum costs less than stacking them; a GPU syncs once.
     on_cpu = parts[0].device.type == "cpu"
     total = sum(p.item() for p in parts) if on_cpu else float(torch.stack(parts).sum())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from camkit.engine.services import Services
 from camkit.engine.sess import explain_sess
 from camkit.engine.smoothing import augmentation_smoothed, check_eigen_smooth, eigen_map
 from camkit.engine.targeting import all_positive, positive_pairs
-from camkit.errors import CamkitError, InputError, PluginError
+from camkit.errors import CamkitError, ConfigError, InputError, LayerNotFoundError, PluginError
 from camkit.method import Context, Method
 from camkit.targets import AllPositive, Targets
 
@@ -62,6 +63,27 @@ class CAMResult:
         """``(image, target)`` of each row: ``(images[r], targets[r])``, or ``(r, targets[r])``."""
         images = range(len(self.targets)) if self.images is None else self.images.tolist()
         return list(zip(images, self.targets.tolist()))
+
+
+class _FusedOnRead(CAMResult):
+    """A :class:`CAMResult` whose ``maps``, unless given, are the layer maps fused to
+    ``size`` when first read (a caller that reads only ``layer_maps`` skips the upsampling)."""
+
+    _maps: Tensor | None
+
+    def __init__(self, maps: Tensor | None, size: tuple[int, ...], **fields: Any) -> None:
+        self._size = size
+        super().__init__(maps=maps, **fields)  # type: ignore[arg-type]
+
+    @property
+    def maps(self) -> Tensor:
+        if self._maps is None:
+            self._maps = fused(list(self.layer_maps.values()), self._size)
+        return self._maps
+
+    @maps.setter
+    def maps(self, value: Tensor | None) -> None:
+        self._maps = value
 
 
 class Extractor:
@@ -162,17 +184,8 @@ class Extractor:
         with preserved_buffers(self.model, self._buffered):
             call = Services(self._setup, x, layers)
             call.forward(method.objective(targets), gradients=method.needs_gradients)
-            layer_maps, weights = {}, {}
-            for name, _ in layers:  # the backward runs when a method first reads gradients
-                layer_maps[name], w = self._layer_map(Context(name, call), call)
-                if w is not None:
-                    weights[name] = w
-            call.check(layer_maps)
-        maps = method.fuse(list(layer_maps.values()), tuple(x.shape[2:]))
-        if maps is not None and (
-            not isinstance(maps, Tensor) or tuple(maps.shape) != (x.shape[0], *x.shape[2:])
-        ):
-            raise PluginError(f"method {method.name!r} fused its layers into a wrong shape")
+            layer_maps, weights = self._layer_maps(call, layers)
+        maps = self._fused(layer_maps, x)
         return CAMResult(
             maps=fused(list(layer_maps.values()), x.shape[2:]) if maps is None else maps,
             layer_maps=layer_maps,
@@ -182,6 +195,95 @@ class Extractor:
             method=method.name,
             layers=[name for name, _ in layers],
         )
+
+    def explain_recorded(
+        self, x: Tensor, outputs: Sequence[object], scores: object, targets: Targets = None
+    ) -> CAMResult:
+        """Explain a forward pass the caller already ran, without running the model again.
+
+        What the compat shims use: a torchcam script runs the model itself, then asks for the
+        maps. The clean pass is taken from that run; a method that needs more passes (masked
+        inputs, noise) still runs the model for them.
+
+        Args:
+            x: ``(B, C, H, W)`` the input of that forward pass.
+            outputs: the target layers' outputs in it, in the order of :attr:`layers`, as the
+                forward left them (an in-place op after a layer, such as
+                ``ReLU(inplace=True)``, has changed what was recorded, unless the hook handed
+                the rest of the model a copy); for a method that reads gradients, still on the
+                autograd graph of ``scores``.
+            scores: the model's output for ``x`` (read as :meth:`__call__` reads it).
+            targets: as for :meth:`__call__`, but not ``"all-positive"``.
+
+        Returns:
+            the :class:`CAMResult` of a call on ``x`` (its ``maps`` are fused when first read).
+
+        Raises:
+            GradientError: the scores do not depend on an output through the graph (recorded
+                under ``torch.no_grad()``), or its graph was freed by an earlier backward.
+
+        Example:
+            >>> cam = camkit.create("gradcam", model, "layer4")
+            >>> out = {}
+            >>> handle = model.layer4.register_forward_hook(lambda m, i, o: out.update(a=o))
+            >>> scores = model(images)
+            >>> handle.remove()
+            >>> res = cam.explain_recorded(images, [out["a"]], scores, targets=[3, 7])
+        """
+        x = validated_input(x, self._modules)
+        if isinstance(targets, (str, AllPositive)) or self.options.aug_smooth or self.options.sess:
+            raise ConfigError(
+                "explain_recorded explains one recorded pass: it takes class or callable "
+                "targets, without aug_smooth or sess (call the extractor for those)"
+            )
+        if self._layers is None:
+            raise LayerNotFoundError(
+                "explain_recorded needs the extractor's layers: create it with a layer"
+            )
+        layers, method = self._layers, self.method
+        if not isinstance(outputs, Sequence) or len(outputs) != len(layers):
+            raise InputError(
+                f"explain_recorded takes one recorded output per layer ({len(layers)}: "
+                f"{', '.join(name for name, _ in layers)}), in that order"
+            )
+        with preserved_buffers(self.model, self._buffered):
+            call = Services(self._setup, x, layers)
+            call.recorded(
+                method.objective(targets), outputs, scores, gradients=method.needs_gradients
+            )
+            layer_maps, weights = self._layer_maps(call, layers)
+        return _FusedOnRead(
+            self._fused(layer_maps, x),
+            tuple(x.shape[2:]),
+            layer_maps=layer_maps,
+            weights=weights,
+            scores=call.scores,
+            targets=call.targets,
+            method=method.name,
+            layers=[name for name, _ in layers],
+        )
+
+    def _layer_maps(
+        self, call: Services, layers: list[tuple[str, nn.Module]]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Each layer's map and weights from the call's clean pass, checked."""
+        layer_maps, weights = {}, {}
+        for name, _ in layers:  # the backward runs when a method first reads gradients
+            layer_maps[name], w = self._layer_map(Context(name, call), call)
+            if w is not None:
+                weights[name] = w
+        call.check(layer_maps)
+        return layer_maps, weights
+
+    def _fused(self, layer_maps: dict[str, Tensor], x: Tensor) -> Tensor | None:
+        """The method's own fusion of the layers (checked), or ``None`` for camkit's."""
+        method = self.method
+        maps = method.fuse(list(layer_maps.values()), tuple(x.shape[2:]))
+        if maps is not None and (
+            not isinstance(maps, Tensor) or tuple(maps.shape) != (x.shape[0], *x.shape[2:])
+        ):
+            raise PluginError(f"method {method.name!r} fused its layers into a wrong shape")
+        return maps
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -244,4 +346,6 @@ class Extractor:
             )
         if method.relu:
             cam = torch.relu(cam)
-        return cam.detach().float(), weights
+        if cam.requires_grad or cam.dtype != torch.float32:
+            cam = cam.detach().float()
+        return cam, weights

@@ -55,7 +55,8 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     if weights.dim() == 2:
         # One batched product (B, 1, C) @ (B, C, h*w): no (B, C, h, w) temporary.
         flat = activations.flatten(2)
-        weights = weights.to(flat.dtype)
+        if weights.dtype != flat.dtype:
+            weights = weights.to(flat.dtype)
         if flat.shape[0] == 1:
             out = torch.mm(weights, flat[0])
         else:

@@ -17,8 +17,9 @@ the pass, the machinery is this file's:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,10 +83,27 @@ class Services(ExtraPasses):
                 layout = self.accel.explain_channels_last(x)
                 raw = self.run(self.model, x, layout, restart=capture.restart)[0]
             capture.check_ran()
-            self.chosen: ResolvedTargets = resolve_targets(targets, raw.detach())
-            target = self.chosen.raw(raw, None)
-        self.targets, self.scores = self.chosen.indices, raw.detach()
-        self.baseline_scores = target.detach()
+            self._resolve(targets, raw, gradients)
+
+    def recorded(
+        self, targets: Targets, outputs: Sequence[Any], raw: object, *, gradients: bool
+    ) -> None:
+        """The clean pass from a forward the caller already ran on the inputs: the target
+        layers' ``outputs`` (in order) and the model's ``raw`` scores, still joined by their
+        autograd graph when ``gradients``. No pass through the model; :meth:`gradients`
+        differentiates the caller's graph (once: a second backward through it raises)."""
+        capture = self.capture = Capture(list(self.layers.items()), gradients=gradients)
+        capture.take(outputs)
+        with grad_enabled() if gradients else torch.inference_mode():
+            self._resolve(targets, scores_of(raw), gradients)
+
+    def _resolve(self, targets: Targets, raw: Tensor, gradients: bool) -> None:
+        """Targets and target scores from the clean pass's ``raw`` output."""
+        scores = raw.detach()
+        self.chosen: ResolvedTargets = resolve_targets(targets, scores)
+        target = self.chosen.raw(raw, None)
+        self.targets, self.scores = self.chosen.indices, scores
+        self.baseline_scores = target.detach() if target.requires_grad else target
         self._target = target if gradients else None
 
     def gradients(self, layer: str) -> Tensor:

@@ -58,19 +58,34 @@ def resolve_targets(targets: Targets, scores: Tensor) -> ResolvedTargets:
     if targets is None:
         indices = scores.detach().argmax(1).cpu()
     else:
-        indices = _as_indices(targets, batch)
-        bad = (indices < 0) | (indices >= num_classes)
-        if bool(bad.any()):
-            raise TargetError(
-                f"target class {int(indices[bad][0])} is out of range: the model has "
-                f"{num_classes} classes, so targets must be in [0, {num_classes - 1}]"
-            )
+        ints = _as_ints(targets, batch)  # checked in Python: cheaper than torch for a few
+        if ints is not None:
+            bad = [i for i in ints if not 0 <= i < num_classes]
+            if bad:
+                raise _out_of_range(bad[0], num_classes)
+            if ints.count(ints[0]) == batch:
+                return _one_class(ints[0], batch)
+            indices = torch.tensor(ints, dtype=torch.long)
+        else:
+            indices = _as_indices(targets, batch)
+            out = (indices < 0) | (indices >= num_classes)
+            if bool(out.any()):
+                raise _out_of_range(int(indices[out][0]), num_classes)
     columns = indices.to(scores.device).unsqueeze(1)
 
     def raw(rows: Tensor, index: Tensor | None) -> Tensor:
         return rows.gather(1, columns if index is None else columns[index]).squeeze(1)
 
     return ResolvedTargets(indices, raw)
+
+
+def _one_class(index: int, batch: int) -> ResolvedTargets:
+    """Class ``index`` for every image: the score column itself, without a gather."""
+
+    def raw(rows: Tensor, _index: Tensor | None) -> Tensor:
+        return rows[:, index]
+
+    return ResolvedTargets(torch.full((batch,), index, dtype=torch.long), raw)
 
 
 def all_positive(targets: str | AllPositive) -> AllPositive:
@@ -128,6 +143,23 @@ def _finite(out: Tensor, index: Tensor | None) -> Tensor:
             "(the model's output, or the target computed from it, is not finite for this input)"
         )
     return out
+
+
+def _out_of_range(index: int, num_classes: int) -> TargetError:
+    return TargetError(
+        f"target class {index} is out of range: the model has {num_classes} classes, so "
+        f"targets must be in [0, {num_classes - 1}]"
+    )
+
+
+def _as_ints(targets: Any, batch: int) -> list[int] | None:
+    """``batch`` class indices from a Python int or a list/tuple of ints; ``None`` for any
+    other form (which :func:`_as_indices` reads, or rejects with the reason)."""
+    if type(targets) is int:
+        return [targets] * batch
+    if type(targets) in (list, tuple) and len(targets) == batch:
+        return list(targets) if all(type(t) is int for t in targets) else None
+    return None
 
 
 def _as_indices(targets: Any, batch: int) -> Tensor:

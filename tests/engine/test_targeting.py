@@ -22,6 +22,8 @@ ROWS = torch.arange(2)
         (None, [2, 0]),
         (3, [3, 3]),
         ([1, 3], [1, 3]),
+        ([2, 2], [2, 2]),
+        ((0, 0), [0, 0]),
         ((0, 2), [0, 2]),
         (torch.tensor([3, 1]), [3, 1]),
         (torch.tensor([3, 1], dtype=torch.int32), [3, 1]),
@@ -45,6 +47,18 @@ def test_score_rows_of_perturbed_copies():
     resolved = resolve_targets([1, 3], SCORES)
     got = resolved.score(rows, torch.tensor([0, 1, 1, 0]))
     torch.testing.assert_close(got, torch.tensor([0.5, 0.0, 0.0, 0.5]))
+
+
+@pytest.mark.parametrize("targets", [1, [1, 1], torch.tensor([1, 1])])
+def test_one_class_for_every_row(targets):
+    # Every form of "class 1 for every image" scores rows alike, copies included, and the
+    # score stays on the autograd graph.
+    resolved = resolve_targets(targets, SCORES)
+    rows = torch.cat([SCORES, SCORES.flip(0)]).requires_grad_(True)
+    got = resolved.score(rows, torch.tensor([0, 1, 1, 0]))
+    torch.testing.assert_close(got.detach(), torch.tensor([0.5, 2.0, 2.0, 0.5]))
+    (grad,) = torch.autograd.grad(got.sum(), rows)
+    assert grad[:, 1].tolist() == [1.0] * 4 and float(grad.abs().sum()) == 4.0
 
 
 def test_callable_with_one_argument():
@@ -77,6 +91,8 @@ def test_callable_returning_the_wrong_shape():
     [
         (4, r"target class 4 is out of range.*4 classes.*\[0, 3\]"),
         ([0, -1], r"target class -1 is out of range.*\[0, 3\]"),
+        (2**70, r"target class 1180591620717411303424 is out of range"),
+        ((5, 5), r"target class 5 is out of range"),
         (torch.tensor([9, 0]), r"target class 9"),
         ([0, 1, 2], r"got 3 targets for a batch of 2"),
         (torch.tensor([1]), r"got 1 targets for a batch of 2"),

@@ -44,7 +44,7 @@ class CAM(_CAM):
     """
 
     _method = "cam"
-    _replays = True
+    _from_recorded = True
     _targets_supported = False
 
     def __init__(
@@ -74,10 +74,13 @@ class CAM(_CAM):
         else:
             raise CompatTypeError(f"invalid argument type for `fc_layer`: {type(fc_layer)}")
         self._fc_name = fc_name
-        self._fc_weights = self.submodule_dict[fc_name].weight.data.flatten(1)
+        weight = getattr(self._submodule(fc_name, "fc_layer"), "weight", None)
+        if not isinstance(weight, Tensor):
+            raise LayerError(f"`fc_layer` {fc_name!r} has no weight tensor")
+        self._fc_weights = weight.data.flatten(1)
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
-        return {"fc_layer": replay_prefix + self._fc_name}
+    def _camkit_config(self) -> dict[str, Any]:
+        return {"fc_layer": self._fc_name}
 
     def _placeholder_scores(self) -> Tensor:
         fmap = self.hook_a[0]
@@ -129,7 +132,7 @@ class ScoreCAM(_CAM):
         super().__init__(model, target_layer, input_shape, **kwargs)
         self.bs = batch_size
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
+    def _camkit_config(self) -> dict[str, Any]:
         return {"batch_size": self.bs}
 
     def __repr__(self) -> str:
@@ -180,7 +183,7 @@ class SSCAM(ScoreCAM):
         self._extractor = None  # a fresh seed for every call
         return super()._run_model(targets)
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
+    def _camkit_config(self) -> dict[str, Any]:
         return {
             "batch_size": self.bs,
             "num_samples": self.num_samples,
@@ -268,5 +271,5 @@ class ISCAM(ScoreCAM):
             return _LegacyISCAM(_LegacyISCAMConfig(num_samples=config["num_samples"]))
         return self._method
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
+    def _camkit_config(self) -> dict[str, Any]:
         return {"batch_size": self.bs, "num_samples": self.num_samples}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from functools import partial
+from contextlib import AbstractContextManager, contextmanager, suppress
+from functools import cached_property, partial
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
-from camkit.compat._shared import CompatTypeError, Replay, eval_mode, extractor
+from camkit.compat._shared import CompatTypeError, eval_mode, extractor
 from camkit.errors import (
     CamkitError,
     GradientError,
@@ -88,7 +88,7 @@ class _CAM:
     #: camkit's name of the method.
     _method: str = ""
     #: whether the map is computed from the user's recorded forward (no second forward).
-    _replays: ClassVar[bool] = False
+    _from_recorded: ClassVar[bool] = False
     _needs_gradients: ClassVar[bool] = False
     #: whether calling needs the model's scores.
     _score_used: ClassVar[bool] = False
@@ -109,17 +109,15 @@ class _CAM:
         if reshape_transform is not None and target_layer is None:
             raise LayerNotFoundError("`target_layer` must be specified with `reshape_transform`")
         self.model = model
-        self.submodule_dict = dict(model.named_modules())
         self.target_names = self._target_names(model, target_layer, input_shape)
         self._reshape_transform = reshape_transform
         self._config = config
         self._extractor: camkit.Extractor | None = None
-        self._replay: Replay | None = None
         self.reset_hooks()
         self.hook_handles: list[torch.utils.hooks.RemovableHandle] = []
         for idx, name in enumerate(self.target_names):
             hook = partial(self._hook_a, idx=idx)
-            self.hook_handles.append(self.submodule_dict[name].register_forward_hook(hook))
+            self.hook_handles.append(self._submodule(name).register_forward_hook(hook))
         # Kept apart from hook_handles, which torchcam's users count (one per layer).
         self._input_handle = model.register_forward_pre_hook(self._store_input)
         self._hooks_enabled = enable_hooks
@@ -147,16 +145,27 @@ class _CAM:
                     "a module, its name, or a list of those"
                 )
         for name in names:
-            if name not in self.submodule_dict:
-                raise LayerNotFoundError(
-                    f"unknown `target_layer` name {name!r} (see model.named_modules())."
-                    + did_you_mean(name, self.submodule_dict)
-                )
+            self._submodule(name)
         return names
+
+    @cached_property
+    def submodule_dict(self) -> dict[str, nn.Module]:
+        """``dict(model.named_modules())`` (listed when first read)."""
+        return dict(self.model.named_modules())
+
+    def _submodule(self, name: str, argument: str = "target_layer") -> nn.Module:
+        """The model's submodule of dotted name ``name`` (found without listing the model)."""
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise LayerNotFoundError(
+                f"unknown `{argument}` name {name!r} (see model.named_modules())."
+                + did_you_mean(name, self.submodule_dict)
+            ) from None
 
     def _resolve_layer_name(self, target_layer: nn.Module) -> str:
         """The dotted name of ``target_layer`` inside the model."""
-        for name, module in self.submodule_dict.items():
+        for name, module in self.model.named_modules():
             if module is target_layer:
                 return name
         raise LayerNotFoundError(
@@ -174,6 +183,11 @@ class _CAM:
     def _store_input(self, _: nn.Module, inputs: tuple[Any, ...]) -> None:
         if self._hooks_enabled and inputs and isinstance(inputs[0], Tensor):
             self._input: Tensor | None = inputs[0].detach()
+            if self._extractor is None and self._from_recorded:
+                # Made now rather than when called: after the forward, each step of Python
+                # runs on caches the model's tensors have flushed, several times slower.
+                with suppress(CamkitError):  # the call makes it again, and reports
+                    self._camkit()
 
     def enable_hooks(self) -> None:
         """Enable hooks."""
@@ -301,17 +315,14 @@ class _CAM:
 
     def _run(self, targets: Any, scores: Any, retain_graph: bool) -> camkit.CAMResult:
         """Run camkit: on the recorded forward when possible, else on the recorded input."""
-        if self._replays and not retain_graph and self._can_replay(scores):
+        if self._from_recorded and not retain_graph and self._can_use_recorded(scores):
             try:
-                return self._run_replay(targets, scores)
+                return self._run_recorded(targets, scores)
             except GradientError:
                 pass  # the graph is gone (a second call) or was never built: run afresh
-            except RuntimeError as exc:
-                if "backward through the graph a second time" not in str(exc):
-                    raise
         return self._run_model(targets)
 
-    def _can_replay(self, scores: Any) -> bool:
+    def _can_use_recorded(self, scores: Any) -> bool:
         outputs = self._outputs
         if not all(isinstance(o, Tensor) for o in outputs):
             return False
@@ -321,31 +332,30 @@ class _CAM:
             isinstance(o, Tensor) and o.requires_grad for o in outputs
         )
 
-    def _run_replay(self, targets: Any, scores: Any) -> camkit.CAMResult:
-        if self._replay is None:
-            replay = Replay(self.model, len(self.target_names))
-            config = self._camkit_config(replay_prefix="model.")
-            self._replay_extractor = extractor(
-                self._camkit_method(config), replay, replay.layer_names, config, channels_last=False
-            )
-            self._replay = replay
+    def _run_recorded(self, targets: Any, scores: Any) -> camkit.CAMResult:
+        """camkit on the user's own forward: no second pass through the model."""
         if not isinstance(scores, Tensor):
             scores = self._placeholder_scores()
-        outputs = [o for o in self._outputs if o is not None]
-        with self._replay.replaying(outputs, scores), self._hooks_off():
-            return self._replay_extractor(self._recorded_input(), targets)
+        with self._hooks_off():
+            return self._camkit().explain_recorded(
+                self._recorded_input(), self._outputs, scores, targets
+            )
 
     def _placeholder_scores(self) -> Tensor:
         """Scores for methods that never read them (CAM): one column per class."""
         raise NotImplementedError
 
     def _run_model(self, targets: Any) -> camkit.CAMResult:
+        with self._hooks_off(), eval_mode(self.model):
+            return self._camkit()(self._recorded_input(), targets)
+
+    def _camkit(self) -> camkit.Extractor:
+        """camkit's extractor of the method on the model's target layers (made once)."""
         if self._extractor is None:
             config = self._camkit_config()
             method = self._camkit_method(config)
             self._extractor = extractor(method, self.model, list(self.target_names), config)
-        with self._hooks_off(), eval_mode(self.model):
-            return self._extractor(self._recorded_input(), targets)
+        return self._extractor
 
     def _recorded_input(self) -> Tensor:
         if self._input is None:
@@ -359,7 +369,7 @@ class _CAM:
         """camkit's method: a name for :func:`camkit.create`, or a configured instance."""
         return self._method
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
+    def _camkit_config(self) -> dict[str, Any]:
         """camkit's configuration of the method (keyword arguments of ``camkit.create``)."""
         return {}
 

@@ -32,7 +32,7 @@ __all__ = [
 
 
 class _GradCAM(_CAM):
-    _replays = True
+    _from_recorded = True
     _needs_gradients = True
     _score_used = True
 
@@ -150,7 +150,7 @@ class SmoothGradCAMpp(_CAM):
         self._extractor = None  # a fresh seed for every call
         return super()._run_model(targets)
 
-    def _camkit_config(self, replay_prefix: str = "") -> dict[str, Any]:
+    def _camkit_config(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, "std": self.std, "seed": seed_from_global_rng()}
 
     def _extra_repr(self) -> str:
