@@ -66,12 +66,12 @@ def unregister_plugin(name: str) -> None:
 
 def make_config(name: str, **config: Any) -> MethodConfig:
     """Validate ``config`` against method ``name``'s schema; :class:`ConfigError` if invalid."""
+    from camkit.engine.options import describe, validated
+
     info = registry.info(name)
     try:
-        return info.config(**config)
+        return validated(info.config, config)
     except ValidationError as exc:
-        from camkit.engine.options import describe
-
         raise ConfigError(f"invalid config for method {info.name!r}: {describe(exc)}") from None
 
 

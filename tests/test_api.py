@@ -92,6 +92,25 @@ def test_run_options_are_validated_once_at_create(tiny, options, match):
         camkit.create("sscam", tiny, "features", **options)
 
 
+def test_validation_is_remembered_for_scalars_only(tiny):
+    from camkit.engine.options import validated
+
+    first = camkit.create("sscam", tiny, "features", batch_size=1, num_samples=3)
+    again = camkit.create("sscam", tiny, "features", num_samples=3, batch_size=1)
+    assert again.options is first.options and again.method.config is first.method.config
+    # Equal but differently typed values are keys of their own: True is no batch size, and
+    # std=1 is validated as the float it becomes.
+    with pytest.raises(ConfigError, match=r"batch_size: .*valid integer \(got True\)"):
+        camkit.create("sscam", tiny, "features", batch_size=True)
+    assert camkit.make_config("sscam", std=1).std == 1.0
+    assert camkit.make_config("sscam", std=1.0) == camkit.make_config("sscam", std=1)
+    # A non-scalar value is validated afresh each time.
+    sess = {"window_size": 16}
+    assert validated(camkit.RunOptions, {"sess": sess}) is not validated(
+        camkit.RunOptions, {"sess": sess}
+    )
+
+
 def test_methods_declare_that_they_run_many_forwards():
     many = {n for n in camkit.list_methods() if camkit.method_info(n).many_forwards}
     assert {"scorecam", "sscam", "iscam", "smoothgradcampp"} <= many

@@ -225,7 +225,7 @@ def attention_gradients(
     ``(P, dP)``, both ``(B, heads, N, N)``: the block's attention probabilities and the
     gradient of its own target score by them: ``project`` (default: the model's head on its
     mean output token) of the block's output tokens."""
-    door.check_inputs()
+    door.before_pass()
     blocks = attention_blocks(door.model, layer, door.layers[layer])
     blocks = blocks[-last:] if last else blocks
     head, x = block_head(door.model) if project is None else checked(project), door.inputs

@@ -53,6 +53,6 @@ class ExtraPasses:
         cache: dict[str, Any] = self.__dict__.setdefault("_input_passes", {})
         if key not in cache:
             door = cast("Services", self)
-            door.check_inputs()
+            door.before_pass()
             cache[key] = compute(door)
         return cache[key]

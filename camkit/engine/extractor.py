@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -118,11 +120,6 @@ class Extractor:
         self._accel = self._setup.accel
         check_eigen_smooth(self.options.eigen_smooth, method)
         self._lock = threading.Lock()
-        # Listed once, like the layers: walking the module tree on every call costs more
-        # than a small model's forward pass.
-        self._modules = list(model.modules())
-        # Only modules with buffers of their own can change state in train mode.
-        self._buffered = [m for m in self._modules if m._buffers]
         self._layers: list[tuple[str, nn.Module]] | None = None
         if layer is not None:
             self._layers = resolve_all(model, layer)
@@ -133,6 +130,17 @@ class Extractor:
             )
             with preserved_buffers(model):
                 self._layers = [locate(model, dummy)]
+
+    @cached_property
+    def _modules(self) -> list[nn.Module]:
+        # Listed once, like the layers: walking the module tree on every call costs more
+        # than a small model's forward pass.
+        return list(self.model.modules())
+
+    @cached_property
+    def _buffered(self) -> list[nn.Module]:
+        # Only modules with buffers of their own can change state in train mode.
+        return [m for m in self._modules if m._buffers]
 
     @property
     def layers(self) -> list[str] | None:
@@ -230,7 +238,7 @@ class Extractor:
             >>> handle.remove()
             >>> res = cam.explain_recorded(images, [out["a"]], scores, targets=[3, 7])
         """
-        x = validated_input(x, self._modules)
+        x = validated_input(x, self.model.modules())  # walked only to the first parameter
         if isinstance(targets, (str, AllPositive)) or self.options.aug_smooth or self.options.sess:
             raise ConfigError(
                 "explain_recorded explains one recorded pass: it takes class or callable "
@@ -246,8 +254,12 @@ class Extractor:
                 f"explain_recorded takes one recorded output per layer ({len(layers)}: "
                 f"{', '.join(name for name, _ in layers)}), in that order"
             )
-        with preserved_buffers(self.model, self._buffered):
-            call = Services(self._setup, x, layers)
+        with ExitStack() as buffers:
+            # No pass runs unless the method asks for one: the buffers are saved then.
+            def save_buffers() -> None:
+                buffers.enter_context(preserved_buffers(self.model, self._buffered))
+
+            call = Services(self._setup, x, layers, before_first_pass=save_buffers)
             call.recorded(
                 method.objective(targets), outputs, scores, gradients=method.needs_gradients
             )

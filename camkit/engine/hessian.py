@@ -35,7 +35,7 @@ def hessian_vector_product(door: Services, layer: str, vectors: Tensor) -> tuple
     """``(g, H v)``, both ``(B, C, h, w)`` like the layer's activations, for the explained
     batch: ``g`` the gradient of each image's target score at ``layer``, ``H v`` the product
     of that score's Hessian there with ``vectors`` (``(B, C, h, w)``, channels first)."""
-    door.check_inputs()
+    door.before_pass()
     x = door.inputs
     shape = door.activations(layer).shape
     if tuple(vectors.shape) != tuple(shape):

@@ -34,6 +34,9 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
         raise LayerNotFoundError(
             f"a layer is a name, a module or a list of these, not {type(spec).__name__}"
         )
+    plain = _plain_path(model, spec)
+    if plain is not None:
+        return spec, plain
     module: nn.Module = model
     path: list[str] = []
     for step in spec.split(".") if spec else []:
@@ -60,6 +63,20 @@ def resolve(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
     if module is model and spec:
         raise _not_found(model, spec, spec)
     return ".".join(path), module
+
+
+def _plain_path(model: nn.Module, spec: str) -> nn.Module | None:
+    """The submodule a plain dotted name (no index) names, or ``None`` for anything else
+    (which :func:`resolve` parses, or reports)."""
+    if not spec or "[" in spec:
+        return None
+    module = model
+    for step in spec.split("."):
+        child = module._modules.get(step)
+        if child is None:
+            return None
+        module = child
+    return module
 
 
 def resolve_all(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Module]]:

@@ -9,9 +9,10 @@ passes run. :func:`camkit.create` accepts both as keywords and splits them with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
@@ -166,9 +167,32 @@ def run_options(**options: Any) -> RunOptions:
         'bf16'
     """
     try:
-        return RunOptions(**options)
+        return validated(RunOptions, options)
     except ValidationError as exc:
         raise ConfigError(f"invalid run options: {describe(exc)}") from None
+
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def validated(schema: type[_Schema], values: Mapping[str, Any]) -> _Schema:
+    """``schema(**values)``, remembered for values that are all plain scalars: run options and
+    method configs are immutable, and extractors made in a loop (a compat shim per image)
+    would validate the same few keywords each time.
+
+    Raises:
+        ValidationError: as ``schema(**values)`` does.
+    """
+    if not all(type(v) in _SCALARS for v in values.values()):
+        return schema(**values)
+    key = tuple(sorted((k, type(v).__name__, v) for k, v in values.items()))
+    return _validated_scalars(schema, key)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_scalars(schema: type[BaseModel], key: tuple[tuple[str, str, Any], ...]) -> BaseModel:
+    return schema(**{name: value for name, _, value in key})
 
 
 def describe(exc: ValidationError) -> str:

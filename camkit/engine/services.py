@@ -50,10 +50,19 @@ class Services(ExtraPasses):
         setup: what the extractor fixes for all its calls.
         inputs: ``(B, C_in, H, W)`` (or ``(B, C_in, T, H, W)``) the validated input.
         layers: ``[(name, module)]`` the target layers.
+        before_first_pass: called once, before the first pass a method asks for (a call
+            whose clean pass was recorded saves the model's buffers then).
     """
 
-    def __init__(self, setup: Setup, inputs: Tensor, layers: list[tuple[str, nn.Module]]) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        inputs: Tensor,
+        layers: list[tuple[str, nn.Module]],
+        before_first_pass: Callable[[], None] | None = None,
+    ) -> None:
         self.setup, self.inputs, self.layers = setup, inputs, dict(layers)
+        self._before_first_pass = before_first_pass
         self.model, self.options, self.accel = setup.model, setup.options, setup.accel
         self.method = setup.method
         self._features: dict[tuple[str, str], Tensor] = {}
@@ -136,17 +145,17 @@ class Services(ExtraPasses):
         self, masks: Tensor, *, noise_std: float = 0.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """:func:`camkit.engine.scoring.score_masks`, after checking the call's inputs."""
-        self.check_inputs()
+        self.before_pass()
         return score_masks(self, masks, noise_std=noise_std, generator=generator)
 
     def score_layer(self, layer: str, masks: Tensor) -> Tensor:
         """:func:`camkit.engine.layer_scoring.score_layer`, after checking the inputs."""
-        self.check_inputs()
+        self.before_pass()
         return score_layer(self, layer, masks)
 
     def gradients_at(self, layer: str, inputs: Tensor) -> Tensor:
         """:func:`camkit.engine.gradients_at.gradients_at`, after checking the inputs."""
-        self.check_inputs()
+        self.before_pass()
         return gradients_at(self, layer, inputs)
 
     def module(self, name: str) -> nn.Module:
@@ -231,6 +240,14 @@ class Services(ExtraPasses):
         return self.chosen.score(out, index).float()
 
     # -- health checks ----------------------------------------------------------------------
+
+    def before_pass(self) -> None:
+        """What every pass a method asks for does first: check the call's inputs (a pass that
+        costs more than the call is not run on NaN), and the first time, ``before_first_pass``."""
+        self.check_inputs()
+        first, self._before_first_pass = self._before_first_pass, None
+        if first is not None:
+            first()
 
     def check_inputs(self, cause: BaseException | None = None) -> None:
         """The input, the activations and the target scores are finite, checked in that
