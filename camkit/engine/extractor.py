@@ -348,7 +348,8 @@ class Extractor:
                 )
             smooth = self.options.eigen_smooth  # the first principal component of w_k A_k
             cam = eigen_map(weights, acts) if smooth else weighted_sum(weights, acts)
-            weights = weights.detach()
+            if weights.requires_grad:
+                weights = weights.detach()
         expected = (acts.shape[0], *acts.shape[2:])
         at_input = weights is None and tuple(cam.shape) == (acts.shape[0], *ctx.inputs.shape[2:])
         if tuple(cam.shape) != expected and not at_input:

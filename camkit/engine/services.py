@@ -264,7 +264,12 @@ class Services(ExtraPasses):
     def check(self, maps: dict[str, Tensor]) -> None:
         """Everything the call produced is finite; else the first tensor at fault is named."""
         grads = list((self._gradients or {}).values())
-        captured = [*self.capture.activations.values(), *grads]
+        # The activations as methods read them (already off the graph), else as captured.
+        captured = [
+            self._features.get((name, "activations"), act)
+            for name, act in self.capture.activations.items()
+        ]
+        captured += grads
         if total_is_finite([self.baseline_scores, *captured, *maps.values()]):
             return
         self.check_inputs()

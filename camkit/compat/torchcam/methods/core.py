@@ -336,10 +336,15 @@ class _CAM:
         """camkit on the user's own forward: no second pass through the model."""
         if not isinstance(scores, Tensor):
             scores = self._placeholder_scores()
-        with self._hooks_off():
+        # Hooks paused in case the method runs the model (inline: a call this short notices a
+        # generator-based context manager).
+        previous, self._hooks_enabled = self._hooks_enabled, False
+        try:
             return self._camkit().explain_recorded(
                 self._recorded_input(), self._outputs, scores, targets
             )
+        finally:
+            self._hooks_enabled = previous
 
     def _placeholder_scores(self) -> Tensor:
         """Scores for methods that never read them (CAM): one column per class."""
@@ -388,9 +393,11 @@ class _CAM:
         return maps
 
     @staticmethod
-    @torch.no_grad()
     def _normalize(cams: Tensor, spatial_dims: int | None = None, eps: float = 1e-8) -> Tensor:
-        """torchcam's normalization: ``(m - min) / (max(m - min) + eps)`` per map."""
+        """torchcam's normalization: ``(m - min) / (max(m - min) + eps)`` per map (off the
+        autograd graph, as torchcam's is)."""
+        if cams.requires_grad:
+            cams = cams.detach()
         spatial_dims = cams.ndim - 1 if spatial_dims is None else spatial_dims
         dims = tuple(range(cams.ndim - spatial_dims, cams.ndim))
         cams = cams - cams.amin(dim=dims, keepdim=True)
