@@ -8,7 +8,7 @@ tensor at fault.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +18,11 @@ from camkit.errors import InputError
 NON_FINITE_INPUT = "the input contains NaN or Inf values"
 
 
-def validated_input(x: object, modules: Iterable[nn.Module]) -> Tensor:
+def validated_input(x: object, modules: Sequence[nn.Module]) -> Tensor:
     """``x`` detached, if it is a non-empty floating ``(B, C, H, W)`` or ``(B, C, T, H, W)``
-    tensor on the model's device (``modules``: the model's, read only up to the first that
-    holds a parameter); else an :class:`InputError` saying what was given and what is
-    expected. Whether it is finite is checked only when something downstream is not
-    (:func:`check_input`)."""
+    tensor on the model's device (``modules``: the model's, listed once; none, to skip that
+    check); else an :class:`InputError` saying what was given and what is expected. Whether
+    it is finite is checked only when something downstream is not (:func:`check_input`)."""
     if not isinstance(x, Tensor):
         raise InputError(f"the input must be a torch.Tensor, not {type(x).__name__}")
     if x.dim() == 3:

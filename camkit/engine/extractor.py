@@ -238,7 +238,7 @@ class Extractor:
             >>> handle.remove()
             >>> res = cam.explain_recorded(images, [out["a"]], scores, targets=[3, 7])
         """
-        x = validated_input(x, self.model.modules())  # walked only to the first parameter
+        x = validated_input(x, ())  # no device check: the model already ran on x
         if isinstance(targets, (str, AllPositive)) or self.options.aug_smooth or self.options.sess:
             raise ConfigError(
                 "explain_recorded explains one recorded pass: it takes class or callable "

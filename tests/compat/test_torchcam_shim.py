@@ -139,6 +139,33 @@ def test_without_a_graph_the_maps_come_from_a_fresh_forward(cnn):
         torch.testing.assert_close(extractor([0, 1], scores)[0], with_graph)
 
 
+def test_camkits_extractor_is_made_as_the_forward_starts(cnn, monkeypatch):
+    import camkit
+    from camkit.errors import ConfigError
+
+    with shim.GradCAM(cnn, "0.3") as extractor:
+        assert extractor._extractor is None
+        scores = cnn(images(2))
+        made = extractor._extractor
+        assert made is not None and made.layers == ["0.3"]
+        extractor([0, 1], scores)
+        assert extractor._extractor is made  # one per shim
+
+    # A failure to make it does not break the user's forward: the call reports it.
+    def broken(*args, **kwargs):
+        raise ConfigError("no extractor today")
+
+    monkeypatch.setattr(camkit, "create", broken)
+    with shim.GradCAM(cnn, "0.3") as extractor:
+        scores = cnn(images(2))
+        with pytest.raises(ConfigError, match="no extractor today"):
+            extractor([0, 1], scores)
+    # Nor is it made while the forward is traced.
+    with shim.GradCAM(cnn, "0.3") as extractor:
+        torch.jit.trace(cnn, images(1), check_trace=False)
+        assert extractor._extractor is None
+
+
 def test_parameters_grads_are_untouched(cnn):
     for p in cnn.parameters():
         p.grad = torch.ones_like(p)

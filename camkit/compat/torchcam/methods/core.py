@@ -66,6 +66,11 @@ def camkit_target(targets: OutputTarget | list[OutputTarget], batch: int) -> Cal
     return score
 
 
+def _tracing() -> bool:
+    """Whether the forward is being traced or compiled (not the time to build anything)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class NotForwardedError(CamkitError, AssertionError):
     """The extractor was called before the model ran with its hooks enabled (an
     ``AssertionError``, as in torchcam)."""
@@ -183,7 +188,7 @@ class _CAM:
     def _store_input(self, _: nn.Module, inputs: tuple[Any, ...]) -> None:
         if self._hooks_enabled and inputs and isinstance(inputs[0], Tensor):
             self._input: Tensor | None = inputs[0].detach()
-            if self._extractor is None and self._from_recorded:
+            if self._extractor is None and self._from_recorded and not _tracing():
                 # Made now rather than when called: after the forward, each step of Python
                 # runs on caches the model's tensors have flushed, several times slower.
                 with suppress(CamkitError):  # the call makes it again, and reports
