@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
 from camkit import registry as registry_module
+from camkit.engine.accel import layout
 from camkit.registry import registry
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -133,6 +134,13 @@ def vgg11() -> nn.Module:
             nn.init.zeros_(module.bias)
     model.classifier = nn.Linear(512 * 7 * 7, 10)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def layout_by_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The explained forward's layout follows the accelerator's rule, unmeasured, so that
+    forward counts and layouts are exact (tests/engine/test_layout.py measures)."""
+    monkeypatch.setattr(layout, "MEASURE", False)
 
 
 @pytest.fixture(autouse=True)

@@ -241,9 +241,9 @@ def attention_gradients(
             capture.restart()
             tap.clear()
 
+        layout = door.accel.explain_channels_last(chunk)  # before any hook (may be measured)
         with grad_enabled():
             with capture, tap:
-                layout = door.accel.explain_channels_last(chunk)
                 door.run(door.model, chunk, layout, restart=restart)
             capture.check_ran()
             capture.check_finite()

@@ -116,9 +116,9 @@ def bias_gradients(door: Services) -> tuple[Tensor, list[tuple[str, Tensor]]]:
         chunk = x[start:stop].detach().clone().requires_grad_(True)
         index = torch.arange(start, stop, device=chunk.device)
         outputs = _Outputs(layers)
+        layout = door.accel.explain_channels_last(chunk)  # before any hook (may be measured)
         with grad_enabled():
             with outputs:
-                layout = door.accel.explain_channels_last(chunk)
                 out = door.run(door.model, chunk, layout, restart=outputs.kept.clear)[0]
             total = door.chosen.score(out, index).sum()
             if not total.requires_grad:

@@ -36,9 +36,9 @@ def gradients_at(door: Services, layer: str, inputs: Tensor) -> Tensor:
         chunk = inputs[start:stop].detach()
         index = torch.arange(start, stop, device=chunk.device) % batch
         capture = Capture([(layer, door.layers[layer])], gradients=True)
+        layout = door.accel.explain_channels_last(chunk)  # before any hook (may be measured)
         with grad_enabled():
             with capture:
-                layout = door.accel.explain_channels_last(chunk)
                 out = door.run(door.model, chunk, layout, restart=capture.restart)[0]
             capture.check_ran()
             capture.check_finite()

@@ -85,10 +85,10 @@ def guided_gradients(door: Services) -> Tensor:
     for start, stop in door.chunks(x.shape[0], "guided backpropagation"):
         chunk = x[start:stop].detach().clone().requires_grad_(True)
         index = torch.arange(start, stop, device=chunk.device)
+        layout = door.accel.explain_channels_last(chunk)  # before any hook (may be measured)
         with grad_enabled():
             guide = GuidedReLUs()
             with guide:
-                layout = door.accel.explain_channels_last(chunk)
                 out = door.run(door.model, chunk, layout)[0]
             total = door.chosen.score(out, index).sum()
             if not total.requires_grad:

@@ -48,9 +48,9 @@ def hessian_vector_product(door: Services, layer: str, vectors: Tensor) -> tuple
         chunk = x[start:stop].detach()
         index = torch.arange(start, stop, device=chunk.device)
         capture = Capture([(layer, door.layers[layer])], gradients=True)
+        layout = door.accel.explain_channels_last(chunk)  # before any hook (may be measured)
         with grad_enabled():
             with capture, sdpa_kernel(SDPBackend.MATH):  # fused attention: no 2nd derivative
-                layout = door.accel.explain_channels_last(chunk)
                 out = door.run(door.model, chunk, layout, restart=capture.restart)[0]
             capture.check_ran()
             capture.check_finite()

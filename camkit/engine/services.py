@@ -85,11 +85,11 @@ class Services(ExtraPasses):
         graph from the first of them when ``gradients``), and resolve the targets."""
         capture = self.capture = Capture(list(self.layers.items()), gradients=gradients)
         x = self.inputs
+        layout = self.accel.explain_channels_last(x)  # before any hook (may be measured)
         with grad_enabled() if gradients else torch.inference_mode():
             if gradients and x.is_inference():
                 x = x.clone()
             with capture:
-                layout = self.accel.explain_channels_last(x)
                 raw = self.run(self.model, x, layout, restart=capture.restart)[0]
             capture.check_ran()
             self._resolve(targets, raw, gradients)

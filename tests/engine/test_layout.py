@@ -4,11 +4,16 @@ model that rejects channels-last inputs explained all the same."""
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 import camkit
+from camkit.engine.accel import capabilities, hardware, layout
 
 
 class Net(nn.Module):
@@ -243,3 +248,106 @@ def test_every_pass_falls_back_for_a_model_that_rejects_channels_last(method: st
         assert "nhwc" not in model.layouts[1:]
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+# -- the measured layout (camkit.engine.accel.layout) ---------------------------------------
+
+
+class Slow(Net):
+    """``Net`` that sleeps ``delay`` seconds on inputs of one layout (``"nhwc"`` or ``"nchw"``)
+    and records whether each forward ran under inference mode (the probe's do)."""
+
+    def __init__(self, slow: str, delay: float = 0.01, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.slow, self.delay = slow, delay
+        self.inference: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        self.inference.append(torch.is_inference_mode_enabled())
+        if self.layouts[-1] == self.slow:
+            time.sleep(self.delay)
+        return out
+
+
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout, "MEASURE", True)
+    monkeypatch.delenv(hardware.ENV, raising=False)
+    if not capabilities("cpu").channels_last:
+        pytest.skip("this CPU has no channels-last convolutions to measure")
+
+
+@pytest.mark.parametrize(("slow", "chosen"), [("nhwc", "nchw"), ("nchw", "nhwc")])
+def test_the_faster_layout_is_measured_once_per_model_and_shape(measured, slow, chosen):
+    torch.manual_seed(0)
+    model = Slow(slow).eval()
+    x = _inputs(3)
+    first = camkit.create("gradcam", model, "conv2")(x)
+    # The probe: one warm-up and two timed forwards in each layout, under inference mode,
+    # before the explained forward (which records a graph).
+    assert model.layouts == ["nchw", "nhwc"] * 3 + [chosen]
+    assert model.inference == [True] * 6 + [False]
+    # Another extractor on the same model and shape: no probe, the same layout.
+    second = camkit.create("gradcam", model, "conv2")(x)
+    assert model.layouts[7:] == [chosen]
+    torch.testing.assert_close(first.maps, second.maps)
+    # Another shape is measured again.
+    camkit.create("cam", model, "conv2")(_inputs(2))
+    assert len(model.layouts) == 8 + 7
+
+
+def test_the_maps_do_not_depend_on_the_probe(measured):
+    torch.manual_seed(0)
+    probed = Slow("nchw").eval()
+    torch.manual_seed(0)
+    plain = Net().eval()
+    x = _inputs(3)
+    got = camkit.create("layercam", probed, "conv2")(x)
+    layout.MEASURE = False
+    expected = camkit.create("layercam", plain, "conv2", channels_last=False)(x)
+    torch.testing.assert_close(got.maps, expected.maps, rtol=1e-5, atol=1e-5)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in probed.modules())
+
+
+def test_a_model_that_fails_channels_last_is_probed_as_given(measured):
+    model = Net(view=True).eval()
+    result = camkit.create("gradcam", model, "conv2")(_inputs(3))
+    # The probe's channels-last warm-up failed: the answer is "as given", and the explained
+    # forward runs so at once, without the failed attempt and its fallback.
+    assert model.layouts == ["nchw", "nhwc", "nchw"]
+    assert result.maps.shape == (3, 6, 6)
+
+
+def test_train_mode_probes_leave_the_buffers(measured):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)
+    )
+    x = _inputs(3)
+    model(x)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    camkit.create("gradcam", model, "2")(x)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_an_override_naming_channels_last_pins_it(measured, monkeypatch):
+    model = Slow("nhwc").eval()
+    monkeypatch.setenv(hardware.ENV, "+channels_last")
+    camkit.create("gradcam", model, "conv2")(_inputs(3))
+    assert model.layouts == ["nhwc"]  # the capability's word, unmeasured
+    monkeypatch.setenv(hardware.ENV, "-bf16")  # says nothing about the layout: measured
+    camkit.create("gradcam", model, "conv2")(_inputs(2))
+    assert model.layouts[1:] == ["nchw", "nhwc"] * 3 + ["nchw"]
+
+
+def test_what_was_measured_goes_with_the_model(measured):
+    model = Slow("nhwc", delay=0.0).eval()
+    camkit.create("cam", model, "conv2")(_inputs(2))
+    assert model in layout._decisions
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the decisions do not keep the model alive

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from camkit.engine.accel import layout
 from camkit.engine.accel.gate import auto_choice
 from camkit.engine.accel.hardware import Capabilities, capabilities
 from camkit.engine.accel.inference import inference_copy
@@ -89,9 +90,14 @@ class Accelerator:
     def explain_channels_last(self, x: Tensor) -> bool:
         """Whether the explained (clean) forward gets a channels-last copy of ``x``.
 
-        On CPU, torch's convolutions run faster on channels-last inputs from batch 2 on, and
-        at batch 1 for models with grouped (depthwise) convolutions; ResNet-18 at batch 1 is
-        a few percent slower, so a batch of one goes as given to models without them.
+        Asked before camkit's hooks are attached: the first time for a model and input shape,
+        the answer may be measured (:mod:`camkit.engine.accel.layout`).
+
+        Candidates are CPU inputs to models with convolutions, from batch 2 on, and at batch
+        1 for models with grouped (depthwise) convolutions (ResNet-18 at batch 1 is slower in
+        channels-last, so a batch of one goes as given to models without them). Whether a
+        candidate runs faster so is then measured on the model, unless ``CAMKIT_CPU_CAPS``
+        pins ``channels_last``.
         """
         if not self._layout_ok or x.dim() != 4:
             return False
@@ -100,8 +106,13 @@ class Accelerator:
         if self.option is True:
             return True
         convs, grouped = self._conv_kinds
-        faster = convs and capabilities(x.device).channels_last
-        return faster and x.device.type == "cpu" and (x.shape[0] > 1 or grouped)
+        caps = capabilities(x.device)
+        candidate = convs and caps.channels_last
+        if not (candidate and x.device.type == "cpu" and (x.shape[0] > 1 or grouped)):
+            return False
+        if not layout.MEASURE or _pins_channels_last(caps.overridden):
+            return True
+        return layout.channels_last_faster(self.model, x)
 
     def scoring(
         self,
@@ -185,6 +196,13 @@ class Accelerator:
     def rejected_channels_last(self) -> None:
         """Remember that the model failed on a channels-last input: run it as given."""
         self._layout_ok = False
+
+
+def _pins_channels_last(override: str) -> bool:
+    """Whether a ``CAMKIT_CPU_CAPS`` value decides ``channels_last`` (names it, or is a full
+    list): then its word stands, unmeasured."""
+    items = [item.strip() for item in override.split(",") if item.strip()]
+    return any(item.lstrip("+-") == "channels_last" or item[0] not in "+-" for item in items)
 
 
 def accelerator(
