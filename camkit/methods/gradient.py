@@ -174,10 +174,8 @@ class XGradCAM(Method):
 
         acts, dims = ctx.activations, _spatial(ctx.activations)
         total = acts.sum(dims)
-        nonzero = total != 0
-        return torch.where(
-            nonzero, (ctx.gradients * acts).sum(dims) / torch.where(nonzero, total, 1), 0
-        )
+        # Where the total is 0 the quotient is inf or NaN, and where() drops it.
+        return torch.where(total != 0, (ctx.gradients * acts).sum(dims) / total, 0)
 
 
 class LayerCAM(Method):
