@@ -73,9 +73,11 @@ class _FusedOnRead(CAMResult):
 
     _maps: Tensor | None
 
-    def __init__(self, maps: Tensor | None, size: tuple[int, ...], **fields: Any) -> None:
-        self._size = size
-        super().__init__(maps=maps, **fields)  # type: ignore[arg-type]
+    def __init__(
+        self, maps: Tensor | None = None, size: tuple[int, ...] = (), *fields: Any, **named: Any
+    ) -> None:
+        self._size = size  # named fields too: dataclasses.replace() passes them so
+        super().__init__(maps, *fields, **named)  # type: ignore[arg-type]
 
     @property
     def maps(self) -> Tensor:
@@ -193,16 +195,7 @@ class Extractor:
             call = Services(self._setup, x, layers)
             call.forward(method.objective(targets), gradients=method.needs_gradients)
             layer_maps, weights = self._layer_maps(call, layers)
-        maps = self._fused(layer_maps, x)
-        return CAMResult(
-            maps=fused(list(layer_maps.values()), x.shape[2:]) if maps is None else maps,
-            layer_maps=layer_maps,
-            weights=weights,
-            scores=call.scores,
-            targets=call.targets,
-            method=method.name,
-            layers=[name for name, _ in layers],
-        )
+        return self._result(call, x, layer_maps, weights)
 
     def explain_recorded(
         self, x: Tensor, outputs: Sequence[object], scores: object, targets: Targets = None
@@ -264,16 +257,7 @@ class Extractor:
                 method.objective(targets), outputs, scores, gradients=method.needs_gradients
             )
             layer_maps, weights = self._layer_maps(call, layers)
-        return _FusedOnRead(
-            self._fused(layer_maps, x),
-            tuple(x.shape[2:]),
-            layer_maps=layer_maps,
-            weights=weights,
-            scores=call.scores,
-            targets=call.targets,
-            method=method.name,
-            layers=[name for name, _ in layers],
-        )
+        return self._result(call, x, layer_maps, weights, fuse_on_read=True)
 
     def _layer_maps(
         self, call: Services, layers: list[tuple[str, nn.Module]]
@@ -286,6 +270,26 @@ class Extractor:
                 weights[name] = w
         call.check(layer_maps)
         return layer_maps, weights
+
+    def _result(
+        self,
+        call: Services,
+        x: Tensor,
+        layer_maps: dict[str, Tensor],
+        weights: dict[str, Tensor],
+        *,
+        fuse_on_read: bool = False,
+    ) -> CAMResult:
+        """The call's result; ``fuse_on_read``: camkit's fusion of the layers waits for the
+        first read of ``maps``."""
+        maps, size = self._fused(layer_maps, x), tuple(x.shape[2:])
+        names = list(call.layers)
+        found = (layer_maps, weights, call.scores, call.targets, self.method.name, names)
+        if fuse_on_read:
+            return _FusedOnRead(maps, size, *found)
+        if maps is None:
+            maps = fused(list(layer_maps.values()), size)
+        return CAMResult(maps, *found)
 
     def _fused(self, layer_maps: dict[str, Tensor], x: Tensor) -> Tensor | None:
         """The method's own fusion of the layers (checked), or ``None`` for camkit's."""

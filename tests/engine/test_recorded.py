@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -107,12 +110,16 @@ def test_no_graph_is_a_gradient_error(tiny, x32):
         cam.explain_recorded(x32, [output], scores, 1)
 
 
-def test_activation_methods_need_no_graph(tiny, x32):
-    cam = camkit.create("cam", tiny, "features")
-    expected = cam(x32, [1, 2])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("cam", {}), ("scorecam", {"batch_size": 8})],  # scorecam: passes beyond the clean one
+)
+def test_methods_without_gradients_need_no_graph(tiny, x32, method, options):
+    cam = camkit.create(method, tiny, "features", **options)
+    expected = cam(x32, [1, 3])
     with torch.no_grad():
         output, scores = recorded_forward(tiny, tiny.features, x32)
-    got = cam.explain_recorded(x32, [output], scores, [1, 2])
+    got = cam.explain_recorded(x32, [output], scores, [1, 3])
     torch.testing.assert_close(got.layer_maps["features"], expected.layer_maps["features"])
 
 
@@ -124,15 +131,10 @@ def test_maps_are_fused_when_first_read(tiny, x32):
     first = got.maps
     assert got.maps is first and tuple(first.shape) == (2, 32, 32)
     assert got == got  # a dataclass: compares through the property
-
-
-def test_passes_beyond_the_clean_one_run_the_model(tiny, x32):
-    cam = camkit.create("scorecam", tiny, "features", batch_size=8)
-    expected = cam(x32, [1, 3])
-    with torch.no_grad():
-        output, scores = recorded_forward(tiny, tiny.features, x32)
-    got = cam.explain_recorded(x32, [output], scores, [1, 3])
-    torch.testing.assert_close(got.layer_maps["features"], expected.layer_maps["features"])
+    copied = dataclasses.replace(got, method="copy")
+    assert copied.maps is first and copied.method == "copy"
+    restored = pickle.loads(pickle.dumps(got))
+    torch.testing.assert_close(restored.maps, first)
 
 
 def test_train_mode_buffers_are_restored(x32, no_hooks):
