@@ -5,7 +5,6 @@ model that rejects channels-last inputs explained all the same."""
 from __future__ import annotations
 
 import gc
-import time
 import weakref
 
 import pytest
@@ -253,9 +252,24 @@ def test_every_pass_falls_back_for_a_model_that_rejects_channels_last(method: st
 # -- the measured layout (camkit.engine.accel.layout) ---------------------------------------
 
 
+class Clock:
+    """The probe's clock, advanced by the models below: their timing cannot depend on how busy
+    the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
 class Slow(Net):
-    """``Net`` that sleeps ``delay`` seconds on inputs of one layout (``"nhwc"`` or ``"nchw"``)
-    and records whether each forward ran under inference mode (the probe's do)."""
+    """``Net`` whose forwards take ``delay`` seconds on the probe's clock on inputs of one
+    layout (``"nhwc"`` or ``"nchw"``), 1 ms on the other, and record whether each ran under
+    inference mode (the probe's do)."""
 
     def __init__(self, slow: str, delay: float = 0.01, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -265,14 +279,14 @@ class Slow(Net):
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
         self.inference.append(torch.is_inference_mode_enabled())
-        if self.layouts[-1] == self.slow:
-            time.sleep(self.delay)
+        CLOCK.now += self.delay if self.layouts[-1] == self.slow else 0.001
         return out
 
 
 @pytest.fixture
 def measured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layout, "MEASURE", True)
+    monkeypatch.setattr(layout, "perf_counter", CLOCK)
     monkeypatch.delenv(hardware.ENV, raising=False)
     if not capabilities("cpu").channels_last:
         pytest.skip("this CPU has no channels-last convolutions to measure")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import weakref
+from time import perf_counter
 
 import torch
 from torch import Tensor, nn
@@ -81,9 +81,9 @@ def _measure(model: nn.Module, x: Tensor) -> bool:
                 model(batch)
             for _ in range(2):
                 for name, batch in layouts.items():
-                    start = time.perf_counter()
+                    start = perf_counter()
                     model(batch)
-                    best[name] = min(best[name], time.perf_counter() - start)
+                    best[name] = min(best[name], perf_counter() - start)
     except Exception:  # the explained forward reports (or falls back) itself
         return False
     return best["channels-last"] < MARGIN * best["as given"]
