@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import camkit
+from camkit.engine.accel import layout
 from camkit.errors import (
     CamkitError,
     ConfigError,
@@ -87,6 +88,11 @@ def run(
         >>> run(load_config("examples/quickstart.toml", overrides=["data.count=8"]))
         RunResult(folder=..., images=8, ...)
     """
+    with layout.by_rule():  # outputs that do not depend on a timing
+        return _run(config, overwrite, progress)
+
+
+def _run(config: ExperimentConfig, overwrite: bool, progress: bool | None) -> RunResult:
     started = time.time()
     world = World.from_env(config.device)
     folder = Path(config.output.folder)

@@ -268,3 +268,18 @@ def test_torchvision_model_without_weights(tmp_path):
     assert model.fc.out_features == 3 and not model.training
     with pytest.raises(ConfigError, match="torchvision has no model 'resnet19'"):
         build_model(ModelSpec(source="torchvision:resnet19"), tmp_path)
+
+
+def test_experiments_lay_the_model_out_by_the_rule(small_config, monkeypatch):
+    """A run's outputs do not depend on a timing: no layout is measured inside it."""
+    from camkit.engine.accel import capabilities, layout
+    from camkit.experiment import load_config, run
+
+    if not capabilities("cpu").channels_last:
+        pytest.skip("no channels-last convolutions here: nothing would be measured")
+    monkeypatch.setattr(layout, "MEASURE", True)
+    measured: list[int] = []
+    monkeypatch.setattr(layout, "channels_last_faster", lambda *_: measured.append(1) or False)
+    run(load_config(small_config), progress=False)
+    assert measured == []
+    assert layout.measuring()  # outside the run, layouts are measured again

@@ -110,7 +110,7 @@ class Accelerator:
         candidate = convs and caps.channels_last
         if not (candidate and x.device.type == "cpu" and (x.shape[0] > 1 or grouped)):
             return False
-        if not layout.MEASURE or _pins_channels_last(caps.overridden):
+        if not layout.measuring() or _pins_channels_last(caps.overridden):
             return True
         return layout.channels_last_faster(self.model, x)
 

@@ -16,7 +16,9 @@ last float bits).
 
 The probe runs the model outside camkit's hooks, inside the call's guards (buffers restored
 in train mode). ``CAMKIT_CPU_CAPS`` naming ``channels_last`` (or a full list) pins the answer
-to the capability without measuring.
+to the capability without measuring, and so does :func:`by_rule` for what runs inside it:
+experiments (``camkit run``) are explained by the rule, so that their outputs do not depend
+on a timing (a resumed run, or each rank of a distributed one, lays the model out alike).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from time import perf_counter
 
 import torch
@@ -38,9 +43,32 @@ MARGIN = 0.9
 #: exact); tests of this module turn it on.
 MEASURE = True
 
+_ruled: ContextVar[bool] = ContextVar("camkit_layout_by_rule", default=False)
+
 _Key = tuple[tuple[int, ...], torch.dtype, str]
 _decisions: weakref.WeakKeyDictionary[nn.Module, dict[_Key, bool]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def measuring() -> bool:
+    """Whether layouts are measured here (not in camkit's tests, nor inside :func:`by_rule`)."""
+    return MEASURE and not _ruled.get()
+
+
+@contextmanager
+def by_rule() -> Iterator[None]:
+    """Within this context (this thread), the accelerator's rule decides, unmeasured.
+
+    Example:
+        >>> with by_rule():
+        ...     measuring()
+        False
+    """
+    token = _ruled.set(True)
+    try:
+        yield
+    finally:
+        _ruled.reset(token)
 
 
 def channels_last_faster(model: nn.Module, x: Tensor) -> bool:
