@@ -5,6 +5,7 @@ model that rejects channels-last inputs explained all the same."""
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 
 import pytest
@@ -34,6 +35,19 @@ class Net(nn.Module):
         if self.view:  # flattening (C, H, W) with .view needs NCHW-contiguous features
             return self.fc(f.view(f.shape[0], -1).view(f.shape[0], 8, -1).mean(2))
         return self.fc(f.mean((2, 3)))
+
+
+@pytest.fixture(autouse=True)
+def convolutions_run_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about camkit's layout logic, not this CPU: the channels-last capability
+    is on (safe anywhere: torch runs channels-last inputs on every CPU, if slower), whatever
+    the probe or an outer ``CAMKIT_CPU_CAPS`` says."""
+    outer = os.environ.get(hardware.ENV, "")
+    kept = [i for i in outer.split(",") if i.strip() and i.strip().lstrip("+-") != "channels_last"]
+    if kept and all(i.strip()[0] in "+-" for i in kept):
+        monkeypatch.setenv(hardware.ENV, ",".join([*kept, "+channels_last"]))
+    else:  # no override, or a full list: only the capability this file needs
+        monkeypatch.setenv(hardware.ENV, "+channels_last")
 
 
 def _inputs(batch: int) -> Tensor:
